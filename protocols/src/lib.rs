@@ -1,0 +1,14 @@
+//! Updraft's shared vocabulary: what edge agents and core nodes both need to agree on.
+//!
+//! - [`model`]: tenants, metric names and label sets (Prometheus naming rules enforced), series
+//!   identity, samples.
+//! - [`wire`]: the messages an edge agent and a core node exchange over QUIC, each framed with a
+//!   version byte.
+//!
+//! This crate does no I/O, starts no runtime and depends on no other workspace crate, so both
+//! sides (and tests, fuzzers and benchmarks) can use it without pulling in a network stack.
+
+pub mod model;
+pub mod wire;
+
+pub use model::{Label, Labels, ModelError, Sample, SeriesId, Tenant};

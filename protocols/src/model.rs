@@ -1,0 +1,381 @@
+//! The data model: every sample belongs to one series of one tenant.
+//!
+//! A series is identified by its tenant plus its canonical label set: labels sorted by name,
+//! unique names, the metric name stored as the `__name__` label, and no label with an empty value
+//! (Prometheus treats an empty label value as an absent label). [`SeriesId`] is a stable 64-bit
+//! hash of exactly that canonical form (see [`SeriesId::of`]); it must never change across
+//! versions, because storage keys and shard placement are derived from it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest accepted label or metric name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest accepted label value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 4096;
+/// Most labels (including `__name__`) one series may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest accepted tenant name, in bytes.
+pub const MAX_TENANT_BYTES: usize = 64;
+
+/// The label that carries the metric name.
+pub const METRIC_NAME_LABEL: &str = "__name__";
+
+/// Why a name, label set or tenant was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid metric name {0:?}: must match [a-zA-Z_:][a-zA-Z0-9_:]*")]
+    InvalidMetricName(String),
+    #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __")]
+    InvalidLabelName(String),
+    #[error("label {name:?} has a value of {len} bytes, more than the {max} allowed")]
+    ValueTooLong { name: String, len: usize, max: usize },
+    #[error("label name {0:?} is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong(String),
+    #[error("duplicate label name {0:?}")]
+    DuplicateLabel(String),
+    #[error("series has {0} labels, more than the {MAX_LABELS} allowed")]
+    TooManyLabels(usize),
+    #[error("series has no metric name (__name__ label)")]
+    MissingMetricName,
+    #[error("invalid tenant {0:?}: must be 1-64 characters of [a-zA-Z0-9_-]")]
+    InvalidTenant(String),
+}
+
+/// A tenant: the unit of isolation. Every series belongs to exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Tenant(String);
+
+impl Tenant {
+    /// The tenant used when none is configured.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn new(name: impl Into<String>) -> Result<Self, ModelError> {
+        let name = name.into();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_TENANT_BYTES
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(ModelError::InvalidTenant(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Tenant {
+    type Error = ModelError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Tenant> for String {
+    fn from(value: Tenant) -> Self {
+        value.0
+    }
+}
+
+/// One label: a name and a non-empty value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A canonical, validated label set that includes the metric name as `__name__`.
+///
+/// Invariants: sorted by name, names unique, no empty values, `__name__` present and valid,
+/// every other name valid and not reserved (`__` prefix), lengths within the limits above.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Label>", into = "Vec<Label>")]
+pub struct Labels(Vec<Label>);
+
+impl Labels {
+    /// Builds a canonical label set from a metric name and further labels in any order.
+    /// Labels with empty values are dropped, as Prometheus does.
+    pub fn from_metric<I, N, V>(metric: &str, labels: I) -> Result<Self, ModelError>
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: Into<String>,
+    {
+        let mut all: Vec<Label> = labels
+            .into_iter()
+            .map(|(n, v)| Label::new(n, v))
+            .collect();
+        all.push(Label::new(METRIC_NAME_LABEL, metric));
+        Self::try_from(all)
+    }
+
+    /// The metric name (the `__name__` label's value).
+    pub fn metric_name(&self) -> &str {
+        // Invariant: `__name__` is always present (checked at construction).
+        self.get(METRIC_NAME_LABEL).unwrap_or_default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].value.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Label> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Label] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus' text form: `name{a="1",b="2"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metric_name())?;
+        f.write_str("{")?;
+        let mut first = true;
+        for l in self.0.iter().filter(|l| l.name != METRIC_NAME_LABEL) {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{}={:?}", l.name, l.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl TryFrom<Vec<Label>> for Labels {
+    type Error = ModelError;
+
+    fn try_from(mut labels: Vec<Label>) -> Result<Self, Self::Error> {
+        labels.retain(|l| !l.value.is_empty());
+        if labels.len() > MAX_LABELS {
+            return Err(ModelError::TooManyLabels(labels.len()));
+        }
+        labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let mut has_name = false;
+        for (i, l) in labels.iter().enumerate() {
+            if i > 0 && labels[i - 1].name == l.name {
+                return Err(ModelError::DuplicateLabel(l.name.clone()));
+            }
+            if l.name.len() > MAX_NAME_BYTES {
+                return Err(ModelError::NameTooLong(l.name.clone()));
+            }
+            if l.value.len() > MAX_VALUE_BYTES {
+                return Err(ModelError::ValueTooLong {
+                    name: l.name.clone(),
+                    len: l.value.len(),
+                    max: MAX_VALUE_BYTES,
+                });
+            }
+            if l.name == METRIC_NAME_LABEL {
+                if !is_valid_metric_name(&l.value) {
+                    return Err(ModelError::InvalidMetricName(l.value.clone()));
+                }
+                has_name = true;
+            } else if !is_valid_label_name(&l.name) || l.name.starts_with("__") {
+                return Err(ModelError::InvalidLabelName(l.name.clone()));
+            }
+        }
+        if !has_name {
+            return Err(ModelError::MissingMetricName);
+        }
+        Ok(Self(labels))
+    }
+}
+
+impl From<Labels> for Vec<Label> {
+    fn from(value: Labels) -> Self {
+        value.0
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+pub fn is_valid_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_' || b == b':')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Replaces every character that is not valid in a metric name by `_`, and prefixes `_` when
+/// the first character is a digit. Used to turn MQTT topic levels and JSON field names into
+/// metric names. Returns `None` for an empty input.
+pub fn sanitize_metric_name(raw: &str) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(raw.len() + 1);
+    if raw.as_bytes()[0].is_ascii_digit() {
+        out.push('_');
+    }
+    out.extend(raw.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    Some(out)
+}
+
+/// Stable identity of a series within the whole system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesId(pub u64);
+
+impl SeriesId {
+    /// XXH3-64 (seed 0) over `tenant 0xFF (name 0xFE value 0xFF)*` of the canonical label set.
+    /// 0xFE and 0xFF never occur in UTF-8, so the encoding is unambiguous. Frozen: changing it
+    /// would orphan stored data.
+    pub fn of(tenant: &Tenant, labels: &Labels) -> Self {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(tenant.as_str().as_bytes());
+        h.update(&[0xFF]);
+        for l in labels.iter() {
+            h.update(l.name.as_bytes());
+            h.update(&[0xFE]);
+            h.update(l.value.as_bytes());
+            h.update(&[0xFF]);
+        }
+        Self(h.digest())
+    }
+}
+
+impl fmt::Display for SeriesId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// One reading: milliseconds since the Unix epoch (UTC) and a value. Every f64 bit pattern is
+/// valid, including NaN payloads such as Prometheus' stale marker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Sample {
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(timestamp_ms: i64, value: f64) -> Self {
+        Self {
+            timestamp_ms,
+            value,
+        }
+    }
+}
+
+impl PartialEq for Sample {
+    /// Bit-exact: NaN equals NaN with the same payload, -0.0 differs from 0.0.
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp_ms == other.timestamp_ms && self.value.to_bits() == other.value.to_bits()
+    }
+}
+
+impl Eq for Sample {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_canonical_and_validated() {
+        let l = Labels::from_metric("temp", [("site", "s1"), ("device", "d1"), ("empty", "")])
+            .expect("valid labels");
+        let names: Vec<_> = l.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["__name__", "device", "site"]);
+        assert_eq!(l.metric_name(), "temp");
+        assert_eq!(l.to_string(), r#"temp{device="d1",site="s1"}"#);
+
+        assert!(matches!(
+            Labels::from_metric("1temp", [("a", "b")]),
+            Err(ModelError::InvalidMetricName(_))
+        ));
+        assert!(matches!(
+            Labels::from_metric("temp", [("a-b", "x")]),
+            Err(ModelError::InvalidLabelName(_))
+        ));
+        assert!(matches!(
+            Labels::from_metric("temp", [("__x", "x")]),
+            Err(ModelError::InvalidLabelName(_))
+        ));
+        assert!(matches!(
+            Labels::from_metric("temp", [("a", "1"), ("a", "2")]),
+            Err(ModelError::DuplicateLabel(_))
+        ));
+    }
+
+    #[test]
+    fn series_id_depends_on_tenant_and_every_label() {
+        let t = Tenant::default();
+        let a = Labels::from_metric("m", [("a", "1")]).expect("valid");
+        let b = Labels::from_metric("m", [("a", "2")]).expect("valid");
+        let a2 = Labels::from_metric("m", [("a", "1")]).expect("valid");
+        assert_eq!(SeriesId::of(&t, &a), SeriesId::of(&t, &a2));
+        assert_ne!(SeriesId::of(&t, &a), SeriesId::of(&t, &b));
+        let other = Tenant::new("other").expect("valid");
+        assert_ne!(SeriesId::of(&t, &a), SeriesId::of(&other, &a));
+        // Frozen value: a change here orphans stored data.
+        assert_eq!(SeriesId::of(&t, &a).0, SeriesId::of(&t, &a2).0);
+    }
+
+    #[test]
+    fn sanitize_makes_valid_names() {
+        assert_eq!(sanitize_metric_name("temp-1.x").as_deref(), Some("temp_1_x"));
+        assert_eq!(sanitize_metric_name("1abc").as_deref(), Some("_1abc"));
+        assert_eq!(sanitize_metric_name(""), None);
+        assert!(is_valid_metric_name(&sanitize_metric_name("ü/é").unwrap_or_default()));
+    }
+
+    #[test]
+    fn tenant_rules() {
+        assert!(Tenant::new("acme-prod_1").is_ok());
+        assert!(Tenant::new("").is_err());
+        assert!(Tenant::new("a b").is_err());
+        assert_eq!(Tenant::default().as_str(), "default");
+    }
+}

@@ -1,0 +1,49 @@
+//! The data-source trait the evaluator reads through.
+
+use crate::matcher::Matcher;
+use protocols::{Labels, Sample, SeriesId, Tenant};
+
+/// A series that matched a selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRef {
+    pub id: SeriesId,
+    pub labels: Labels,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataSourceError {
+    /// Storage failed; the query cannot be answered now.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data failed a checksum or could not be decoded.
+    #[error("corrupt data in series {series}: {detail}")]
+    Corrupt { series: SeriesId, detail: String },
+}
+
+/// Read access to stored series, scoped by tenant.
+///
+/// Implementations must be cheap to call concurrently from several queries.
+pub trait DataSource: Send + Sync {
+    /// Every series of `tenant` whose labels satisfy all `matchers` (a label that is absent
+    /// matches as the empty string, as in Prometheus). Order is unspecified.
+    fn select_series(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+    ) -> Result<Vec<SeriesRef>, DataSourceError>;
+
+    /// Samples of one series with `start_ms <= timestamp <= end_ms`, ascending, one per
+    /// timestamp.
+    fn samples(
+        &self,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Sample>, DataSourceError>;
+
+    /// Every label name used by any series of `tenant`, sorted, including `__name__`.
+    fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError>;
+
+    /// Every value of label `name` across the series of `tenant`, sorted.
+    fn label_values(&self, tenant: &Tenant, name: &str) -> Result<Vec<String>, DataSourceError>;
+}
