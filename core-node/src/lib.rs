@@ -1,1 +1,102 @@
+//! Updraft core node: receives batches from edge agents over QUIC (mutual TLS), stores them
+//! durably on fjall, and answers the Prometheus HTTP API.
+//!
+//! It is not (yet) clustered: partitioning, replication and failover arrive with the shard
+//! replication work; the write path is already "append a batch, then apply it
+//! deterministically and idempotently" so a replicated log can slot in.
+//!
+//! Modules:
+//! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
+//! - [`certs`]: the `certs` subcommand's local certificate authority.
+//! - [`tls`]: TLS 1.3 server configuration with client-certificate verification.
+//! - [`ingest`]: the QUIC listener that turns frames into storage writes and acknowledgements.
+//! - [`storage`]: series index, samples and agent offsets on fjall; implements
+//!   [`query::DataSource`].
+//! - [`http`]: the Prometheus-compatible HTTP API, `/metrics` and `/health`.
 
+pub mod certs;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod storage;
+pub mod tls;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs a core node until `shutdown` resolves.
+pub async fn run(
+    config: config::CoreConfig,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let server_config = tls::server_config(&config.tls)
+        .context("loading TLS files (create them with `core-node certs`)")?;
+    let data_dir = config.data_dir.clone();
+    let durability = config.durability;
+    let storage = tokio::task::spawn_blocking(move || {
+        storage::Storage::open(
+            &data_dir,
+            storage::StorageOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .context("storage open task failed")?
+    .with_context(|| format!("opening storage under {}", config.data_dir.display()))?;
+
+    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+        .with_context(|| format!("binding QUIC listener on udp {}", config.quic_listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on tcp {}", config.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let quic_addr = endpoint.local_addr()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let app = http::router(http::HttpState {
+        source: Arc::new(storage.clone()),
+        metrics,
+        tenant: config.tenant.clone(),
+    });
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    let ingest_task = tokio::spawn(ingest::serve(endpoint, storage, stopped()));
+    tracing::info!(
+        quic = %quic_addr,
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        durability = ?config.durability,
+        "core node ready"
+    );
+
+    shutdown.await;
+    tracing::info!("core node shutting down");
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    match http_task.await {
+        Ok(r) => r.context("HTTP server failed")?,
+        Err(e) => return Err(e).context("HTTP server task failed"),
+    }
+    Ok(())
+}
+
+/// Installs the ring crypto provider as the process default (idempotent). Call first thing in
+/// every binary and test that uses TLS.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,186 @@
+//! A local certificate authority for development and small deployments (`core-node certs`).
+//!
+//! Files written into the target directory (PEM; keys are PKCS#8, mode 0600):
+//!
+//! | file | what |
+//! |---|---|
+//! | `ca.pem`, `ca-key.pem` | the CA that signs everything below; both sides trust only it |
+//! | `core.pem`, `core-key.pem` | the core's server certificate (SANs: the `--host` names) |
+//! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id) |
+//!
+//! Existing files are kept, so running the command again only fills in what is missing; an
+//! existing CA is reused to sign new leaves. `--force` re-issues the leaf certificates.
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CertRequest {
+    pub dir: PathBuf,
+    /// DNS names and IP addresses the core is reached at.
+    pub core_hosts: Vec<String>,
+    /// The agent id written into the agent certificate's common name.
+    pub agent_id: String,
+    /// Re-issue leaf certificates that already exist.
+    pub force: bool,
+}
+
+impl CertRequest {
+    /// Names a local deployment answers to.
+    pub fn default_hosts() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    }
+}
+
+/// Creates whatever of the files above is missing and returns the paths written.
+pub fn ensure(req: &CertRequest) -> anyhow::Result<Vec<PathBuf>> {
+    fs::create_dir_all(&req.dir)
+        .with_context(|| format!("creating certificate directory {}", req.dir.display()))?;
+    let mut written = Vec::new();
+
+    let ca_cert_path = req.dir.join("ca.pem");
+    let ca_key_path = req.dir.join("ca-key.pem");
+    let ca_params = ca_params()?;
+    let ca_key = match (ca_cert_path.exists(), ca_key_path.exists()) {
+        (true, true) => {
+            let pem = fs::read_to_string(&ca_key_path)
+                .with_context(|| format!("reading {}", ca_key_path.display()))?;
+            KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", ca_key_path.display()))?
+        }
+        (false, false) => {
+            let key = KeyPair::generate()?;
+            let cert = ca_params.self_signed(&key)?;
+            write_file(&ca_cert_path, &cert.pem(), false)?;
+            write_file(&ca_key_path, &key.serialize_pem(), true)?;
+            written.extend([ca_cert_path.clone(), ca_key_path.clone()]);
+            key
+        }
+        _ => bail!(
+            "found only one of {} and {}: restore the other or remove both",
+            ca_cert_path.display(),
+            ca_key_path.display()
+        ),
+    };
+    // The issuer is rebuilt from the same fixed parameters and the CA's key: subject name and
+    // key identifier (derived from the public key) equal those in `ca.pem`, so leaves issued
+    // in different runs chain to the same CA.
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let core = leaf_params(
+        "updraft-core",
+        &req.core_hosts,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    written.extend(issue_leaf(&req.dir, "core", core, &issuer, req.force)?);
+    let agent = leaf_params(
+        &req.agent_id,
+        std::slice::from_ref(&req.agent_id),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    written.extend(issue_leaf(&req.dir, "agent", agent, &issuer, req.force)?);
+    Ok(written)
+}
+
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Updraft local CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    Ok(params)
+}
+
+fn leaf_params(
+    common_name: &str,
+    hosts: &[String],
+    usage: ExtendedKeyUsagePurpose,
+) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = hosts
+        .iter()
+        .map(|h| match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(h.as_str().try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![usage];
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    Ok(params)
+}
+
+fn issue_leaf(
+    dir: &Path,
+    name: &str,
+    params: CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+    force: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}-key.pem"));
+    if !force && cert_path.exists() && key_path.exists() {
+        return Ok(Vec::new());
+    }
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    write_file(&cert_path, &cert.pem(), false)?;
+    write_file(&key_path, &key.serialize_pem(), true)?;
+    Ok(vec![cert_path, key_path])
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_then_keeps_then_reissues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let req = CertRequest {
+            dir: dir.path().to_path_buf(),
+            core_hosts: CertRequest::default_hosts(),
+            agent_id: "edge-1".into(),
+            force: false,
+        };
+        assert_eq!(ensure(&req).expect("first run").len(), 6);
+        assert!(ensure(&req).expect("second run").is_empty());
+        let forced = CertRequest { force: true, ..req };
+        assert_eq!(ensure(&forced).expect("forced run").len(), 4);
+        // The re-issued leaves still load into a TLS config against the same CA.
+        crate::tls::server_config(&crate::tls::TlsFiles::in_dir(dir.path(), "core"))
+            .expect("server config");
+    }
+}

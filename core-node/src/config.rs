@@ -1,0 +1,168 @@
+//! Core node configuration: TOML file → command-line flags and environment override →
+//! validated [`CoreConfig`]. Every option and its default is documented in
+//! `deploy/core-node.toml`.
+
+use crate::storage::Durability;
+use crate::tls::TlsFiles;
+use anyhow::Context;
+use protocols::Tenant;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_QUIC_LISTEN: &str = "127.0.0.1:4433";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9201";
+pub const DEFAULT_DATA_DIR: &str = "./data/core";
+pub const DEFAULT_CERTS_DIR: &str = "certs";
+
+/// Flags of `core-node run` (each also readable from the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file; flags and environment variables override its values.
+    #[arg(long, env = "UPDRAFT_CORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for all durable state [default: ./data/core].
+    #[arg(long, env = "UPDRAFT_CORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address for QUIC ingest from edge agents [default: 127.0.0.1:4433].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+    /// TCP address for the Prometheus HTTP API and /metrics [default: 127.0.0.1:9201].
+    #[arg(long, env = "UPDRAFT_CORE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// CA certificate that agent certificates must chain to [default: certs/ca.pem].
+    #[arg(long, env = "UPDRAFT_CORE_CA")]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate chain [default: certs/core.pem].
+    #[arg(long, env = "UPDRAFT_CORE_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key, PKCS#8 PEM [default: certs/core-key.pem].
+    #[arg(long, env = "UPDRAFT_CORE_KEY")]
+    pub key: Option<PathBuf>,
+    /// When a write is acknowledged: after fsync, or after handing it to the OS [default: fsync].
+    #[arg(long, value_enum, env = "UPDRAFT_CORE_DURABILITY")]
+    pub durability: Option<Durability>,
+    /// Tenant that HTTP queries read until authentication lands [default: default].
+    #[arg(long, env = "UPDRAFT_CORE_TENANT")]
+    pub tenant: Option<String>,
+}
+
+/// The TOML file's shape: the same options as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    quic_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    durability: Option<Durability>,
+    tenant: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub data_dir: PathBuf,
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub durability: Durability,
+    pub tenant: Tenant,
+}
+
+impl CoreConfig {
+    /// Defaults for a local node with its certificates in `certs_dir`.
+    pub fn local(data_dir: &Path, certs_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            quic_listen: parse_default(DEFAULT_QUIC_LISTEN),
+            http_listen: parse_default(DEFAULT_HTTP_LISTEN),
+            tls: TlsFiles::in_dir(certs_dir, "core"),
+            durability: Durability::default(),
+            tenant: Tenant::default(),
+        }
+    }
+
+    pub fn from_args(args: RunArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let base = Self::local(Path::new(DEFAULT_DATA_DIR), Path::new(DEFAULT_CERTS_DIR));
+        let tenant = args.tenant.or(file.tenant);
+        Ok(Self {
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
+            quic_listen: args
+                .quic_listen
+                .or(file.quic_listen)
+                .unwrap_or(base.quic_listen),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(base.http_listen),
+            tls: TlsFiles {
+                ca: args.ca.or(file.ca).unwrap_or(base.tls.ca),
+                cert: args.cert.or(file.cert).unwrap_or(base.tls.cert),
+                key: args.key.or(file.key).unwrap_or(base.tls.key),
+            },
+            durability: args.durability.or(file.durability).unwrap_or_default(),
+            tenant: match tenant {
+                Some(t) => Tenant::new(t).context("invalid --tenant")?,
+                None => Tenant::default(),
+            },
+        })
+    }
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    // The defaults above are literal, valid socket addresses.
+    addr.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("core.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:1\"\ndurability = \"buffered\"\n",
+        )
+        .expect("write");
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            http_listen: Some("127.0.0.1:2".parse().expect("addr")),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(cfg.http_listen.port(), 2);
+        assert_eq!(cfg.durability, Durability::Buffered);
+        assert_eq!(cfg.quic_listen.port(), 4433);
+
+        std::fs::write(&path, "no_such_option = 1\n").expect("write");
+        let err = CoreConfig::from_args(RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        })
+        .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("no_such_option"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../deploy/core-node.toml");
+        toml::from_str::<FileConfig>(text).expect("deploy/core-node.toml matches the code");
+    }
+}

@@ -1,0 +1,197 @@
+//! The read side: [`query::DataSource`] over the keyspaces.
+
+use super::{Storage, keys};
+use protocols::{Labels, Sample, SeriesId, Tenant};
+use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
+use std::collections::{BTreeSet, HashSet};
+
+fn unavailable(e: impl std::fmt::Display) -> DataSourceError {
+    DataSourceError::Unavailable(e.to_string())
+}
+
+impl Storage {
+    /// Series ids of `tenant` that carry label `name` with a value accepted by `accept`.
+    fn ids_for(
+        &self,
+        tenant: &str,
+        name: &str,
+        accept: impl Fn(&str) -> bool,
+    ) -> Result<HashSet<SeriesId>, DataSourceError> {
+        let prefix = keys::name_prefix(tenant, name);
+        let mut ids = HashSet::new();
+        for kv in self.ks.postings.prefix(&prefix) {
+            let key = kv.key().map_err(unavailable)?;
+            let rest = &key[prefix.len()..];
+            let Some((value, _)) = keys::split_field(rest) else {
+                continue;
+            };
+            let value = std::str::from_utf8(value).unwrap_or_default();
+            if accept(value) {
+                if let Some(id) = keys::posting_series(&key) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Candidate series for a selector: the intersection of every equality matcher's
+    /// postings, or else the postings of the first matcher that rejects the empty string.
+    /// Every candidate is still checked against all matchers afterwards.
+    fn candidates(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+    ) -> Result<Option<HashSet<SeriesId>>, DataSourceError> {
+        let mut result: Option<HashSet<SeriesId>> = None;
+        for m in matchers {
+            if let MatchOp::Equal(v) = &m.op {
+                if v.is_empty() {
+                    continue;
+                }
+                let prefix = keys::pair_prefix(tenant, &m.name, v);
+                let mut ids = HashSet::new();
+                for kv in self.ks.postings.prefix(&prefix) {
+                    let key = kv.key().map_err(unavailable)?;
+                    if let Some(id) = keys::posting_series(&key) {
+                        ids.insert(id);
+                    }
+                }
+                result = Some(match result {
+                    None => ids,
+                    Some(prev) => prev.intersection(&ids).copied().collect(),
+                });
+            }
+        }
+        if result.is_some() {
+            return Ok(result);
+        }
+        match matchers.iter().find(|m| !m.matches_empty()) {
+            Some(m) => Ok(Some(self.ids_for(tenant, &m.name, |v| m.matches(v))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_labels(&self, id: SeriesId) -> Result<Option<(Tenant, Labels)>, DataSourceError> {
+        let Some(v) = self
+            .ks
+            .series
+            .get(keys::series_key(id))
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&v)
+            .map(Some)
+            .map_err(|e| DataSourceError::Corrupt {
+                series: id,
+                detail: format!("series entry: {e}"),
+            })
+    }
+
+    fn all_series_of(&self, tenant: &str) -> Result<HashSet<SeriesId>, DataSourceError> {
+        self.ids_for(tenant, protocols::model::METRIC_NAME_LABEL, |_| true)
+    }
+}
+
+impl DataSource for Storage {
+    fn select_series(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+    ) -> Result<Vec<SeriesRef>, DataSourceError> {
+        let ids = match self.candidates(tenant.as_str(), matchers)? {
+            Some(ids) => ids,
+            None => self.all_series_of(tenant.as_str())?,
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some((owner, labels)) = self.load_labels(id)? else {
+                continue;
+            };
+            if &owner != tenant {
+                continue;
+            }
+            let accepted = matchers
+                .iter()
+                .all(|m| m.matches(labels.get(&m.name).unwrap_or_default()));
+            if accepted {
+                out.push(SeriesRef { id, labels });
+            }
+        }
+        Ok(out)
+    }
+
+    fn samples(
+        &self,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Sample>, DataSourceError> {
+        if start_ms > end_ms {
+            return Ok(Vec::new());
+        }
+        let from = keys::sample_key(series, start_ms);
+        let to = keys::sample_key(series, end_ms);
+        let mut out = Vec::new();
+        for kv in self.ks.samples.range(from..=to) {
+            let (k, v) = kv.into_inner().map_err(unavailable)?;
+            let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
+            let (_, ts) = keys::decode_sample_key(&k)
+                .ok_or_else(|| corrupt(format!("sample key of {} bytes", k.len())))?;
+            let bits: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(format!("sample value of {} bytes", v.len())))?;
+            out.push(Sample::new(ts, f64::from_bits(u64::from_le_bytes(bits))));
+        }
+        Ok(out)
+    }
+
+    fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {
+        // Skip-scan: read one key per distinct label name, then jump past that name.
+        let prefix = keys::tenant_prefix(tenant.as_str());
+        let mut names = BTreeSet::new();
+        let mut from = prefix.clone();
+        loop {
+            let Some(kv) = self.ks.postings.range(from.as_slice()..).next() else {
+                break;
+            };
+            let key = kv.key().map_err(unavailable)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some((name, _)) = keys::split_field(&key[prefix.len()..]) else {
+                break;
+            };
+            names.insert(String::from_utf8_lossy(name).into_owned());
+            let mut next = prefix.clone();
+            next.extend_from_slice(name);
+            from = keys::skip_past(&next);
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn label_values(&self, tenant: &Tenant, name: &str) -> Result<Vec<String>, DataSourceError> {
+        let prefix = keys::name_prefix(tenant.as_str(), name);
+        let mut values = BTreeSet::new();
+        let mut from = prefix.clone();
+        loop {
+            let Some(kv) = self.ks.postings.range(from.as_slice()..).next() else {
+                break;
+            };
+            let key = kv.key().map_err(unavailable)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some((value, _)) = keys::split_field(&key[prefix.len()..]) else {
+                break;
+            };
+            values.insert(String::from_utf8_lossy(value).into_owned());
+            let mut next = prefix.clone();
+            next.extend_from_slice(value);
+            from = keys::skip_past(&next);
+        }
+        Ok(values.into_iter().collect())
+    }
+}
