@@ -29,7 +29,11 @@ pub enum ModelError {
     #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __")]
     InvalidLabelName(String),
     #[error("label {name:?} has a value of {len} bytes, more than the {max} allowed")]
-    ValueTooLong { name: String, len: usize, max: usize },
+    ValueTooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
     #[error("label name {0:?} is longer than {MAX_NAME_BYTES} bytes")]
     NameTooLong(String),
     #[error("duplicate label name {0:?}")]
@@ -128,10 +132,7 @@ impl Labels {
         N: Into<String>,
         V: Into<String>,
     {
-        let mut all: Vec<Label> = labels
-            .into_iter()
-            .map(|(n, v)| Label::new(n, v))
-            .collect();
+        let mut all: Vec<Label> = labels.into_iter().map(|(n, v)| Label::new(n, v)).collect();
         all.push(Label::new(METRIC_NAME_LABEL, metric));
         Self::try_from(all)
     }
@@ -365,10 +366,15 @@ mod tests {
 
     #[test]
     fn sanitize_makes_valid_names() {
-        assert_eq!(sanitize_metric_name("temp-1.x").as_deref(), Some("temp_1_x"));
+        assert_eq!(
+            sanitize_metric_name("temp-1.x").as_deref(),
+            Some("temp_1_x")
+        );
         assert_eq!(sanitize_metric_name("1abc").as_deref(), Some("_1abc"));
         assert_eq!(sanitize_metric_name(""), None);
-        assert!(is_valid_metric_name(&sanitize_metric_name("ü/é").unwrap_or_default()));
+        assert!(is_valid_metric_name(
+            &sanitize_metric_name("ü/é").unwrap_or_default()
+        ));
     }
 
     #[test]

@@ -115,10 +115,7 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AckOutcome {
     /// Stored now. `rejected_series` were refused (limits) and will never be stored.
-    Stored {
-        samples: u64,
-        rejected_series: u32,
-    },
+    Stored { samples: u64, rejected_series: u32 },
     /// Already stored by an earlier delivery of the same (agent, epoch, sequence).
     Duplicate,
     /// Not stored. Retry only when `code.is_retryable()`.
@@ -244,7 +241,10 @@ mod tests {
         ));
         f[0] = WIRE_VERSION;
         f[1] = 200;
-        assert!(matches!(Message::decode(&f), Err(WireError::UnknownKind(200))));
+        assert!(matches!(
+            Message::decode(&f),
+            Err(WireError::UnknownKind(200))
+        ));
         assert!(matches!(Message::decode(&[]), Err(WireError::Empty)));
     }
 

@@ -1,1 +1,400 @@
+//! Harness for Updraft's cross-process tests: starts the real `core-node` and `edge-agent`
+//! binaries on free loopback ports, talks to them over real sockets, and publishes with the
+//! real `mosquitto_pub` client.
+//!
+//! The binaries must be built first (`cargo build --bins`; the README's test command does it).
+//! Each process's output goes to a log file in its temporary directory; when a test fails, the
+//! logs are printed so the failure can be read without re-running.
 
+use anyhow::{Context, bail};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released; collisions are unlikely).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_default()
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_default()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running child process, killed (SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null())
+            .env("RUST_LOG", "info");
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// GET a URL; returns status and body. Connection errors are `Err`.
+pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, body))
+}
+
+/// GET a URL and parse JSON; fails on a non-200 status.
+pub fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = http_get(url)?;
+    if status != 200 {
+        bail!("GET {url} answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("parsing JSON from {url}: {body}"))
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Sum of every sample of `name` (optionally restricted to series containing `label_filter`,
+/// e.g. `reason="invalid_json"`) in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let base = series.split('{').next()?;
+            if base != name {
+                return None;
+            }
+            if let Some(f) = label_filter {
+                if !series.contains(f) {
+                    return None;
+                }
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Creates the CA and certificates with the real `core-node certs` command.
+pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new(binary("core-node"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "core-node certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A core node process with its addresses.
+pub struct Core {
+    pub process: Process,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub data_dir: PathBuf,
+    certs: PathBuf,
+    log: PathBuf,
+}
+
+impl Core {
+    /// Starts a core node on fresh ports and waits until `/health` answers.
+    pub fn start(work: &Path, certs: &Path) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        Self::start_at(work, certs, http, quic)
+    }
+
+    fn start_at(
+        work: &Path,
+        certs: &Path,
+        http: SocketAddr,
+        quic: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let data_dir = work.join("core-data");
+        let log = work.join("core.log");
+        let mut cmd = Command::new(binary("core-node"));
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--http-listen", &http.to_string()])
+            .args(["--quic-listen", &quic.to_string()])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("core.pem"))
+            .arg("--key")
+            .arg(certs.join("core-key.pem"));
+        let process = Process::spawn("core-node", cmd, log.clone())?;
+        let core = Self {
+            process,
+            http,
+            quic,
+            data_dir,
+            certs: certs.to_path_buf(),
+            log,
+        };
+        core.wait_healthy()?;
+        Ok(core)
+    }
+
+    /// Kills the process with SIGKILL and starts it again on the same ports and data.
+    pub fn restart_after_kill9(mut self) -> anyhow::Result<Self> {
+        self.process.kill9();
+        let work = self
+            .log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let (certs, http, quic) = (self.certs.clone(), self.http, self.quic);
+        drop(self);
+        Self::start_at(&work, &certs, http, quic)
+    }
+
+    pub fn wait_healthy(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/health", self.http);
+        wait_for("core-node /health", Duration::from_secs(30), || {
+            matches!(http_get(&url), Ok((200, _))).then_some(())
+        })
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.http, path_and_query)
+    }
+
+    /// `/api/v1/query` at `time` (Unix seconds) or now.
+    pub fn query(&self, promql: &str, time: Option<f64>) -> anyhow::Result<serde_json::Value> {
+        let mut url = self.url(&format!("/api/v1/query?query={}", encode(promql)));
+        if let Some(t) = time {
+            url.push_str(&format!("&time={t}"));
+        }
+        get_json(&url)
+    }
+
+    /// `/api/v1/query_range`, times in Unix seconds.
+    pub fn query_range(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> anyhow::Result<serde_json::Value> {
+        get_json(&self.url(&format!(
+            "/api/v1/query_range?query={}&start={start}&end={end}&step={step}",
+            encode(promql)
+        )))
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.url("/metrics"))
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+/// An edge agent process with its addresses.
+pub struct Agent {
+    pub process: Process,
+    pub mqtt_port: u16,
+    pub mqtt5_port: u16,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an edge agent that ships to `core_quic`, and waits until `/health` answers.
+    pub fn start(
+        work: &Path,
+        certs: &Path,
+        core_quic: SocketAddr,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mqtt_port = free_tcp_port();
+        let mqtt5_port = free_tcp_port();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let data_dir = work.join("agent-data");
+        let mut cmd = Command::new(binary("edge-agent"));
+        cmd.args(["--agent-id", "test-agent"])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .args(["--mqtt5-listen", &format!("127.0.0.1:{mqtt5_port}")])
+            .args(["--http-listen", &http.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--core", &core_quic.to_string()])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("agent.pem"))
+            .arg("--key")
+            .arg(certs.join("agent-key.pem"))
+            .args(extra_args);
+        let process = Process::spawn("edge-agent", cmd, work.join("agent.log"))?;
+        let agent = Self {
+            process,
+            mqtt_port,
+            mqtt5_port,
+            http,
+            data_dir,
+        };
+        let url = format!("http://{}/health", agent.http);
+        wait_for("edge-agent /health", Duration::from_secs(30), || {
+            matches!(http_get(&url), Ok((200, _))).then_some(())
+        })?;
+        Ok(agent)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.http))
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Publishes one message with the real `mosquitto_pub` (QoS 1 by default).
+    pub fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        mosquitto_pub(self.mqtt_port, topic, payload, &[])
+    }
+}
+
+/// Runs `mosquitto_pub` against 127.0.0.1:`port`. The payload is passed on stdin (`-s`), so
+/// any bytes, including a 1 MB payload, can be sent.
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-s"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running mosquitto_pub (apt-get install mosquitto-clients)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(payload)?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "mosquitto_pub -t {topic} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Values of a range-query answer's single series as (unix seconds, value) pairs.
+pub fn matrix_points(answer: &serde_json::Value) -> Vec<(f64, f64)> {
+    answer["data"]["result"][0]["values"]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|p| {
+                    Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
