@@ -2,14 +2,39 @@
 //!
 //! This crate parses PromQL with `promql-parser` and evaluates it itself. It knows nothing of
 //! how samples are stored: `core-node` implements [`DataSource`] over its storage, and tests can
-//! implement it over a `Vec`.
+//! implement it over a `Vec`. It knows nothing of HTTP either: the core's API turns a [`Value`]
+//! into Prometheus' JSON and a [`QueryError`] into an error type and status.
+//!
+//! This version evaluates selectors (`x`, `x{a=~"b"}`, `x[5m]`, `offset`, `@`), number and
+//! string literals and parentheses; any other construct is refused with
+//! [`QueryError::Unsupported`]. The evaluator is an AST walk with one result type per PromQL
+//! type, so operators and functions slot in as new match arms.
 //!
 //! Modules:
+//! - [`engine`]: [`Engine`], the instant and range entry points and their limits.
+//! - [`eval`]: the AST walk, lookback and stale-marker semantics.
+//! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
+//!   (the API's `match[]`).
+//! - [`value`]: [`Value`] and its parts.
+//! - [`error`]: why a query failed, [`QueryError`].
 //! - [`matcher`]: label matchers (`=`, `!=`, `=~`, `!~`) with Prometheus' anchoring rules.
 //! - [`source`]: the [`DataSource`] trait.
 
+pub mod engine;
+pub mod error;
+pub mod eval;
 pub mod matcher;
+pub mod selector;
 pub mod source;
+pub mod value;
 
+#[cfg(test)]
+mod testing;
+
+pub use engine::{Engine, EngineOptions, MAX_POINTS_PER_SERIES, validate_range};
+pub use error::QueryError;
+pub use eval::{STALE_NAN_BITS, is_stale_marker};
 pub use matcher::{MatchOp, Matcher};
+pub use selector::parse_series_selector;
 pub use source::{DataSource, DataSourceError, SeriesRef};
+pub use value::{InstantSample, LabelSet, Matrix, Scalar, Series, StringValue, Value, Vector};

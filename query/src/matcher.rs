@@ -95,6 +95,10 @@ mod tests {
     fn absent_label_is_empty_string() {
         assert!(Matcher::not_equal("a", "x").matches_empty());
         assert!(Matcher::equal("a", "").matches_empty());
-        assert!(Matcher::not_regex("a", ".+").expect("valid").matches_empty());
+        assert!(
+            Matcher::not_regex("a", ".+")
+                .expect("valid")
+                .matches_empty()
+        );
     }
 }

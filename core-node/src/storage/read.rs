@@ -26,10 +26,8 @@ impl Storage {
                 continue;
             };
             let value = std::str::from_utf8(value).unwrap_or_default();
-            if accept(value) {
-                if let Some(id) = keys::posting_series(&key) {
-                    ids.insert(id);
-                }
+            if let Some(id) = keys::posting_series(&key).filter(|_| accept(value)) {
+                ids.insert(id);
             }
         }
         Ok(ids)

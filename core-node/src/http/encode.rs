@@ -1,0 +1,319 @@
+//! JSON bodies, byte for byte as Prometheus writes them.
+//!
+//! Written by hand rather than through serde because Prometheus' number formats have no
+//! serde equivalent:
+//! - Timestamps are seconds with the milliseconds as a three-digit fraction, omitted when
+//!   zero: `1435781451.781`, `1435781451.780`, `1435781451`.
+//! - Sample values are strings in Go's shortest round-trip form (`strconv.FormatFloat(v, 'f',
+//!   -1, 64)`), switching to exponent form below 1e-6 and from 1e21 (`1e-07`, `1e+21`), with
+//!   `NaN`, `+Inf` and `-Inf`.
+//! - Strings are escaped as Go's `encoding/json` does, HTML characters included (`<` is
+//!   `\u003c`).
+
+use protocols::Label;
+use query::{LabelSet, Value};
+use std::fmt::Write;
+
+/// `{"status":"success","data":<data>}`, plus `"warnings"` when there are any.
+pub(crate) fn success(data: &str, warnings: &[String]) -> String {
+    let mut out = String::with_capacity(data.len() + 32);
+    out.push_str(r#"{"status":"success","data":"#);
+    out.push_str(data);
+    if !warnings.is_empty() {
+        out.push_str(r#","warnings":"#);
+        string_array(&mut out, warnings.iter().map(String::as_str));
+    }
+    out.push('}');
+    out
+}
+
+/// `{"status":"error","errorType":<kind>,"error":<message>}`.
+pub(crate) fn error(kind: &str, message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 48);
+    out.push_str(r#"{"status":"error","errorType":"#);
+    string(&mut out, kind);
+    out.push_str(r#","error":"#);
+    string(&mut out, message);
+    out.push('}');
+    out
+}
+
+/// `{"resultType":"vector","result":[...]}`: the `data` of a query response.
+pub(crate) fn query_data(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(r#"{"resultType":"#);
+    string(&mut out, value.type_name());
+    out.push_str(r#","result":"#);
+    match value {
+        Value::Scalar(s) => point(&mut out, s.timestamp_ms, s.value),
+        Value::String(s) => {
+            out.push('[');
+            timestamp(&mut out, s.timestamp_ms);
+            out.push(',');
+            string(&mut out, &s.value);
+            out.push(']');
+        }
+        Value::Vector(samples) => {
+            out.push('[');
+            for (i, s) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(r#"{"metric":"#);
+                label_set(&mut out, &s.metric);
+                out.push_str(r#","value":"#);
+                point(&mut out, s.timestamp_ms, s.value);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Matrix(series) => {
+            out.push('[');
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(r#"{"metric":"#);
+                label_set(&mut out, &s.metric);
+                out.push_str(r#","values":["#);
+                for (j, p) in s.points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    point(&mut out, p.timestamp_ms, p.value);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// `["a","b"]`.
+pub(crate) fn string_array<'a>(out: &mut String, items: impl IntoIterator<Item = &'a str>) {
+    out.push('[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(out, item);
+    }
+    out.push(']');
+}
+
+/// `{"__name__":"up","job":"node"}`, in the given (sorted) order.
+pub(crate) fn labels<'a>(out: &mut String, labels: impl IntoIterator<Item = &'a Label>) {
+    out.push('{');
+    for (i, l) in labels.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(out, &l.name);
+        out.push(':');
+        string(out, &l.value);
+    }
+    out.push('}');
+}
+
+fn label_set(out: &mut String, set: &LabelSet) {
+    labels(out, set.iter());
+}
+
+/// `[<timestamp>,"<value>"]`.
+fn point(out: &mut String, timestamp_ms: i64, value: f64) {
+    out.push('[');
+    timestamp(out, timestamp_ms);
+    out.push_str(",\"");
+    float(out, value);
+    out.push_str("\"]");
+}
+
+/// Seconds with a three-digit millisecond fraction, omitted when zero.
+pub(crate) fn timestamp(out: &mut String, ms: i64) {
+    if ms < 0 {
+        out.push('-');
+    }
+    // unsigned_abs: i64::MIN has no positive i64 counterpart.
+    let ms = ms.unsigned_abs();
+    let _ = write!(out, "{}", ms / 1000);
+    let fraction = ms % 1000;
+    if fraction != 0 {
+        let _ = write!(out, ".{fraction:03}");
+    }
+}
+
+/// Go's `strconv.FormatFloat(v, 'f' or 'e', -1, 64)` as Prometheus picks between them.
+pub(crate) fn float(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v != 0.0 && (v.abs() < 1e-6 || v.abs() >= 1e21) {
+        // Rust's `{:e}` has the same shortest digits but writes the exponent bare (`1e-7`);
+        // Go writes its sign and at least two digits (`1e-07`).
+        let formatted = format!("{v:e}");
+        let (mantissa, exponent) = formatted.split_once('e').unwrap_or((&formatted, "0"));
+        let (sign, digits) = match exponent.strip_prefix('-') {
+            Some(digits) => ('-', digits),
+            None => ('+', exponent),
+        };
+        let _ = write!(out, "{mantissa}e{sign}{digits:0>2}");
+    } else {
+        // Rust's `Display` is the shortest round-trip decimal without exponent, as Go's 'f'.
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// A JSON string, escaped as Go's `encoding/json` (HTML-safe) does.
+pub(crate) fn string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::{Labels, Sample};
+    use query::{InstantSample, Scalar, Series, StringValue};
+
+    fn ts(ms: i64) -> String {
+        let mut s = String::new();
+        timestamp(&mut s, ms);
+        s
+    }
+
+    fn fl(v: f64) -> String {
+        let mut s = String::new();
+        float(&mut s, v);
+        s
+    }
+
+    #[test]
+    fn timestamps_like_prometheus() {
+        assert_eq!(ts(1_435_781_451_781), "1435781451.781");
+        assert_eq!(ts(1_435_781_451_780), "1435781451.780");
+        assert_eq!(ts(1_435_781_451_000), "1435781451");
+        assert_eq!(ts(1_435_781_451_005), "1435781451.005");
+        assert_eq!(ts(0), "0");
+        assert_eq!(ts(1), "0.001");
+        assert_eq!(ts(-1_500), "-1.500");
+        assert_eq!(ts(i64::MIN), "-9223372036854775.808");
+    }
+
+    #[test]
+    fn values_like_go_format_float() {
+        let cases = [
+            (21.5, "21.5"),
+            (1.0, "1"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (100.0, "100"),
+            (0.1, "0.1"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-07"),
+            (1.5e-7, "1.5e-07"),
+            (-2.5e-10, "-2.5e-10"),
+            (1e20, "100000000000000000000"),
+            (1e21, "1e+21"),
+            (1.234e300, "1.234e+300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (123456789.123, "123456789.123"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(fl(v), want, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn strings_escaped_like_go() {
+        let mut s = String::new();
+        string(&mut s, "a\"b\\c\nd<e>&\u{1}é\u{2028}");
+        assert_eq!(s, r#""a\"b\\c\nd\u003ce\u003e\u0026\u0001é\u2028""#);
+    }
+
+    #[test]
+    fn result_shapes() {
+        let metric: LabelSet = Labels::from_metric("temp", [("site", "s1")])
+            .expect("valid")
+            .into();
+        let t = 1_700_000_000_123;
+        let vector = Value::Vector(vec![InstantSample {
+            metric: metric.clone(),
+            timestamp_ms: t,
+            value: 21.5,
+        }]);
+        assert_eq!(
+            query_data(&vector),
+            r#"{"resultType":"vector","result":[{"metric":{"__name__":"temp","site":"s1"},"value":[1700000000.123,"21.5"]}]}"#
+        );
+        let matrix = Value::Matrix(vec![
+            Series {
+                metric: LabelSet::empty(),
+                points: vec![Sample::new(1_000, 1.0), Sample::new(2_500, f64::NAN)],
+            },
+            Series {
+                metric,
+                points: vec![],
+            },
+        ]);
+        assert_eq!(
+            query_data(&matrix),
+            r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"],[2.500,"NaN"]]},{"metric":{"__name__":"temp","site":"s1"},"values":[]}]}"#
+        );
+        let scalar = Value::Scalar(Scalar {
+            timestamp_ms: 1_000,
+            value: -1.0,
+        });
+        assert_eq!(
+            query_data(&scalar),
+            r#"{"resultType":"scalar","result":[1,"-1"]}"#
+        );
+        let string_value = Value::String(StringValue {
+            timestamp_ms: 1_001,
+            value: "hi".into(),
+        });
+        assert_eq!(
+            query_data(&string_value),
+            r#"{"resultType":"string","result":[1.001,"hi"]}"#
+        );
+        assert_eq!(
+            query_data(&Value::Vector(vec![])),
+            r#"{"resultType":"vector","result":[]}"#
+        );
+    }
+
+    #[test]
+    fn envelopes() {
+        assert_eq!(success("[]", &[]), r#"{"status":"success","data":[]}"#);
+        assert_eq!(
+            success(r#"["a"]"#, &["results truncated due to limit".into()]),
+            r#"{"status":"success","data":["a"],"warnings":["results truncated due to limit"]}"#
+        );
+        assert_eq!(
+            error("bad_data", "x \"y\""),
+            r#"{"status":"error","errorType":"bad_data","error":"x \"y\""}"#
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! The Prometheus-compatible HTTP API, `/metrics` and `/health`.
+//!
+//! Routes (Prometheus' semantics and JSON; see `docs/query-api.md` for what differs):
+//!
+//! | route | methods | file |
+//! |---|---|---|
+//! | `/api/v1/query` | GET, POST | `query.rs` |
+//! | `/api/v1/query_range` | GET, POST | `query.rs` |
+//! | `/api/v1/labels` | GET, POST | `labels.rs` |
+//! | `/api/v1/label/{name}/values` | GET | `labels.rs` |
+//! | `/api/v1/series` | GET, POST | `series.rs` |
+//! | `/metrics` | GET | `metrics.rs` |
+//! | `/health` | GET | `metrics.rs` |
+//!
+//! Beside the handlers: `params` reads and parses parameters, `encode` writes Prometheus'
+//! exact JSON, `response` and `error` are the success and error envelopes.
+//!
+//! Every response is counted in `updraft_core_http_requests_total{handler,code}`, `handler`
+//! being the route pattern (never the raw path, to keep the label bounded). Request bodies
+//! are capped at [`MAX_BODY_BYTES`]. Storage is synchronous: every call into the data source
+//! runs on tokio's blocking pool, so a slow disk never stalls the runtime, and at most
+//! [`MAX_CONCURRENT_READS`] run at once.
+
+mod encode;
+mod error;
+mod labels;
+mod metrics;
+mod params;
+mod query;
+mod response;
+mod series;
+#[cfg(test)]
+mod tests;
+
+pub use error::{ApiError, ErrorType};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use protocols::Tenant;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Largest accepted request body; a form-encoded query is a few KiB at most.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Counter of responses, by route and status code.
+const HTTP_REQUESTS: &str = "updraft_core_http_requests_total";
+
+/// What every HTTP handler can reach.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Stored series, read through the query engine's trait.
+    pub source: Arc<dyn ::query::DataSource>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The tenant every request reads until authentication lands (issue 8).
+    pub tenant: Tenant,
+}
+
+/// Most storage reads (queries, label and series lookups) running at once: Prometheus'
+/// `--query.max-concurrency` default. Each holds a blocking-pool thread and its samples.
+pub const MAX_CONCURRENT_READS: usize = 20;
+
+/// The handlers' state: the shared state, the query engine and the read slots.
+#[derive(Clone)]
+struct Api {
+    state: HttpState,
+    engine: ::query::Engine,
+    read_slots: Arc<Semaphore>,
+}
+
+/// All routes of the core's HTTP listener.
+pub fn router(state: HttpState) -> axum::Router {
+    let api = Api {
+        state,
+        engine: ::query::Engine::default(),
+        read_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+    };
+    axum::Router::new()
+        .route("/api/v1/query", get(query::instant).post(query::instant))
+        .route("/api/v1/query_range", get(query::range).post(query::range))
+        .route("/api/v1/labels", get(labels::names).post(labels::names))
+        .route("/api/v1/label/{name}/values", get(labels::values))
+        .route("/api/v1/series", get(series::series).post(series::series))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(count_requests))
+        .with_state(api)
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let handler = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    ::metrics::counter!(
+        HTTP_REQUESTS,
+        "handler" => handler,
+        "code" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    response
+}
+
+impl Api {
+    /// Runs `f` (which calls into storage) on the blocking pool, at most
+    /// [`MAX_CONCURRENT_READS`] at a time; further requests wait for a slot.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.read_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("read slots closed"))?;
+        tokio::task::spawn_blocking(move || {
+            // Held by the task, not the request: a client that hangs up does not free the
+            // slot of a read that is still running.
+            let _permit = permit;
+            f()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // A panic in the engine or the storage: answer 500, keep serving.
+            Err(ApiError::internal(format!("query task failed: {e}")))
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! `/api/v1/query` and `/api/v1/query_range`.
+//!
+//! Parameters: `query`; `time` (instant, default now); `start`, `end`, `step` (range, all
+//! required); `timeout` (optional, caps the engine's own timeout). Others (`stats`,
+//! `lookback_delta`, `limit`) are ignored.
+
+use super::error::ApiError;
+use super::params::{Params, parse_duration_ms, parse_time};
+use super::response::Success;
+use super::{Api, encode};
+use axum::extract::State;
+use query::{Engine, QueryError};
+use std::time::{Duration, SystemTime};
+
+pub(crate) async fn instant(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+    let time_ms = match params.get("time") {
+        Some(raw) => parse_time(raw).map_err(|e| {
+            ApiError::bad_param("time", format!("Invalid time value for 'time': {e}"))
+        })?,
+        None => now_ms(),
+    };
+    let engine = engine_for(&api, &params)?;
+    let query = params.get("query").unwrap_or_default().to_owned();
+    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let data = api
+        .blocking(move || {
+            let value = engine
+                .instant(source.as_ref(), &tenant, &query, time_ms)
+                .map_err(ApiError::from_query)?;
+            // Encoding a large result takes a while too: keep it off the runtime.
+            Ok(encode::query_data(&value))
+        })
+        .await?;
+    Ok(Success::new(data))
+}
+
+pub(crate) async fn range(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+    // Checks in Prometheus' order, so the same bad request gets the same error.
+    let start_ms = params.required_time("start")?;
+    let end_ms = params.required_time("end")?;
+    if end_ms < start_ms {
+        return Err(ApiError::from_query(QueryError::EndBeforeStart));
+    }
+    let step_ms = parse_duration_ms(params.get("step").unwrap_or_default())
+        .map_err(|e| ApiError::bad_param("step", e))?;
+    query::validate_range(start_ms, end_ms, step_ms).map_err(ApiError::from_query)?;
+    let engine = engine_for(&api, &params)?;
+    let query = params.get("query").unwrap_or_default().to_owned();
+    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let data = api
+        .blocking(move || {
+            let value = engine
+                .range(source.as_ref(), &tenant, &query, start_ms, end_ms, step_ms)
+                .map_err(ApiError::from_query)?;
+            // Encoding a large result takes a while too: keep it off the runtime.
+            Ok(encode::query_data(&value))
+        })
+        .await?;
+    Ok(Success::new(data))
+}
+
+/// The engine, with the request's `timeout` when it sets a shorter one.
+fn engine_for(api: &Api, params: &Params) -> Result<Engine, ApiError> {
+    let Some(raw) = params.get("timeout") else {
+        return Ok(api.engine.clone());
+    };
+    let ms = parse_duration_ms(raw).map_err(|e| ApiError::bad_param("timeout", e))?;
+    // A zero or negative timeout expires at once, as a Go context deadline in the past does.
+    let timeout = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    Ok(api.engine.with_timeout(timeout))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,208 @@
+//! The entry points: instant and range queries, with the limits Prometheus applies to them.
+//!
+//! An instant query evaluates once, at `time`. A range query evaluates at every step
+//! `start + k * step` for `k = 0, 1, ...` while the timestamp is `<= end`; the steps are not
+//! aligned to multiples of `step` (Prometheus does not align them either; Grafana aligns
+//! `start` itself).
+
+use crate::error::QueryError;
+use crate::eval::{Evaluator, Stepped};
+use crate::source::DataSource;
+use crate::value::{InstantSample, LabelSet, Scalar, Series, StringValue, Value};
+use promql_parser::parser::Expr;
+use promql_parser::parser::value::ValueType;
+use protocols::{Sample, Tenant};
+use std::time::{Duration, Instant};
+
+/// Most points a range query may return per series, as in Prometheus: enough for a week at
+/// 60 s resolution or a year at 1 h.
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// Limits and constants of query evaluation. The defaults are Prometheus' defaults.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back from the evaluation time a vector selector looks for a sample; the window
+    /// is left-open, `(t - lookback, t]`. Prometheus' `--query.lookback-delta`: 5 minutes.
+    pub lookback_delta_ms: i64,
+    /// Most samples one query may load into memory; past it the query fails rather than
+    /// exhausting the node. Prometheus' `--query.max-samples`: 50,000,000.
+    pub max_samples: usize,
+    /// Longest a query may evaluate. Prometheus' `--query.timeout`: 2 minutes.
+    pub timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            lookback_delta_ms: 5 * 60 * 1000,
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Evaluates PromQL. Cheap to create and to clone; holds no state between queries.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    options: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> Self {
+        Self { options }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The same engine with a shorter timeout, for a request that asks for one; a longer one
+    /// than configured is ignored, as in Prometheus.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut options = self.options.clone();
+        options.timeout = options.timeout.min(timeout);
+        Self { options }
+    }
+
+    /// Evaluates `query` at `time_ms`. A vector selector yields a [`Value::Vector`] whose
+    /// samples carry `time_ms`; `x[5m]` yields a [`Value::Matrix`] of the raw samples in
+    /// `(time_ms - 5m, time_ms]`.
+    pub fn instant(
+        &self,
+        source: &dyn DataSource,
+        tenant: &Tenant,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<Value, QueryError> {
+        let expr = parse(query)?;
+        let mut ev = self.evaluator(source, tenant, time_ms, time_ms, 1);
+        Ok(match ev.eval(&expr)? {
+            Stepped::Scalar(values) => Value::Scalar(Scalar {
+                timestamp_ms: time_ms,
+                value: values.first().copied().unwrap_or(f64::NAN),
+            }),
+            Stepped::String(value) => Value::String(StringValue {
+                timestamp_ms: time_ms,
+                value,
+            }),
+            Stepped::Vector(matrix) => {
+                // One step: each series holds exactly one point.
+                let mut vector: Vec<InstantSample> = matrix
+                    .into_iter()
+                    .filter_map(|s| {
+                        let point = s.points.first()?;
+                        Some(InstantSample {
+                            metric: s.metric,
+                            timestamp_ms: point.timestamp_ms,
+                            value: point.value,
+                        })
+                    })
+                    .collect();
+                vector.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
+                Value::Vector(vector)
+            }
+            Stepped::Matrix(mut matrix) => {
+                matrix.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
+                Value::Matrix(matrix)
+            }
+        })
+    }
+
+    /// Evaluates `query` at `start_ms`, `start_ms + step_ms`, ... up to `end_ms`, and returns
+    /// a [`Value::Matrix`] with one series per label set, sorted by labels. A scalar
+    /// expression yields one series with no labels.
+    pub fn range(
+        &self,
+        source: &dyn DataSource,
+        tenant: &Tenant,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Value, QueryError> {
+        validate_range(start_ms, end_ms, step_ms)?;
+        let expr = parse(query)?;
+        match expr.value_type() {
+            ValueType::Vector | ValueType::Scalar => {}
+            ValueType::Matrix => {
+                return Err(QueryError::InvalidRangeQueryType {
+                    found: "range vector",
+                });
+            }
+            ValueType::String => return Err(QueryError::InvalidRangeQueryType { found: "string" }),
+        }
+        let mut ev = self.evaluator(source, tenant, start_ms, end_ms, step_ms);
+        let steps = ev.steps();
+        let mut matrix = match ev.eval(&expr)? {
+            Stepped::Vector(matrix) => matrix,
+            Stepped::Scalar(values) => vec![Series {
+                metric: LabelSet::empty(),
+                points: steps.zip(values).map(|(t, v)| Sample::new(t, v)).collect(),
+            }],
+            Stepped::String(_) | Stepped::Matrix(_) => {
+                // Unreachable: the parser's type and the evaluator's agree, checked above.
+                return Err(QueryError::InvalidRangeQueryType {
+                    found: "range vector",
+                });
+            }
+        };
+        matrix.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
+        Ok(Value::Matrix(matrix))
+    }
+
+    fn evaluator<'a>(
+        &'a self,
+        source: &'a dyn DataSource,
+        tenant: &'a Tenant,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Evaluator<'a> {
+        Evaluator {
+            source,
+            tenant,
+            start_ms,
+            end_ms,
+            step_ms,
+            options: &self.options,
+            deadline: Instant::now().checked_add(self.options.timeout),
+            samples_in_memory: 0,
+        }
+    }
+}
+
+/// The checks of a range query's bounds, in Prometheus' order so that the same bad request
+/// gets the same error: end before start, then the step, then the number of points.
+/// [`Engine::range`] applies them; an API may call this first to order its own checks.
+pub fn validate_range(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), QueryError> {
+    if end_ms < start_ms {
+        return Err(QueryError::EndBeforeStart);
+    }
+    if step_ms <= 0 {
+        return Err(QueryError::NonPositiveStep);
+    }
+    // i128: `end - start` overflows i64 for timestamps near its limits.
+    if (i128::from(end_ms) - i128::from(start_ms)) / i128::from(step_ms)
+        > i128::from(MAX_POINTS_PER_SERIES)
+    {
+        return Err(QueryError::TooManyPoints);
+    }
+    Ok(())
+}
+
+/// Parses PromQL, mapping the parser's error into ours.
+pub(crate) fn parse(query: &str) -> Result<Expr, QueryError> {
+    if query.trim().is_empty() {
+        // The parser's own message for this case is unhelpful; this is Prometheus' wording.
+        return Err(QueryError::Parse("no expression found in input".into()));
+    }
+    promql_parser::parser::parse(query).map_err(|message| {
+        // The parser refuses a selector that matches everything in Prometheus' words, which
+        // are also `EmptySelector`'s: keep one variant for the one error.
+        if message == QueryError::EmptySelector.to_string() {
+            QueryError::EmptySelector
+        } else {
+            QueryError::Parse(message)
+        }
+    })
+}

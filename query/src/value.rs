@@ -1,0 +1,155 @@
+//! What a query returns: one Rust type per PromQL value type.
+//!
+//! Result series carry a [`LabelSet`] rather than [`protocols::Labels`]: stored series always
+//! have a metric name, but query results need not (a scalar in a range query is the series
+//! `{}`, and operators that land later drop `__name__`).
+
+use protocols::{Label, Labels, Sample};
+use std::fmt;
+
+/// The labels of one result series: sorted by name, names unique, values non-empty.
+///
+/// The derived order compares label by label (name, then value), a shorter set first when one
+/// is a prefix of the other: the order of Prometheus' `labels.Compare`, used to sort results.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelSet(Vec<Label>);
+
+impl LabelSet {
+    /// The empty set, `{}`.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].value.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Label> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Labels> for LabelSet {
+    fn from(labels: Labels) -> Self {
+        // `Labels` is already canonical: sorted, unique, no empty values.
+        Self(labels.into())
+    }
+}
+
+impl fmt::Display for LabelSet {
+    /// `{a="1", b="2"}`, names in order, including `__name__`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, l) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}={:?}", l.name, l.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// A single number at the evaluation time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scalar {
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+/// A string at the evaluation time (only a bare string literal produces one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringValue {
+    pub timestamp_ms: i64,
+    pub value: String,
+}
+
+/// One element of an instant vector: a series and its value at one time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstantSample {
+    pub metric: LabelSet,
+    /// The evaluation time, not the time of the stored sample the value came from.
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+/// One element of a matrix: a series and its points in ascending time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub metric: LabelSet,
+    pub points: Vec<Sample>,
+}
+
+/// An instant vector: at most one sample per series, all at the same time.
+pub type Vector = Vec<InstantSample>;
+
+/// A range vector (instant query on `x[5m]`) or the result of a range query.
+pub type Matrix = Vec<Series>;
+
+/// The result of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(Scalar),
+    String(StringValue),
+    Vector(Vector),
+    Matrix(Matrix),
+}
+
+impl Value {
+    /// The Prometheus name of the value's type, as in the API's `resultType`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Scalar(_) => "scalar",
+            Value::String(_) => "string",
+            Value::Vector(_) => "vector",
+            Value::Matrix(_) => "matrix",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(metric: &str, labels: &[(&str, &str)]) -> LabelSet {
+        Labels::from_metric(metric, labels.iter().copied())
+            .expect("valid labels")
+            .into()
+    }
+
+    #[test]
+    fn order_is_label_by_label_like_prometheus() {
+        let mut sets = [
+            set("b", &[]),
+            set("a", &[("x", "2")]),
+            set("a", &[]),
+            set("a", &[("x", "10")]),
+            LabelSet::empty(),
+        ];
+        sets.sort();
+        let shown: Vec<String> = sets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "{}",
+                r#"{__name__="a"}"#,
+                r#"{__name__="a", x="10"}"#,
+                r#"{__name__="a", x="2"}"#,
+                r#"{__name__="b"}"#,
+            ]
+        );
+        assert_eq!(sets[2].get("x"), Some("10"));
+        assert_eq!(sets[2].get("y"), None);
+    }
+}
