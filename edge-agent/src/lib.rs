@@ -1,1 +1,299 @@
+//! The Updraft edge agent: runs next to the devices, takes their MQTT publishes, keeps the
+//! samples safe on local disk and ships them to a core node over QUIC with mutual TLS.
+//!
+//! ```text
+//! devices --MQTT--> [broker] --link--> [ingest thread] --append+fsync--> [buffer]
+//!                                       mapping                            |
+//!        core node <--QUIC/mTLS-- [uplink task] <--read records, ack-------+
+//! ```
+//!
+//! What it is not: a general MQTT broker (no TLS or authentication on the MQTT listeners yet, no
+//! bridging), a storage engine (samples only wait here until a core acknowledges them) or a
+//! query endpoint (`/metrics` and `/health` describe the agent itself).
+//!
+//! # Modules
+//!
+//! - [`config`]: command line, environment and TOML file, layered into a validated
+//!   [`config::AgentConfig`].
+//! - `broker`: the embedded rumqttd broker, one listener for MQTT 3.1.1 and one for MQTT 5, and
+//!   the internal link that receives every publish.
+//! - `mapping`: topic template and payload parsing, publish to samples (pure functions).
+//! - `ingest`: the dedicated thread that drains the link, maps, and appends to the buffer with
+//!   one fsync per burst.
+//! - `buffer`: the durable segment log, its ack cursor and crash recovery. Its module docs
+//!   hold the on-disk format.
+//! - `uplink`: batching, delivery to the cores with retries and fail-over, acknowledgement;
+//!   the network sits behind a `Transport` trait (QUIC in production, scripted in tests).
+//! - `http`: `/metrics` and `/health`.
+//! - `telemetry`: metric names, part of the agent's interface.
+//!
+//! # Guarantees
+//!
+//! A sample is fsynced to the buffer before it is sent, and leaves the buffer only once a core
+//! has acknowledged it (or refused it for good, which is counted). Resends after a crash carry
+//! the same `(epoch, sequence)` so the core stores them once. The embedded broker acknowledges
+//! a QoS 1 publish when the message enters its in-memory log, which is before our fsync: a crash
+//! in between loses messages the device considers delivered (see `docs/edge-agent.md`).
 
+pub mod config;
+
+mod broker;
+mod buffer;
+mod http;
+mod ingest;
+mod mapping;
+mod telemetry;
+mod uplink;
+
+use anyhow::{Context, anyhow};
+use buffer::BufferOptions;
+use config::AgentConfig;
+use ingest::{IngestError, IngestSettings, Progress};
+use mapping::Mapper;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use uplink::{Uplink, UplinkError, UplinkSettings};
+
+/// How long the broker may take to accept its first MQTT connection.
+const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each part may take to stop once shutdown was requested.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the agent until `shutdown` resolves, then stops taking messages, fsyncs what was
+/// taken, gives an in-flight batch a moment to be acknowledged and closes the QUIC endpoint.
+///
+/// Fails at start-up on invalid configuration, unreadable certificates, a listen address that
+/// cannot be bound or a buffer that cannot be opened, and later if the buffer fails (a failed
+/// fsync is not retried: restart and let recovery decide what is on disk).
+///
+/// The embedded broker has no shutdown: its threads and MQTT ports stay until the process
+/// exits (irrelevant for the binary; an in-process launcher should not call `run` twice with
+/// the same MQTT ports).
+pub async fn run(
+    config: AgentConfig,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Agent::start(config, metrics)
+        .await?
+        .run_until(shutdown)
+        .await
+}
+
+/// A started agent: its bound addresses and the handles needed to stop it.
+struct Agent {
+    // The bound addresses (port 0 resolved) are read by the in-process tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    http_addr: SocketAddr,
+    #[cfg_attr(not(test), allow(dead_code))]
+    mqtt_addr: SocketAddr,
+    #[cfg_attr(not(test), allow(dead_code))]
+    mqtt5_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    /// `true` (or dropping it) stops every part.
+    stop: watch::Sender<bool>,
+    ingest: oneshot::Receiver<Result<(), IngestError>>,
+    uplink: JoinHandle<Result<(), UplinkError>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Agent {
+    async fn start(config: AgentConfig, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        config.validate().context("invalid configuration")?;
+        let tls = uplink::quic::client_tls(&config.ca, &config.cert, &config.key)
+            .context("cannot set up TLS for the uplink")?;
+        let transport = uplink::quic::QuicTransport::new(tls)?;
+        telemetry::register(&config.core);
+
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot bind --http-listen {}", config.http_listen))?;
+        let http_addr = http_listener.local_addr()?;
+        let (mqtt_hold, mqtt_addr) = broker::reserve("mqtt-listen", config.mqtt_listen)?;
+        let (mqtt5_hold, mqtt5_addr) = broker::reserve("mqtt5-listen", config.mqtt5_listen)?;
+
+        let dir = config.data_dir.join("buffer");
+        let options = BufferOptions {
+            segment_max_bytes: config.buffer_segment_bytes,
+        };
+        let open_dir = dir.clone();
+        let (writer, reader, recovery) =
+            tokio::task::spawn_blocking(move || buffer::open(&open_dir, options))
+                .await?
+                .with_context(|| format!("cannot open the buffer in {}", dir.display()))?;
+        info!(
+            dir = %dir.display(),
+            epoch = %recovery.epoch,
+            fresh = recovery.fresh,
+            cursor_lost = recovery.cursor_lost,
+            acked = %recovery.acked,
+            end = %recovery.end,
+            segments = recovery.segments,
+            unacked_bytes = reader.unacked_bytes(),
+            "buffer opened"
+        );
+        if recovery.corrupt_bytes > 0 {
+            warn!(
+                bytes = recovery.corrupt_bytes,
+                "buffer recovery discarded torn or corrupt data"
+            );
+        }
+        counter!(telemetry::BUFFER_CORRUPT_BYTES).increment(recovery.corrupt_bytes);
+        gauge!(telemetry::BUFFER_BYTES).set(reader.unacked_bytes() as f64);
+
+        // From here on, an early return drops `stop_tx`, which stops what was started.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let http = tokio::spawn(http::serve(
+            http_listener,
+            metrics,
+            Arc::clone(&ready),
+            stopped(stop_rx.clone()),
+        ));
+
+        drop((mqtt_hold, mqtt5_hold));
+        let max_payload = config.max_payload_bytes;
+        let started =
+            tokio::task::spawn_blocking(move || broker::start(mqtt_addr, mqtt5_addr, max_payload))
+                .await??;
+        let (progress_tx, progress_rx) = watch::channel(Progress {
+            durable_end: recovery.end,
+            samples: 0,
+        });
+        let ingest = ingest::spawn(
+            (started.link_tx, started.link_rx),
+            writer,
+            reader.clone(),
+            IngestSettings {
+                mapper: Mapper::new(config.topic_template.clone(), config.max_payload_bytes),
+                tenant: config.tenant.clone(),
+                record_max_samples: config.batch_max_samples,
+            },
+            progress_tx,
+            stop_rx.clone(),
+        )
+        .context("cannot start the ingest thread")?;
+        broker::wait_until_accepting(mqtt_addr, broker::MqttVersion::V311, BROKER_READY_TIMEOUT)
+            .await?;
+        broker::wait_until_accepting(mqtt5_addr, broker::MqttVersion::V5, BROKER_READY_TIMEOUT)
+            .await?;
+        ready.store(true, Ordering::Release);
+
+        let cores: Vec<String> = config.core.iter().map(ToString::to_string).collect();
+        info!(
+            agent_id = %config.agent_id,
+            tenant = %config.tenant,
+            mqtt = %mqtt_addr,
+            mqtt5 = %mqtt5_addr,
+            http = %http_addr,
+            cores = %cores.join(","),
+            topic_template = %config.topic_template,
+            "edge agent started"
+        );
+        let settings = UplinkSettings {
+            agent_id: config.agent_id,
+            endpoints: config.core,
+            batch_max_samples: config.batch_max_samples,
+            batch_max_delay: config.batch_max_delay,
+            backoff: uplink::Backoff::DEFAULT,
+        };
+        let uplink = Uplink::new(transport, reader, settings, progress_rx, stop_rx);
+        Ok(Self {
+            http_addr,
+            mqtt_addr,
+            mqtt5_addr,
+            ready,
+            stop: stop_tx,
+            ingest,
+            uplink: tokio::spawn(uplink.run()),
+            http,
+        })
+    }
+
+    /// Runs until `shutdown` resolves or a part fails, then stops every part.
+    async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            ready,
+            stop,
+            mut ingest,
+            mut uplink,
+            mut http,
+            ..
+        } = self;
+        // Which part ended first; the others are stopped and collected below.
+        let (mut ingest_end, mut uplink_end, mut http_end) = (None, None, None);
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            r = &mut ingest => ingest_end = Some(r),
+            r = &mut uplink => uplink_end = Some(r),
+            r = &mut http => http_end = Some(r),
+        }
+        let failed_early = ingest_end.is_some() || uplink_end.is_some() || http_end.is_some();
+        ready.store(false, Ordering::Release);
+        stop.send_replace(true);
+
+        // Ingest first: it fsyncs its last burst, so nothing taken from the broker is lost.
+        let ingest_result = match ingest_end {
+            Some(r) => Some(r),
+            None => tokio::time::timeout(STOP_TIMEOUT, &mut ingest).await.ok(),
+        };
+        let uplink_result = match uplink_end {
+            Some(r) => Some(r),
+            None => tokio::time::timeout(STOP_TIMEOUT, &mut uplink).await.ok(),
+        };
+        let http_result = match http_end {
+            Some(r) => Some(r),
+            None => tokio::time::timeout(STOP_TIMEOUT, &mut http).await.ok(),
+        };
+
+        let mut errors = Vec::new();
+        match ingest_result {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => errors.push(anyhow!(e).context("ingest failed")),
+            Some(Err(_)) => errors.push(anyhow!("ingest thread panicked")),
+            None => errors.push(anyhow!("ingest thread did not stop in time")),
+        }
+        match uplink_result {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => errors.push(anyhow!(e).context("uplink failed")),
+            Some(Err(e)) => errors.push(anyhow!(e).context("uplink task failed")),
+            None => errors.push(anyhow!("uplink did not stop in time")),
+        }
+        match http_result {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => errors.push(anyhow!(e).context("http server failed")),
+            Some(Err(e)) => errors.push(anyhow!(e).context("http task failed")),
+            None => errors.push(anyhow!("http server did not stop in time")),
+        }
+        if errors.is_empty() && failed_early {
+            errors.push(anyhow!("a part of the agent stopped unexpectedly"));
+        }
+        match errors.into_iter().next() {
+            None => {
+                info!("edge agent stopped");
+                Ok(())
+            }
+            Some(first) => Err(first),
+        }
+    }
+}
+
+/// Resolves once `stop` turns true or its sender is dropped.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,91 @@
-fn main() {}
+//! `edge-agent`: parses the configuration, sets up logs and metrics, and runs the agent until
+//! Ctrl-C or SIGTERM. Everything else lives in the library.
+
+use edge_agent::config::AgentConfig;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// Without `RUST_LOG`: our info lines, and only warnings from the broker (which logs every
+/// connection at info).
+// rumqttd logs an ERROR ("no-connection id N is already gone") for every clean client
+// DISCONNECT; its router target is silenced so real problems stay visible. fjall and lsm-tree
+// log routine maintenance at info.
+const DEFAULT_LOG_FILTER: &str =
+    "info,rumqttd=warn,rumqttd::router::routing=off,fjall=warn,lsm_tree=warn";
+
+/// Exit status for a configuration the agent refuses (clap uses the same for usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Before anything can build a TLS configuration; an error only means one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // Exits with clap's usage message (status 2) on unknown flags, prints --help/--version.
+    let config = match AgentConfig::from_args() {
+        Ok(config) => config,
+        Err(e) => return fail(Some("invalid configuration"), &e.into(), EXIT_CONFIG),
+    };
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => return fail(Some("cannot install the metrics recorder"), &e.into(), 1),
+    };
+    match edge_agent::run(config, metrics, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(None, &e, 1),
+    }
+}
+
+/// Prints one line with the error and its causes. Causes whose text the previous message
+/// already contains are left out (library errors name their cause in their own message).
+fn fail(context: Option<&str>, e: &anyhow::Error, code: u8) -> ExitCode {
+    let mut line = String::from("edge-agent");
+    let mut previous = String::new();
+    for text in context
+        .map(str::to_owned)
+        .into_iter()
+        .chain(e.chain().map(|c| c.to_string()))
+    {
+        if !previous.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    eprintln!("{line}");
+    ExitCode::from(code)
+}
+
+/// Resolves on Ctrl-C or SIGTERM. If a handler cannot be installed, the other still works.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,540 @@
+//! Agent configuration: command line, environment and an optional TOML file, layered into one
+//! validated [`AgentConfig`].
+//!
+//! Precedence, highest first: command-line flag, `UPDRAFT_EDGE_*` environment variable, the file
+//! given by `--config`, the built-in default. File keys are the flag names without `--`
+//! (`agent-id = "gw-7"`); unknown keys are an error. Relative paths are relative to the working
+//! directory, not to the file. `deploy/edge-agent.toml` lists every option with its default.
+
+use crate::mapping::TemplateError;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use protocols::model::{ModelError, Tenant};
+use protocols::wire::AgentId;
+use serde::Deserialize;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use crate::mapping::TopicTemplate;
+
+pub const DEFAULT_AGENT_ID: &str = "edge-agent";
+// The three listen addresses and the core endpoint also appear typed in `AgentConfig::default`.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+pub const DEFAULT_MQTT5_LISTEN: &str = "127.0.0.1:1884";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9202";
+pub const DEFAULT_DATA_DIR: &str = "./data/edge";
+pub const DEFAULT_CORE: &str = "127.0.0.1:4433";
+pub const DEFAULT_CA: &str = "certs/ca.pem";
+pub const DEFAULT_CERT: &str = "certs/agent.pem";
+pub const DEFAULT_KEY: &str = "certs/agent-key.pem";
+pub const DEFAULT_TOPIC_TEMPLATE: &str = "{site}/{device}/{metric}";
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+pub const DEFAULT_BATCH_MAX_SAMPLES: usize = 10_000;
+pub const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 200;
+pub const DEFAULT_BUFFER_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Longest accepted agent id, in bytes.
+const MAX_AGENT_ID_BYTES: usize = 128;
+/// Upper bound for `--batch-max-samples`: keeps one batch well inside the wire's frame limit.
+const MAX_BATCH_SAMPLES: usize = 100_000;
+
+/// Why the configuration was refused. Messages name the option so an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid --tenant: {0}")]
+    Tenant(#[from] ModelError),
+    #[error("invalid --agent-id {0:?}: must be 1-{MAX_AGENT_ID_BYTES} bytes without whitespace")]
+    AgentId(String),
+    #[error("invalid --core {value:?}: {reason}")]
+    Core { value: String, reason: &'static str },
+    #[error("at least one --core endpoint is required")]
+    NoCore,
+    #[error("invalid --topic-template {value:?}: {source}")]
+    TopicTemplate {
+        value: String,
+        source: TemplateError,
+    },
+    #[error("--{option} must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        option: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("--{0} and --{1} use the same address {2}")]
+    SameAddress(&'static str, &'static str, SocketAddr),
+}
+
+/// A core node to ship to: `host:port`, where host is a DNS name or an IP address (IPv6 in
+/// brackets). The host is also the TLS server name the core's certificate must match.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CoreEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for CoreEndpoint {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ConfigError::Core {
+            value: value.to_owned(),
+            reason,
+        };
+        let (host, port) = value.rsplit_once(':').ok_or(err("expected HOST:PORT"))?;
+        let port: u16 = port.parse().map_err(|_| err("port is not a number"))?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or(err("unbalanced brackets"))?,
+            None if host.contains(':') => return Err(err("put an IPv6 address in brackets")),
+            None => host,
+        };
+        if host.is_empty() || port == 0 {
+            return Err(err("host and a non-zero port are required"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for CoreEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated configuration [`crate::run`] takes. Build it from the command line with
+/// [`AgentConfig::from_args`], or in code starting from [`AgentConfig::default`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub agent_id: AgentId,
+    pub tenant: Tenant,
+    /// MQTT 3.1.1 listener. Port 0 picks a free port (logged at start).
+    pub mqtt_listen: SocketAddr,
+    /// MQTT 5 listener. Port 0 picks a free port (logged at start).
+    pub mqtt5_listen: SocketAddr,
+    /// `/metrics` and `/health`.
+    pub http_listen: SocketAddr,
+    /// The buffer lives in `<data_dir>/buffer/`.
+    pub data_dir: PathBuf,
+    /// Tried in order; the next one on failure.
+    pub core: Vec<CoreEndpoint>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub topic_template: TopicTemplate,
+    pub max_payload_bytes: usize,
+    pub batch_max_samples: usize,
+    pub batch_max_delay: Duration,
+    pub buffer_segment_bytes: u64,
+}
+
+impl Default for AgentConfig {
+    /// The documented defaults (the same values `--help` shows; a unit test keeps them equal).
+    fn default() -> Self {
+        let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            agent_id: AgentId(DEFAULT_AGENT_ID.to_owned()),
+            tenant: Tenant::default(),
+            mqtt_listen: localhost(1883),
+            mqtt5_listen: localhost(1884),
+            http_listen: localhost(9202),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            core: vec![CoreEndpoint {
+                host: "127.0.0.1".to_owned(),
+                port: 4433,
+            }],
+            ca: PathBuf::from(DEFAULT_CA),
+            cert: PathBuf::from(DEFAULT_CERT),
+            key: PathBuf::from(DEFAULT_KEY),
+            topic_template: TopicTemplate::default(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            batch_max_samples: DEFAULT_BATCH_MAX_SAMPLES,
+            batch_max_delay: Duration::from_millis(DEFAULT_BATCH_MAX_DELAY_MS),
+            buffer_segment_bytes: DEFAULT_BUFFER_SEGMENT_BYTES,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses the process arguments (exits with clap's message on `--help` or a usage error),
+    /// reads `--config` if given and validates the result.
+    pub fn from_args() -> Result<Self, ConfigError> {
+        let matches = Cli::command().get_matches();
+        Self::from_matches(&matches)
+    }
+
+    /// Like [`AgentConfig::from_args`] for an explicit argument list (tests, launchers); usage
+    /// errors and `--help` come back as [`ConfigError::Usage`] instead of exiting.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        Self::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let cli = Cli::from_arg_matches(matches)?;
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        // A value from the file wins only over a built-in default.
+        let from_default = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        macro_rules! layer {
+            ($field:ident) => {
+                match file.$field {
+                    Some(v) if from_default(stringify!($field)) => v,
+                    _ => cli.$field,
+                }
+            };
+        }
+        let raw = Cli {
+            config: None,
+            agent_id: layer!(agent_id),
+            tenant: layer!(tenant),
+            mqtt_listen: layer!(mqtt_listen),
+            mqtt5_listen: layer!(mqtt5_listen),
+            http_listen: layer!(http_listen),
+            data_dir: layer!(data_dir),
+            core: layer!(core),
+            ca: layer!(ca),
+            cert: layer!(cert),
+            key: layer!(key),
+            topic_template: layer!(topic_template),
+            max_payload_bytes: layer!(max_payload_bytes),
+            batch_max_samples: layer!(batch_max_samples),
+            batch_max_delay_ms: layer!(batch_max_delay_ms),
+            buffer_segment_bytes: layer!(buffer_segment_bytes),
+        };
+        raw.validate()
+    }
+
+    /// Checks the invariants `run` relies on; `from_args` has already done so.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.agent_id.0.is_empty()
+            || self.agent_id.0.len() > MAX_AGENT_ID_BYTES
+            || self.agent_id.0.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::AgentId(self.agent_id.0.clone()));
+        }
+        if self.core.is_empty() {
+            return Err(ConfigError::NoCore);
+        }
+        range(
+            "max-payload-bytes",
+            self.max_payload_bytes as u64,
+            1,
+            protocols::wire::MAX_FRAME_BYTES as u64,
+        )?;
+        range(
+            "batch-max-samples",
+            self.batch_max_samples as u64,
+            1,
+            MAX_BATCH_SAMPLES as u64,
+        )?;
+        let delay_ms = u64::try_from(self.batch_max_delay.as_millis()).unwrap_or(u64::MAX);
+        range("batch-max-delay-ms", delay_ms, 0, 60_000)?;
+        range(
+            "buffer-segment-bytes",
+            self.buffer_segment_bytes,
+            64 * 1024,
+            1024 * 1024 * 1024,
+        )?;
+        let listeners = [
+            ("mqtt-listen", self.mqtt_listen),
+            ("mqtt5-listen", self.mqtt5_listen),
+            ("http-listen", self.http_listen),
+        ];
+        for (i, (a_name, a)) in listeners.iter().enumerate() {
+            for (b_name, b) in &listeners[i + 1..] {
+                if a == b && a.port() != 0 {
+                    return Err(ConfigError::SameAddress(a_name, b_name, *a));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn range(option: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            option,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// Updraft edge agent: embedded MQTT broker, durable disk buffer, QUIC uplink to core nodes.
+///
+/// Every option can also be set with the environment variable shown, or in the TOML file given
+/// by --config (keys are the option names without `--`). Flags override the environment, which
+/// overrides the file, which overrides the defaults.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version)]
+struct Cli {
+    /// TOML file with any of the options below
+    #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Identity of this agent, stable across restarts (the core deduplicates per agent)
+    #[arg(long, value_name = "ID", env = "UPDRAFT_EDGE_AGENT_ID", default_value = DEFAULT_AGENT_ID)]
+    agent_id: String,
+
+    /// Tenant all samples are written to
+    #[arg(long, value_name = "T", env = "UPDRAFT_EDGE_TENANT", default_value = Tenant::DEFAULT)]
+    tenant: String,
+
+    /// MQTT 3.1.1 listener of the embedded broker
+    #[arg(long, value_name = "ADDR", env = "UPDRAFT_EDGE_MQTT_LISTEN", default_value = DEFAULT_MQTT_LISTEN)]
+    mqtt_listen: SocketAddr,
+
+    /// MQTT 5 listener of the embedded broker (a separate port: the broker serves one
+    /// protocol version per listener)
+    #[arg(long, value_name = "ADDR", env = "UPDRAFT_EDGE_MQTT5_LISTEN", default_value = DEFAULT_MQTT5_LISTEN)]
+    mqtt5_listen: SocketAddr,
+
+    /// HTTP listener for GET /metrics and GET /health
+    #[arg(long, value_name = "ADDR", env = "UPDRAFT_EDGE_HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
+    http_listen: SocketAddr,
+
+    /// Directory for the durable buffer (kept in <DIR>/buffer)
+    #[arg(long, value_name = "DIR", env = "UPDRAFT_EDGE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+
+    /// Core node to ship to; repeat (or comma-separate) for fail-over, tried in order. The
+    /// host is the TLS server name
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "UPDRAFT_EDGE_CORE",
+        value_delimiter = ',',
+        default_value = DEFAULT_CORE
+    )]
+    core: Vec<String>,
+
+    /// CA certificate (PEM) the core's certificate must chain to
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_CA", default_value = DEFAULT_CA)]
+    ca: PathBuf,
+
+    /// This agent's client certificate chain (PEM)
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_CERT", default_value = DEFAULT_CERT)]
+    cert: PathBuf,
+
+    /// This agent's private key (PEM, PKCS#8)
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_KEY", default_value = DEFAULT_KEY)]
+    key: PathBuf,
+
+    /// MQTT topic template: {name} captures a level as label `name`, {metric} the metric name,
+    /// other levels must match literally
+    #[arg(long, value_name = "T", env = "UPDRAFT_EDGE_TOPIC_TEMPLATE", default_value = DEFAULT_TOPIC_TEMPLATE)]
+    topic_template: String,
+
+    /// Publishes with a larger payload are dropped and counted
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    max_payload_bytes: usize,
+
+    /// Most samples in one batch sent to the core
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BATCH_MAX_SAMPLES", default_value_t = DEFAULT_BATCH_MAX_SAMPLES)]
+    batch_max_samples: usize,
+
+    /// Longest a buffered sample waits for its batch to fill before it is sent
+    #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BATCH_MAX_DELAY_MS", default_value_t = DEFAULT_BATCH_MAX_DELAY_MS)]
+    batch_max_delay_ms: u64,
+
+    /// Size at which the buffer starts a new segment file
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BUFFER_SEGMENT_BYTES", default_value_t = DEFAULT_BUFFER_SEGMENT_BYTES)]
+    buffer_segment_bytes: u64,
+}
+
+impl Cli {
+    fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let core = self
+            .core
+            .iter()
+            .map(|c| c.trim().parse())
+            .collect::<Result<Vec<CoreEndpoint>, _>>()?;
+        let topic_template =
+            self.topic_template
+                .parse()
+                .map_err(|source| ConfigError::TopicTemplate {
+                    value: self.topic_template.clone(),
+                    source,
+                })?;
+        let config = AgentConfig {
+            agent_id: AgentId(self.agent_id),
+            tenant: Tenant::new(self.tenant)?,
+            mqtt_listen: self.mqtt_listen,
+            mqtt5_listen: self.mqtt5_listen,
+            http_listen: self.http_listen,
+            data_dir: self.data_dir,
+            core,
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            topic_template,
+            max_payload_bytes: self.max_payload_bytes,
+            batch_max_samples: self.batch_max_samples,
+            batch_max_delay: Duration::from_millis(self.batch_max_delay_ms),
+            buffer_segment_bytes: self.buffer_segment_bytes,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The `--config` file: every option optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    agent_id: Option<String>,
+    tenant: Option<String>,
+    mqtt_listen: Option<SocketAddr>,
+    mqtt5_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    core: Option<Vec<String>>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    topic_template: Option<String>,
+    max_payload_bytes: Option<usize>,
+    batch_max_samples: Option<usize>,
+    batch_max_delay_ms: Option<u64>,
+    buffer_segment_bytes: Option<u64>,
+}
+
+impl FileConfig {
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, ConfigError> {
+        let args = std::iter::once("edge-agent").chain(args.iter().copied());
+        AgentConfig::try_from_args(args)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_default_impl() {
+        let parsed = parse(&[]).expect("defaults are valid");
+        let default = AgentConfig::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        assert_eq!(parsed.core[0].to_string(), DEFAULT_CORE);
+        assert_eq!(parsed.topic_template.as_str(), DEFAULT_TOPIC_TEMPLATE);
+        default.validate().expect("default is valid");
+    }
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            file,
+            r#"
+            agent-id = "from-file"
+            tenant = "acme"
+            core = ["core-a:4433", "[::1]:5000"]
+            batch-max-delay-ms = 50
+            "#
+        )
+        .expect("write");
+        let path = file.path().to_str().expect("utf-8 path");
+        let c = parse(&["--config", path, "--agent-id", "from-flag"]).expect("valid");
+        assert_eq!(c.agent_id.0, "from-flag");
+        assert_eq!(c.tenant.as_str(), "acme");
+        assert_eq!(c.batch_max_delay, Duration::from_millis(50));
+        let cores: Vec<String> = c.core.iter().map(ToString::to_string).collect();
+        assert_eq!(cores, ["core-a:4433", "[::1]:5000"]);
+        assert_eq!(c.core[1].host, "::1");
+    }
+
+    #[test]
+    fn the_example_config_lists_every_option_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/edge-agent.toml");
+        let text = std::fs::read_to_string(path).expect("deploy/edge-agent.toml");
+        let file: toml::Table = toml::from_str(&text).expect("valid TOML");
+        let mut keys: Vec<&str> = file.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut flags: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .filter(|f| f != "config")
+            .collect();
+        flags.sort_unstable();
+        assert_eq!(
+            keys, flags,
+            "every flag appears in the example file, nothing else"
+        );
+        let c = parse(&["--config", path]).expect("valid");
+        assert_eq!(format!("{c:?}"), format!("{:?}", AgentConfig::default()));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "agent_idd = \"x\"").expect("write");
+        let path = file.path().to_str().expect("utf-8 path");
+        assert!(matches!(
+            parse(&["--config", path]),
+            Err(ConfigError::ParseFile { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_values_name_the_option() {
+        let msg = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg(&["--tenant", "a b"]).contains("--tenant"));
+        assert!(msg(&["--core", "localhost"]).contains("--core"));
+        assert!(msg(&["--core", "::1:4433"]).contains("brackets"));
+        assert!(msg(&["--topic-template", "{site}"]).contains("--topic-template"));
+        assert!(msg(&["--batch-max-samples", "0"]).contains("--batch-max-samples"));
+        assert!(msg(&["--http-listen", "127.0.0.1:1883"]).contains("same address"));
+        let repeated = parse(&["--core", "a:1", "--core", "b:2"]).expect("valid");
+        assert_eq!(repeated.core.len(), 2);
+    }
+}

@@ -1,0 +1,328 @@
+//! The ingest thread: drains the broker link, maps publishes to samples and appends them to the
+//! buffer with one fsync per burst (group commit).
+//!
+//! It runs on a dedicated OS thread because both of its waits block: `LinkRx::recv_deadline`
+//! parks on a channel and `BufferWriter::sync` waits for the disk. Neither may run on the async
+//! runtime.
+
+use crate::buffer::record::{self, RecordError};
+use crate::buffer::{BufferError, BufferReader, BufferWriter, Offset};
+use crate::mapping::{MappedSample, Mapper, RejectReason, Rejection};
+use crate::telemetry;
+use metrics::{Counter, counter, gauge};
+use protocols::model::{Labels, Sample, Tenant};
+use protocols::wire::SeriesSamples;
+use rumqttd::Notification;
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+/// How often an idle ingest thread checks for shutdown.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Most publishes in one burst: bounds how long a sample waits for its fsync under load.
+const MAX_BURST_MESSAGES: usize = 4096;
+/// A record is closed once its encoding reaches about this size, so that one batch of records
+/// stays far below the wire's frame limit.
+const RECORD_SOFT_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Rejection warnings logged per window; the rest are only counted.
+const WARNINGS_PER_WINDOW: u32 = 10;
+const WARNING_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the ingest thread has made durable; the uplink waits on changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub durable_end: Offset,
+    /// Samples made durable since start (the uplink uses it to decide when a batch is full).
+    pub samples: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IngestError {
+    #[error("buffer append failed: {0}")]
+    Buffer(#[from] BufferError),
+    #[error("cannot encode buffer record: {0}")]
+    Record(#[from] RecordError),
+    #[error("broker link closed: {0}")]
+    Link(#[source] Box<LinkError>),
+}
+
+impl From<LinkError> for IngestError {
+    fn from(e: LinkError) -> Self {
+        // Boxed: rumqttd's error carries a whole router event (over 800 bytes).
+        Self::Link(Box::new(e))
+    }
+}
+
+pub(crate) struct IngestSettings {
+    pub mapper: Mapper,
+    pub tenant: Tenant,
+    /// Most samples per buffer record (= the batch limit, so one record always fits a batch).
+    pub record_max_samples: usize,
+}
+
+/// Starts the ingest thread. It stops after one last drain and fsync once `stop` turns true
+/// (or its sender is dropped), and reports how it ended on the returned channel.
+pub(crate) fn spawn(
+    link: (LinkTx, LinkRx),
+    writer: BufferWriter,
+    reader: BufferReader,
+    settings: IngestSettings,
+    progress: watch::Sender<Progress>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<oneshot::Receiver<Result<(), IngestError>>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let reject_counters =
+        RejectReason::ALL.map(|r| counter!(telemetry::MESSAGES_REJECTED, "reason" => r.as_str()));
+    let mut ingest = Ingest {
+        _link_tx: link.0,
+        link_rx: link.1,
+        writer,
+        reader,
+        settings,
+        progress,
+        stop,
+        pending: HashMap::new(),
+        pending_samples: 0,
+        pending_bytes: 0,
+        burst_samples: 0,
+        appended: false,
+        unscheduled: false,
+        warnings: LogLimiter::new(WARNINGS_PER_WINDOW, WARNING_WINDOW),
+        received: counter!(telemetry::MESSAGES_RECEIVED),
+        samples_received: counter!(telemetry::SAMPLES_RECEIVED),
+        samples_buffered: counter!(telemetry::SAMPLES_BUFFERED),
+        rejected: reject_counters,
+    };
+    std::thread::Builder::new()
+        .name("updraft-ingest".to_owned())
+        .spawn(move || {
+            let result = ingest.run();
+            // Release the buffer (and its directory lock) before reporting that we are done.
+            drop(ingest);
+            // The receiver is gone only if the agent was abandoned; nothing left to tell.
+            let _ = done_tx.send(result);
+        })?;
+    Ok(done_rx)
+}
+
+struct Ingest {
+    /// Kept alive so the router keeps the link's subscription.
+    _link_tx: LinkTx,
+    link_rx: LinkRx,
+    writer: BufferWriter,
+    reader: BufferReader,
+    settings: IngestSettings,
+    progress: watch::Sender<Progress>,
+    stop: watch::Receiver<bool>,
+    /// Samples mapped but not yet in a record, grouped by series.
+    pending: HashMap<Labels, Vec<Sample>>,
+    pending_samples: usize,
+    pending_bytes: usize,
+    /// Samples appended since the last fsync.
+    burst_samples: u64,
+    appended: bool,
+    /// The router paused us because our queue filled up; it resumes after `ready()`.
+    unscheduled: bool,
+    warnings: LogLimiter,
+    received: Counter,
+    samples_received: Counter,
+    samples_buffered: Counter,
+    rejected: [Counter; RejectReason::ALL.len()],
+}
+
+impl Ingest {
+    fn run(&mut self) -> Result<(), IngestError> {
+        loop {
+            // A dropped sender means the agent is gone: stop as well.
+            let stopping = *self.stop.borrow() || self.stop.has_changed().is_err();
+            let wait = if stopping { Duration::ZERO } else { IDLE_POLL };
+            let mut drained = 0;
+            if self.recv(Instant::now() + wait)? {
+                drained += 1;
+                // Take what else is already queued without blocking: one burst, one fsync.
+                while drained < MAX_BURST_MESSAGES && self.recv(Instant::now())? {
+                    drained += 1;
+                }
+            }
+            self.commit()?;
+            if self.unscheduled {
+                self.unscheduled = false;
+                self.link_rx.ready()?;
+            }
+            if stopping {
+                debug!("ingest thread stopped after a final drain");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles at most one notification; false when none arrived before `deadline`.
+    fn recv(&mut self, deadline: Instant) -> Result<bool, IngestError> {
+        match self.link_rx.recv_deadline(deadline) {
+            Ok(Some(Notification::Forward(forward))) => {
+                self.on_publish(&forward.publish.topic, &forward.publish.payload)?;
+                Ok(true)
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                self.unscheduled = true;
+                Ok(true)
+            }
+            // Acks for our own subscribe and other bookkeeping.
+            Ok(Some(_)) | Ok(None) => Ok(true),
+            Err(LinkError::RecvTimeout(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn on_publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), IngestError> {
+        self.received.increment(1);
+        match self.settings.mapper.map(topic, payload, now_ms()) {
+            Ok(samples) => {
+                self.samples_received.increment(samples.len() as u64);
+                for MappedSample { labels, sample } in samples {
+                    self.push(labels, sample);
+                }
+                if self.pending_samples >= self.settings.record_max_samples
+                    || self.pending_bytes >= RECORD_SOFT_MAX_BYTES
+                {
+                    self.append_record()?;
+                }
+            }
+            Err(rejection) => self.reject(topic, &rejection),
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, labels: Labels, sample: Sample) {
+        let series = match self.pending.get_mut(&labels) {
+            Some(series) => series,
+            None => {
+                self.pending_bytes += labels
+                    .iter()
+                    .map(|l| 4 + l.name.len() + l.value.len())
+                    .sum::<usize>();
+                self.pending.entry(labels).or_default()
+            }
+        };
+        series.push(sample);
+        self.pending_samples += 1;
+        self.pending_bytes += 16;
+    }
+
+    fn reject(&mut self, topic: &[u8], rejection: &Rejection) {
+        let reason = rejection.reason();
+        self.rejected[reason as usize].increment(1);
+        if self.warnings.allow() {
+            let topic = String::from_utf8_lossy(&topic[..topic.len().min(256)]);
+            warn!(%topic, reason = reason.as_str(), "dropped MQTT message: {rejection}");
+        }
+    }
+
+    /// Encodes the pending samples as one record and appends it (no fsync yet).
+    fn append_record(&mut self) -> Result<(), IngestError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let series: Vec<SeriesSamples> = self
+            .pending
+            .drain()
+            .map(|(labels, samples)| SeriesSamples { labels, samples })
+            .collect();
+        let payload = record::encode(&self.settings.tenant, &series)?;
+        self.writer.append(&payload)?;
+        self.burst_samples += self.pending_samples as u64;
+        self.pending_samples = 0;
+        self.pending_bytes = 0;
+        self.appended = true;
+        Ok(())
+    }
+
+    /// Appends what is pending, fsyncs once, then tells the uplink.
+    fn commit(&mut self) -> Result<(), IngestError> {
+        self.append_record()?;
+        if !self.appended {
+            return Ok(());
+        }
+        let durable_end = self.writer.sync()?;
+        self.appended = false;
+        let samples = std::mem::take(&mut self.burst_samples);
+        self.samples_buffered.increment(samples);
+        gauge!(telemetry::BUFFER_BYTES).set(self.reader.unacked_bytes() as f64);
+        self.progress.send_modify(|p| {
+            p.durable_end = durable_end;
+            p.samples += samples;
+        });
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Lets `max` log lines through per window and reports how many were held back, so a flood of
+/// bad messages cannot drown the log (or the disk it is written to).
+struct LogLimiter {
+    max: u32,
+    window: Duration,
+    window_start: Instant,
+    emitted: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(max: u32, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            window_start: Instant::now(),
+            emitted: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= self.window {
+            if self.suppressed > 0 {
+                warn!(
+                    suppressed = self.suppressed,
+                    "more MQTT messages were dropped than logged; see \
+                     updraft_edge_messages_rejected_total"
+                );
+            }
+            self.window_start = now;
+            self.emitted = 0;
+            self.suppressed = 0;
+        }
+        if self.emitted < self.max {
+            self.emitted += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_caps_lines_per_window() {
+        let mut l = LogLimiter::new(3, Duration::from_secs(3600));
+        let allowed = (0..10).filter(|_| l.allow()).count();
+        assert_eq!(allowed, 3);
+        assert_eq!(l.suppressed, 7);
+        let mut l = LogLimiter::new(1, Duration::ZERO);
+        assert!(
+            l.allow() && l.allow(),
+            "a new window lets lines through again"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Metric names and descriptions.
+//!
+//! The names are part of the agent's interface: dashboards and the cross-process tests read them
+//! from `GET /metrics`, so renaming one is a breaking change. Counters whose label values are
+//! known up front (rejection reasons, drop reasons, core endpoints) are registered at zero on
+//! start, so a scrape shows every series before the first event.
+
+use crate::config::CoreEndpoint;
+use crate::mapping::RejectReason;
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+
+pub(crate) const MESSAGES_RECEIVED: &str = "updraft_edge_messages_received_total";
+pub(crate) const MESSAGES_REJECTED: &str = "updraft_edge_messages_rejected_total";
+pub(crate) const SAMPLES_RECEIVED: &str = "updraft_edge_samples_received_total";
+pub(crate) const SAMPLES_BUFFERED: &str = "updraft_edge_samples_buffered_total";
+pub(crate) const BUFFER_BYTES: &str = "updraft_edge_buffer_bytes";
+pub(crate) const BUFFER_CORRUPT_BYTES: &str = "updraft_edge_buffer_corrupt_bytes_total";
+pub(crate) const SAMPLES_SHIPPED: &str = "updraft_edge_samples_shipped_total";
+pub(crate) const SAMPLES_ACKED: &str = "updraft_edge_samples_acked_total";
+pub(crate) const SAMPLES_DROPPED: &str = "updraft_edge_samples_dropped_total";
+pub(crate) const UPLINK_ERRORS: &str = "updraft_edge_uplink_errors_total";
+
+/// Why shipped samples were given up on. Label values of [`SAMPLES_DROPPED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// The core answered with a non-retryable error, or stored only part of a batch.
+    RejectedByCore,
+    /// A single buffered record encodes to a frame larger than the wire allows.
+    FrameTooLarge,
+}
+
+impl DropReason {
+    pub(crate) const ALL: [Self; 2] = [Self::RejectedByCore, Self::FrameTooLarge];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::RejectedByCore => "rejected_by_core",
+            Self::FrameTooLarge => "frame_too_large",
+        }
+    }
+}
+
+/// Registers descriptions and zero-valued label sets. Harmless to call more than once.
+pub(crate) fn register(endpoints: &[CoreEndpoint]) {
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        "MQTT publishes received from the embedded broker"
+    );
+    describe_counter!(
+        MESSAGES_REJECTED,
+        "MQTT publishes dropped because topic or payload could not be mapped, by reason"
+    );
+    describe_counter!(SAMPLES_RECEIVED, "samples decoded from accepted publishes");
+    describe_counter!(
+        SAMPLES_BUFFERED,
+        "samples appended and fsynced to the disk buffer"
+    );
+    describe_gauge!(
+        BUFFER_BYTES,
+        Unit::Bytes,
+        "bytes in the disk buffer not yet acknowledged by a core"
+    );
+    describe_counter!(
+        BUFFER_CORRUPT_BYTES,
+        Unit::Bytes,
+        "buffer bytes discarded as torn or corrupt (recovery truncation and read-time skips)"
+    );
+    describe_counter!(
+        SAMPLES_SHIPPED,
+        "samples in batches a core answered (any outcome), counted per delivery (resends included)"
+    );
+    describe_counter!(
+        SAMPLES_ACKED,
+        "samples a core acknowledged as stored or duplicate"
+    );
+    describe_counter!(
+        SAMPLES_DROPPED,
+        "samples given up on after buffering, by reason"
+    );
+    describe_counter!(UPLINK_ERRORS, "failed batch deliveries, by core endpoint");
+
+    counter!(MESSAGES_RECEIVED).absolute(0);
+    for reason in RejectReason::ALL {
+        counter!(MESSAGES_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(SAMPLES_RECEIVED).absolute(0);
+    counter!(SAMPLES_BUFFERED).absolute(0);
+    counter!(BUFFER_CORRUPT_BYTES).absolute(0);
+    counter!(SAMPLES_SHIPPED).absolute(0);
+    counter!(SAMPLES_ACKED).absolute(0);
+    for reason in DropReason::ALL {
+        counter!(SAMPLES_DROPPED, "reason" => reason.as_str()).absolute(0);
+    }
+    for endpoint in endpoints {
+        counter!(UPLINK_ERRORS, "endpoint" => endpoint.to_string()).absolute(0);
+    }
+    gauge!(BUFFER_BYTES).set(0.0);
+}

@@ -1,0 +1,238 @@
+//! The uplink against a scripted core: what gets resent, acknowledged or dropped.
+
+use super::*;
+use crate::buffer::{self, BufferOptions, BufferWriter, record};
+use protocols::model::{Labels, Sample, Tenant};
+use protocols::wire::{ErrorCode, SeriesSamples, WriteBatch};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// What the scripted core does with the next request.
+#[derive(Debug, Clone)]
+enum Reply {
+    Unreachable,
+    Answer(AckOutcome),
+}
+
+#[derive(Clone, Default)]
+struct ScriptedCore {
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    seen: Arc<Mutex<Vec<(String, WriteBatch)>>>,
+}
+
+impl ScriptedCore {
+    fn new(script: impl IntoIterator<Item = Reply>) -> Self {
+        Self {
+            script: Arc::new(Mutex::new(script.into_iter().collect())),
+            seen: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, WriteBatch)> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Transport for ScriptedCore {
+    async fn exchange(
+        &mut self,
+        endpoint: &CoreEndpoint,
+        frame: Bytes,
+    ) -> Result<Vec<u8>, TransportError> {
+        let Ok(Message::WriteBatch(batch)) = Message::decode(&frame) else {
+            panic!("the uplink sent something other than a WriteBatch");
+        };
+        let (epoch, sequence) = (batch.epoch, batch.sequence);
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((endpoint.to_string(), batch));
+        // An exhausted script stores everything.
+        let reply = self.script.lock().expect("lock").pop_front();
+        match reply.unwrap_or(Reply::Answer(AckOutcome::Duplicate)) {
+            Reply::Unreachable => Err(TransportError::Timeout("connecting")),
+            Reply::Answer(outcome) => Ok(Message::BatchAck(BatchAck {
+                epoch,
+                sequence,
+                outcome,
+            })
+            .encode()),
+        }
+    }
+
+    async fn close(&mut self) {}
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    writer: BufferWriter,
+    reader: BufferReader,
+    progress: watch::Sender<Progress>,
+    stop: watch::Sender<bool>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = BufferOptions {
+            segment_max_bytes: 1 << 20,
+        };
+        let (writer, reader, _) = buffer::open(dir.path(), options).expect("open");
+        Self {
+            _dir: dir,
+            writer,
+            reader,
+            progress: watch::Sender::new(Progress::default()),
+            stop: watch::Sender::new(false),
+        }
+    }
+
+    /// Appends one record with `n` samples of one series and makes it durable.
+    fn append(&mut self, n: usize) -> Offset {
+        let labels = Labels::from_metric("temp", [("site", "s1")]).expect("valid");
+        let samples = (0..n).map(|i| Sample::new(i as i64, i as f64)).collect();
+        let payload = record::encode(&Tenant::default(), &[SeriesSamples { labels, samples }])
+            .expect("encodes");
+        self.writer.append(&payload).expect("append");
+        let end = self.writer.sync().expect("sync");
+        self.progress.send_modify(|p| {
+            p.durable_end = end;
+            p.samples += n as u64;
+        });
+        end
+    }
+
+    fn start(&self, core: ScriptedCore, endpoints: &[&str]) -> tokio::task::JoinHandle<()> {
+        let settings = UplinkSettings {
+            agent_id: AgentId("edge-test".into()),
+            endpoints: endpoints
+                .iter()
+                .map(|e| e.parse().expect("endpoint"))
+                .collect(),
+            batch_max_samples: 10,
+            batch_max_delay: Duration::ZERO,
+            backoff: Backoff {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+        };
+        let uplink = Uplink::new(
+            core,
+            self.reader.clone(),
+            settings,
+            self.progress.subscribe(),
+            self.stop.subscribe(),
+        );
+        tokio::spawn(async move {
+            uplink.run().await.expect("uplink runs");
+        })
+    }
+
+    async fn wait_acked(&self, upto: Offset) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.reader.acked() < upto {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "buffer never acknowledged up to {upto}");
+    }
+
+    async fn shut_down(&self, task: tokio::task::JoinHandle<()>) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("uplink stops")
+            .expect("uplink task");
+    }
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_resent_unchanged_to_the_next_endpoint() {
+    let mut h = Harness::new();
+    let end = h.append(3);
+    let core = ScriptedCore::new([
+        Reply::Unreachable,
+        Reply::Answer(AckOutcome::Failed {
+            code: ErrorCode::Unavailable,
+            message: "starting".into(),
+        }),
+        Reply::Answer(AckOutcome::Stored {
+            samples: 3,
+            rejected_series: 0,
+        }),
+    ]);
+    let task = h.start(core.clone(), &["core-a:4433", "core-b:4433"]);
+    h.wait_acked(end).await;
+    h.shut_down(task).await;
+
+    let seen = core.seen();
+    let endpoints: Vec<&str> = seen.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(endpoints, ["core-a:4433", "core-b:4433", "core-a:4433"]);
+    // Every attempt is the same batch: same epoch, sequence and samples.
+    assert!(seen.windows(2).all(|w| w[0].1 == w[1].1));
+    assert_eq!(seen[0].1.sequence, end.0);
+    assert_eq!(seen[0].1.epoch, h.reader.epoch().0);
+    assert_eq!(seen[0].1.sample_count(), 3);
+}
+
+#[tokio::test]
+async fn a_batch_rejected_for_good_is_dropped_and_does_not_wedge_the_buffer() {
+    let mut h = Harness::new();
+    let first = h.append(2);
+    let core = ScriptedCore::new([Reply::Answer(AckOutcome::Failed {
+        code: ErrorCode::BadData,
+        message: "no".into(),
+    })]);
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(first).await;
+    let second = h.append(1);
+    h.wait_acked(second).await;
+    h.shut_down(task).await;
+
+    let sequences: Vec<u64> = core.seen().iter().map(|(_, b)| b.sequence).collect();
+    assert_eq!(
+        sequences,
+        [first.0, second.0],
+        "the rejected batch is not resent"
+    );
+}
+
+#[tokio::test]
+async fn batches_respect_the_sample_limit_and_keep_record_boundaries() {
+    let mut h = Harness::new();
+    let ends: Vec<Offset> = (0..4).map(|_| h.append(4)).collect();
+    let core = ScriptedCore::new([]);
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(ends[3]).await;
+    h.shut_down(task).await;
+
+    // Limit 10 with records of 4 samples: two records per batch.
+    let batches: Vec<(u64, usize)> = core
+        .seen()
+        .iter()
+        .map(|(_, b)| (b.sequence, b.sample_count()))
+        .collect();
+    assert_eq!(batches, [(ends[1].0, 8), (ends[3].0, 8)]);
+}
+
+#[tokio::test]
+async fn stop_during_endless_failures_returns_promptly_without_acknowledging() {
+    let mut h = Harness::new();
+    h.append(1);
+    let core = ScriptedCore::new(std::iter::repeat_n(Reply::Unreachable, 100_000));
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while core.seen().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("retries happen");
+    h.shut_down(task).await;
+    assert_eq!(
+        h.reader.acked(),
+        Offset(0),
+        "undelivered data stays in the buffer"
+    );
+}
