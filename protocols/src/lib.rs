@@ -8,6 +8,7 @@
 //! This crate does no I/O, starts no runtime and depends on no other workspace crate, so both
 //! sides (and tests, fuzzers and benchmarks) can use it without pulling in a network stack.
 
+pub mod codec;
 pub mod model;
 pub mod wire;
 

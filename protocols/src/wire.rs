@@ -29,6 +29,7 @@
 //! stores, in the same atomic write as the samples, the highest `(epoch, sequence)` applied per
 //! agent and acknowledges a batch at or below it as a duplicate without storing it again.
 
+use crate::codec::{self, CodecError};
 use crate::model::{Labels, Sample, Tenant};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -53,11 +54,41 @@ impl fmt::Display for AgentId {
     }
 }
 
-/// Samples of one series, sorted by timestamp (duplicates allowed; the last one wins).
+/// Samples of one series in arrival order (what an agent buffers before it encodes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesSamples {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+}
+
+/// One series' samples as a [`codec`] chunk: what travels in a [`WriteBatch`] and what the core
+/// stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesChunk {
+    pub labels: Labels,
+    #[serde(with = "serde_bytes_compat")]
+    pub chunk: Vec<u8>,
+}
+
+impl SeriesChunk {
+    /// Sorts `samples` by timestamp, keeps the last of samples sharing a timestamp (in the
+    /// given order), and encodes them.
+    pub fn encode(labels: Labels, mut samples: Vec<Sample>) -> Result<Self, CodecError> {
+        samples.sort_by_key(|s| s.timestamp_ms);
+        // After a stable sort, the last of equal timestamps is the latest arrival: keep it.
+        samples.reverse();
+        samples.dedup_by_key(|s| s.timestamp_ms);
+        samples.reverse();
+        Ok(Self {
+            labels,
+            chunk: codec::encode(&samples)?,
+        })
+    }
+
+    /// Samples in the chunk, from its header (checksum verified).
+    pub fn sample_count(&self) -> Result<usize, CodecError> {
+        Ok(codec::header(&self.chunk)?.count as usize)
+    }
 }
 
 /// A batch of samples shipped by an edge agent.
@@ -67,12 +98,42 @@ pub struct WriteBatch {
     pub epoch: u64,
     pub sequence: u64,
     pub tenant: Tenant,
-    pub series: Vec<SeriesSamples>,
+    pub series: Vec<SeriesChunk>,
 }
 
 impl WriteBatch {
+    /// Samples in every chunk whose header is intact.
     pub fn sample_count(&self) -> usize {
-        self.series.iter().map(|s| s.samples.len()).sum()
+        self.series
+            .iter()
+            .filter_map(|s| s.sample_count().ok())
+            .sum()
+    }
+}
+
+/// Byte vectors as one length-prefixed run (postcard's `bytes`), not a sequence of integers.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -194,20 +255,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn samples() -> Vec<Sample> {
+        vec![
+            Sample::new(i64::MIN, f64::from_bits(0x7ff0_0000_0000_0002)),
+            Sample::new(0, -0.0),
+            Sample::new(i64::MAX, f64::INFINITY),
+        ]
+    }
+
     fn batch() -> WriteBatch {
+        let labels = Labels::from_metric("temp", [("site", "s1")]).expect("valid");
         WriteBatch {
             agent_id: AgentId("edge-1".into()),
             epoch: 7,
             sequence: 42,
             tenant: Tenant::default(),
-            series: vec![SeriesSamples {
-                labels: Labels::from_metric("temp", [("site", "s1")]).expect("valid"),
-                samples: vec![
-                    Sample::new(i64::MIN, f64::from_bits(0x7ff0_0000_0000_0002)),
-                    Sample::new(0, -0.0),
-                    Sample::new(i64::MAX, f64::INFINITY),
-                ],
-            }],
+            series: vec![SeriesChunk::encode(labels, samples()).expect("encodes")],
         }
     }
 
@@ -216,6 +279,29 @@ mod tests {
         let m = Message::WriteBatch(batch());
         let decoded = Message::decode(&m.encode()).expect("decodes");
         assert_eq!(decoded, m);
+        let Message::WriteBatch(b) = decoded else {
+            unreachable!("decoded a write batch")
+        };
+        assert_eq!(b.sample_count(), 3);
+        assert_eq!(codec::decode(&b.series[0].chunk).expect("chunk"), samples());
+    }
+
+    #[test]
+    fn series_chunk_sorts_and_keeps_the_last_duplicate() {
+        let labels = Labels::from_metric("m", [("a", "1")]).expect("valid");
+        let c = SeriesChunk::encode(
+            labels,
+            vec![
+                Sample::new(20, 1.0),
+                Sample::new(10, 2.0),
+                Sample::new(20, 3.0),
+            ],
+        )
+        .expect("encodes");
+        assert_eq!(
+            codec::decode(&c.chunk).expect("decodes"),
+            vec![Sample::new(10, 2.0), Sample::new(20, 3.0)]
+        );
     }
 
     #[test]
@@ -254,7 +340,7 @@ mod tests {
         #[derive(Serialize)]
         struct RawSeries {
             labels: Vec<crate::model::Label>,
-            samples: Vec<Sample>,
+            chunk: Vec<u8>,
         }
         #[derive(Serialize)]
         struct RawBatch {
@@ -271,7 +357,7 @@ mod tests {
             tenant: "default".into(),
             series: vec![RawSeries {
                 labels: vec![crate::model::Label::new("bad-name", "x")],
-                samples: vec![],
+                chunk: vec![],
             }],
         };
         let mut frame = vec![WIRE_VERSION, KIND_WRITE_BATCH];

@@ -167,10 +167,8 @@ pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
             if base != name {
                 return None;
             }
-            if let Some(f) = label_filter {
-                if !series.contains(f) {
-                    return None;
-                }
+            if label_filter.is_some_and(|f| !series.contains(f)) {
+                return None;
             }
             value.parse::<f64>().ok()
         })
@@ -245,11 +243,7 @@ impl Core {
     /// Kills the process with SIGKILL and starts it again on the same ports and data.
     pub fn restart_after_kill9(mut self) -> anyhow::Result<Self> {
         self.process.kill9();
-        let work = self
-            .log
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let work = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
         let (certs, http, quic) = (self.certs.clone(), self.http, self.quic);
         drop(self);
         Self::start_at(&work, &certs, http, quic)
@@ -364,7 +358,17 @@ impl Agent {
 pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-s"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-s",
+        ])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -391,10 +395,34 @@ pub fn matrix_points(answer: &serde_json::Value) -> Vec<(f64, f64)> {
         .map(|values| {
             values
                 .iter()
-                .filter_map(|p| {
-                    Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?))
-                })
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?)))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+impl Core {
+    /// Polls a range query until its single series' points equal `expected` exactly. Waiting
+    /// on the point count alone is not enough: a step without its own sample shows the
+    /// previous one (lookback) until the missing sample arrives.
+    pub fn wait_for_points(
+        &self,
+        promql: &str,
+        (start, end, step): (f64, f64, f64),
+        expected: &[(f64, f64)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let mut last = Vec::new();
+        let found = wait_for(promql, timeout, || {
+            let a = self.query_range(promql, start, end, step).ok()?;
+            last = matrix_points(&a);
+            (last == expected).then_some(())
+        });
+        if found.is_err() {
+            bail!(
+                "{promql} never returned the expected points\nexpected: {expected:?}\nlast seen: {last:?}"
+            );
+        }
+        Ok(())
+    }
 }

@@ -29,9 +29,18 @@ fn published_values_come_back_exactly_from_the_query_api() -> anyhow::Result<()>
     // JSON objects with explicit timestamps (ms and RFC 3339): every numeric field becomes a
     // series named <metric>_<field>.
     let t0_ms: i64 = 1_700_000_000_000;
-    agent.publish("site1/dev2/env", format!(r#"{{"ts":{t0_ms},"value":1.25,"hum":40.5,"label":"x"}}"#).as_bytes())?;
-    agent.publish("site1/dev2/env", format!(r#"{{"ts":{},"value":2.5,"hum":41}}"#, t0_ms + 10_000).as_bytes())?;
-    agent.publish("site1/dev2/env", br#"{"timestamp":"2023-11-14T22:13:40Z","value":-3.75,"hum":1e-3}"#)?;
+    agent.publish(
+        "site1/dev2/env",
+        format!(r#"{{"ts":{t0_ms},"value":1.25,"hum":40.5,"label":"x"}}"#).as_bytes(),
+    )?;
+    agent.publish(
+        "site1/dev2/env",
+        format!(r#"{{"ts":{},"value":2.5,"hum":41}}"#, t0_ms + 10_000).as_bytes(),
+    )?;
+    agent.publish(
+        "site1/dev2/env",
+        br#"{"timestamp":"2023-11-14T22:13:40Z","value":-3.75,"hum":1e-3}"#,
+    )?;
     // The same metric over MQTT 5.
     mosquitto_pub(
         agent.mqtt5_port,
@@ -41,26 +50,39 @@ fn published_values_come_back_exactly_from_the_query_api() -> anyhow::Result<()>
     )?;
 
     let t0 = t0_ms as f64 / 1000.0;
-    let points = wait_for("four env_value points", Duration::from_secs(15), || {
-        let a = core
-            .query_range(r#"env_value{device="dev2"}"#, t0, t0 + 30.0, 10.0)
-            .ok()?;
-        let p = matrix_points(&a);
-        (p.len() == 4).then_some(p)
-    })?;
-    assert_eq!(
-        points,
-        vec![(t0, 1.25), (t0 + 10.0, 2.5), (t0 + 20.0, -3.75), (t0 + 30.0, 5e300)]
-    );
-    let hum = core.query_range("env_hum", t0, t0 + 30.0, 10.0)?;
-    assert_eq!(
-        matrix_points(&hum),
-        vec![(t0, 40.5), (t0 + 10.0, 41.0), (t0 + 20.0, 0.001), (t0 + 30.0, 0.0)]
-    );
+    let window = (t0, t0 + 30.0, 10.0);
+    core.wait_for_points(
+        r#"env_value{device="dev2"}"#,
+        window,
+        &[
+            (t0, 1.25),
+            (t0 + 10.0, 2.5),
+            (t0 + 20.0, -3.75),
+            (t0 + 30.0, 5e300),
+        ],
+        Duration::from_secs(15),
+    )?;
+    core.wait_for_points(
+        "env_hum",
+        window,
+        &[
+            (t0, 40.5),
+            (t0 + 10.0, 41.0),
+            (t0 + 20.0, 0.001),
+            (t0 + 30.0, 0.0),
+        ],
+        Duration::from_secs(15),
+    )?;
     // Non-numeric fields do not become series.
     let labels = get_json(&core.url("/api/v1/label/__name__/values"))?;
-    assert_eq!(labels["data"], serde_json::json!(["env_hum", "env_value", "temp"]));
-    let series = get_json(&core.url(&format!("/api/v1/series?match[]={}", encode("{site=\"site1\"}"))))?;
+    assert_eq!(
+        labels["data"],
+        serde_json::json!(["env_hum", "env_value", "temp"])
+    );
+    let series = get_json(&core.url(&format!(
+        "/api/v1/series?match[]={}",
+        encode("{site=\"site1\"}")
+    )))?;
     assert_eq!(series["data"].as_array().map(Vec::len), Some(3));
 
     // Both sides count what they did.

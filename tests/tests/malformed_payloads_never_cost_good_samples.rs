@@ -18,12 +18,24 @@ fn malformed_payloads_are_counted_and_good_ones_around_them_arrive() -> anyhow::
     let big = vec![b'7'; 1024 * 1024];
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
         ("site1/dev1/temp", b"twenty-one".to_vec(), "not_a_number"),
-        ("site1/dev1/env", br#"{"ts":1,"v":"#.to_vec(), "invalid_json"),
+        (
+            "site1/dev1/env",
+            br#"{"ts":1,"v":"#.to_vec(),
+            "invalid_json",
+        ),
         ("just/two", b"1.0".to_vec(), "topic_mismatch"),
         ("a/b/c/d", b"1.0".to_vec(), "topic_mismatch"),
         ("site1/dev1/temp", big, "payload_too_large"),
-        ("site1/dev1/env", br#"{"ts":"yesterday","v":1}"#.to_vec(), "invalid_timestamp"),
-        ("site1/dev1/env", br#"{"name":"only text"}"#.to_vec(), "no_numeric_fields"),
+        (
+            "site1/dev1/env",
+            br#"{"ts":"yesterday","v":1}"#.to_vec(),
+            "invalid_timestamp",
+        ),
+        (
+            "site1/dev1/env",
+            br#"{"name":"only text"}"#.to_vec(),
+            "no_numeric_fields",
+        ),
         ("site1/dev1/temp", vec![0xff, 0xfe, 0x00], "not_a_number"),
     ];
     let mut i = 0i64;
@@ -36,26 +48,39 @@ fn malformed_payloads_are_counted_and_good_ones_around_them_arrive() -> anyhow::
     let n = i + 1;
 
     let t0 = t0_ms as f64 / 1000.0;
-    let points = wait_for("every good message", Duration::from_secs(20), || {
-        let a = core.query_range("seq_v", t0, t0 + (n - 1) as f64, 1.0).ok()?;
-        let p = matrix_points(&a);
-        (p.len() == n as usize).then_some(p)
-    })?;
     let expected: Vec<(f64, f64)> = (0..n).map(|i| (t0 + i as f64, i as f64)).collect();
-    assert_eq!(points, expected);
+    core.wait_for_points(
+        "seq_v",
+        (t0, t0 + (n - 1) as f64, 1.0),
+        &expected,
+        Duration::from_secs(20),
+    )?;
 
     assert!(agent.process.is_running(), "agent survived the bad input");
     let metrics = agent.metrics();
-    for reason in ["not_a_number", "invalid_json", "topic_mismatch", "payload_too_large", "invalid_timestamp", "no_numeric_fields"] {
+    for reason in [
+        "not_a_number",
+        "invalid_json",
+        "topic_mismatch",
+        "payload_too_large",
+        "invalid_timestamp",
+        "no_numeric_fields",
+    ] {
         let expected = bad.iter().filter(|b| b.2 == reason).count() as f64;
         let counted = metric_sum(
             &metrics,
             "updraft_edge_messages_rejected_total",
             Some(&format!("reason=\"{reason}\"")),
         );
-        assert_eq!(counted, expected, "rejections counted for {reason}\n{metrics}");
+        assert_eq!(
+            counted, expected,
+            "rejections counted for {reason}\n{metrics}"
+        );
     }
     let log = agent.process.log_text();
-    assert!(log.contains("payload_too_large") || log.contains("too large"), "rejections are logged:\n{log}");
+    assert!(
+        log.contains("payload_too_large") || log.contains("too large"),
+        "rejections are logged:\n{log}"
+    );
     Ok(())
 }

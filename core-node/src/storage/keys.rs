@@ -8,12 +8,33 @@ use protocols::SeriesId;
 /// Separator between strings in a key (never part of UTF-8 text).
 pub const SEP: u8 = 0xFF;
 
-/// `samples` key: series id, then the timestamp with its sign bit flipped so negative
-/// timestamps sort before positive ones.
-pub fn sample_key(series: SeriesId, timestamp_ms: i64) -> [u8; 16] {
-    let mut k = [0u8; 16];
+/// Length of a UTC day in milliseconds: chunks never span two days, so a day's chunks of a
+/// series are one key range and merge into one sealed block.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// First millisecond of the UTC day holding `timestamp_ms`.
+pub fn day_start(timestamp_ms: i64) -> i64 {
+    // Saturating: the day holding i64::MIN starts "before" i64::MIN; clamping keeps it a lower
+    // bound of every timestamp in that day.
+    timestamp_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS)
+}
+
+/// Last millisecond of the UTC day holding `timestamp_ms`.
+pub fn day_end(timestamp_ms: i64) -> i64 {
+    // The next day's start overflows only for the last day, which ends at i64::MAX.
+    (timestamp_ms.div_euclid(DAY_MS) + 1)
+        .checked_mul(DAY_MS)
+        .map_or(i64::MAX, |next| next - 1)
+}
+
+/// `chunks` key: series id, the chunk's first timestamp (sign bit flipped so negative
+/// timestamps sort first), and the write sequence that orders overlapping chunks (the higher
+/// one wins a shared timestamp).
+pub fn chunk_key(series: SeriesId, min_ts: i64, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
     k[..8].copy_from_slice(&series.0.to_be_bytes());
-    k[8..].copy_from_slice(&ts_to_bytes(timestamp_ms));
+    k[8..16].copy_from_slice(&ts_to_bytes(min_ts));
+    k[16..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -21,16 +42,40 @@ pub fn ts_to_bytes(timestamp_ms: i64) -> [u8; 8] {
     ((timestamp_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// Inverse of [`sample_key`]; `None` for a key of the wrong length.
-pub fn decode_sample_key(key: &[u8]) -> Option<(SeriesId, i64)> {
-    let id: [u8; 8] = key.get(..8)?.try_into().ok()?;
-    let ts: [u8; 8] = key.get(8..16)?.try_into().ok()?;
-    (key.len() == 16).then(|| {
-        (
-            SeriesId(u64::from_be_bytes(id)),
-            (u64::from_be_bytes(ts) ^ (1 << 63)) as i64,
-        )
-    })
+fn u64_at(key: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = key.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// Inverse of [`chunk_key`]: `(series, min_ts, seq)`; `None` for a key of the wrong length.
+pub fn decode_chunk_key(key: &[u8]) -> Option<(SeriesId, i64, u64)> {
+    if key.len() != 24 {
+        return None;
+    }
+    Some((
+        SeriesId(u64_at(key, 0)?),
+        (u64_at(key, 8)? ^ (1 << 63)) as i64,
+        u64_at(key, 16)?,
+    ))
+}
+
+/// `dirty` key: a (series, day) with chunks written since its last merge.
+pub fn dirty_key(series: SeriesId, day_start: i64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&series.0.to_be_bytes());
+    k[8..].copy_from_slice(&ts_to_bytes(day_start));
+    k
+}
+
+/// Inverse of [`dirty_key`].
+pub fn decode_dirty_key(key: &[u8]) -> Option<(SeriesId, i64)> {
+    if key.len() != 16 {
+        return None;
+    }
+    Some((
+        SeriesId(u64_at(key, 0)?),
+        (u64_at(key, 8)? ^ (1 << 63)) as i64,
+    ))
 }
 
 /// `series` key: the series id.
@@ -104,16 +149,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sample_keys_sort_by_series_then_time() {
+    fn chunk_keys_sort_by_series_then_time_then_sequence() {
         let s = SeriesId(7);
-        let mut ts = [i64::MIN, -1, 0, 1, 1_700_000_000_000, i64::MAX];
-        let keys: Vec<_> = ts.iter().map(|t| sample_key(s, *t)).collect();
+        let ts = [i64::MIN, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        let keys: Vec<_> = ts.iter().map(|t| chunk_key(s, *t, 5)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        for (k, t) in keys.iter().zip(ts.iter_mut()) {
-            assert_eq!(decode_sample_key(k), Some((s, *t)));
+        for (k, t) in keys.iter().zip(ts) {
+            assert_eq!(decode_chunk_key(k), Some((s, t, 5)));
         }
-        assert!(sample_key(SeriesId(7), i64::MAX) < sample_key(SeriesId(8), i64::MIN));
-        assert_eq!(decode_sample_key(&[0; 15]), None);
+        assert!(chunk_key(s, 0, 1) < chunk_key(s, 0, 2));
+        assert!(chunk_key(SeriesId(7), i64::MAX, u64::MAX) < chunk_key(SeriesId(8), i64::MIN, 0));
+        assert_eq!(decode_chunk_key(&[0; 23]), None);
+        assert_eq!(decode_dirty_key(&dirty_key(s, -DAY_MS)), Some((s, -DAY_MS)));
+    }
+
+    #[test]
+    fn days_are_utc_and_total() {
+        assert_eq!(day_start(0), 0);
+        assert_eq!(day_end(0), DAY_MS - 1);
+        assert_eq!(day_start(-1), -DAY_MS);
+        assert_eq!(day_start(DAY_MS + 5), DAY_MS);
+        assert_eq!(
+            day_start(i64::MIN),
+            i64::MIN,
+            "clamped: the true start is below i64::MIN"
+        );
+        assert_eq!(day_end(i64::MAX), i64::MAX);
+        assert_eq!(day_start(i64::MAX), (i64::MAX / DAY_MS) * DAY_MS);
     }
 
     #[test]

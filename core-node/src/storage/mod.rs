@@ -1,4 +1,4 @@
-//! Durable storage of series and samples on fjall.
+//! Durable storage of series and their compressed chunks on fjall.
 //!
 //! # Layout (one fjall database under `<data-dir>/storage`)
 //!
@@ -6,12 +6,15 @@
 //! |---|---|---|
 //! | `series` | series id (u64 BE) | postcard `(Tenant, Labels)` |
 //! | `postings` | `tenant 0xFF name 0xFF value 0xFF series_id` | empty |
-//! | `samples` | series id (u64 BE) ++ timestamp (i64, sign bit flipped, BE) | f64 bits (u64 LE) |
-//! | `meta` | `agent-offset 0xFF agent_id` | epoch (u64 BE) ++ sequence (u64 BE) |
+//! | `chunks` | series id (u64 BE) ++ first timestamp (i64, sign bit flipped, BE) ++ write sequence (u64 BE) | a `protocols::codec` chunk |
+//! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
+//! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` | epoch ++ sequence / u64 (all BE) |
 //!
-//! Keys are built in [`keys`]. Samples are keyed by series first, so every series' samples are
-//! one contiguous range; a later version stores compressed chunks per series and time
-//! partition and prefixes keys with a shard number so a shard can be streamed elsewhere.
+//! Keys are built in [`keys`]. A chunk never spans two UTC days, so a series' chunks of one
+//! day are one key range. Chunks are stored exactly as the agents encoded them (split only
+//! when one crosses midnight), and the [`compactor`] later merges each (series, day) into one
+//! sealed block, where the codec compresses best. Where chunks overlap, the one with the
+//! higher write sequence wins a shared timestamp: the last write wins.
 //!
 //! # Write path
 //!
@@ -19,19 +22,23 @@
 //! a full queue is refused with [`SubmitError::Busy`] rather than growing memory). The writer
 //! takes every batch waiting (group commit), checks each against the agent's last applied
 //! `(epoch, sequence)`, turns the new ones into one fjall write batch — new series, postings,
-//! samples, and the agents' new offsets — and commits it through fjall's journal with the
-//! configured durability (default: fsync) before it answers any of them. Applying is
-//! deterministic and idempotent: a sample is a key `(series, timestamp)`, so applying the same
-//! batch twice stores the same bytes (the last write for a timestamp wins), and the stored
-//! offset makes a resent batch a no-op. This is the shape a replicated log will take: append
-//! the batch, then apply it.
+//! chunks, dirty marks, and the agents' new offsets — and commits it through fjall's journal
+//! with the configured durability (default: fsync) before it answers any of them. Applying is
+//! deterministic and idempotent: the stored offset makes a resent batch a no-op, and even a
+//! re-applied one only adds a chunk whose samples win over identical ones. This is the shape a
+//! replicated log will take: append the batch, then apply it.
+//!
+//! The compactor never writes itself: it sends its merged blocks to the writer as a replace
+//! request, so every mutation is ordered by the one writer.
 //!
 //! # Read path
 //!
 //! [`Storage`] implements [`query::DataSource`]: matchers resolve through `postings` to series
-//! ids, labels come from `series`, samples are a range scan of `samples`. Reads see a
-//! consistent fjall snapshot per call and never wait for the writer.
+//! ids, labels come from `series`, samples come from a range scan of `chunks` (every chunk's
+//! checksum verified as it is decoded) merged by timestamp. Reads see a consistent fjall
+//! snapshot per scan (a merge replaces its chunks atomically) and never wait for the writer.
 
+mod compactor;
 mod keys;
 mod read;
 mod writer;
@@ -39,8 +46,10 @@ mod writer;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use protocols::wire::{AckOutcome, WriteBatch};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How durable a write is before it is acknowledged.
@@ -71,6 +80,7 @@ pub struct StorageOptions {
     pub queue_batches: usize,
     /// fjall block cache size.
     pub cache_bytes: u64,
+    pub compaction: CompactionOptions,
 }
 
 impl Default for StorageOptions {
@@ -79,6 +89,31 @@ impl Default for StorageOptions {
             durability: Durability::Fsync,
             queue_batches: 256,
             cache_bytes: 64 * 1024 * 1024,
+            compaction: CompactionOptions::default(),
+        }
+    }
+}
+
+/// When the compactor merges a (series, day)'s chunks into one block.
+#[derive(Debug, Clone)]
+pub struct CompactionOptions {
+    /// Time between two passes over the dirty marks.
+    pub interval: Duration,
+    /// Merge a day that is still being written once this many chunks arrived since its last
+    /// merge: bounds how many chunks a read of recent data decodes, while rewriting the
+    /// growing block of the current day only every so often.
+    pub merge_after_chunks: u32,
+    /// Merge a day once its end is this far in the past, however few chunks it has: late
+    /// samples seldom arrive later, and the sealed block compresses best.
+    pub seal_after: Duration,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            merge_after_chunks: 32,
+            seal_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -94,6 +129,8 @@ pub enum StorageError {
     },
     #[error("storage writer has stopped")]
     WriterStopped,
+    #[error("could not start a storage thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Why a batch was not queued. The batch is handed back so nothing is lost.
@@ -109,15 +146,41 @@ pub(crate) struct Keyspaces {
     db: Database,
     series: Keyspace,
     postings: Keyspace,
-    samples: Keyspace,
+    chunks: Keyspace,
+    dirty: Keyspace,
     meta: Keyspace,
 }
 
-/// Handle to the node's storage; cheap to clone.
+/// Handle to the node's storage; cheap to clone. When the last handle is dropped, the
+/// compactor and the writer stop (after the writer has committed what it took) and are joined,
+/// so the directory can be opened again at once.
 #[derive(Clone)]
 pub struct Storage {
     ks: Arc<Keyspaces>,
-    queue: mpsc::SyncSender<writer::Request>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Option<mpsc::SyncSender<writer::Request>>,
+    /// Dropping it tells the compactor to stop.
+    stop_compactor: Option<mpsc::Sender<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Order matters: the compactor holds a queue sender; once it has exited and ours is
+        // dropped too, the writer's queue disconnects and it finishes.
+        self.stop_compactor.take();
+        self.queue.take();
+        let threads = match self.threads.get_mut() {
+            Ok(t) => std::mem::take(t),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The answer to one submitted batch, resolved once the outcome is final.
@@ -132,24 +195,41 @@ impl Storage {
         let ks = Arc::new(Keyspaces {
             series: db.keyspace("series", KeyspaceCreateOptions::default)?,
             postings: db.keyspace("postings", KeyspaceCreateOptions::default)?,
-            samples: db.keyspace("samples", KeyspaceCreateOptions::default)?,
+            chunks: db.keyspace("chunks", KeyspaceCreateOptions::default)?,
+            dirty: db.keyspace("dirty", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             db,
         });
-        let queue = writer::start(ks.clone(), options)?;
-        Ok(Self { ks, queue })
+        let (queue, writer_thread) = writer::start(ks.clone(), &options)?;
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let compactor_thread =
+            compactor::start(ks.clone(), queue.clone(), stop_rx, options.compaction)?;
+        Ok(Self {
+            ks,
+            shared: Arc::new(Shared {
+                queue: Some(queue),
+                stop_compactor: Some(stop_tx),
+                threads: Mutex::new(vec![compactor_thread, writer_thread]),
+            }),
+        })
     }
 
     /// Queues a batch for the writer. The returned receiver resolves after the batch is
     /// durable (or refused); dropping it does not cancel the write.
     pub fn submit(&self, batch: WriteBatch) -> Result<Pending, SubmitError> {
         let (tx, rx) = oneshot::channel();
-        match self.queue.try_send(writer::Request { batch, reply: tx }) {
+        let Some(queue) = &self.shared.queue else {
+            return Err(SubmitError::Stopped(Box::new(batch)));
+        };
+        let give_back = |r: writer::Request| match r {
+            writer::Request::Write { batch, .. } => Box::new(batch),
+            // The request was built two lines below as a write; a replace never comes back here.
+            writer::Request::Replace { .. } => unreachable!("submit only sends writes"),
+        };
+        match queue.try_send(writer::Request::Write { batch, reply: tx }) {
             Ok(()) => Ok(rx),
-            Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(Box::new(r.batch))),
-            Err(mpsc::TrySendError::Disconnected(r)) => {
-                Err(SubmitError::Stopped(Box::new(r.batch)))
-            }
+            Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(give_back(r))),
+            Err(mpsc::TrySendError::Disconnected(r)) => Err(SubmitError::Stopped(give_back(r))),
         }
     }
 

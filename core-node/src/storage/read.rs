@@ -1,7 +1,7 @@
 //! The read side: [`query::DataSource`] over the keyspaces.
 
 use super::{Storage, keys};
-use protocols::{Labels, Sample, SeriesId, Tenant};
+use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
 use std::collections::{BTreeSet, HashSet};
 
@@ -129,21 +129,29 @@ impl DataSource for Storage {
         if start_ms > end_ms {
             return Ok(Vec::new());
         }
-        let from = keys::sample_key(series, start_ms);
-        let to = keys::sample_key(series, end_ms);
-        let mut out = Vec::new();
-        for kv in self.ks.samples.range(from..=to) {
+        // Chunks never span two days, so every chunk holding a sample in range starts at or
+        // after the first day's start.
+        let from = keys::chunk_key(series, keys::day_start(start_ms), 0);
+        let to = keys::chunk_key(series, end_ms, u64::MAX);
+        let mut tagged = Vec::new();
+        for kv in self.ks.chunks.range(from..=to) {
             let (k, v) = kv.into_inner().map_err(unavailable)?;
             let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
-            let (_, ts) = keys::decode_sample_key(&k)
-                .ok_or_else(|| corrupt(format!("sample key of {} bytes", k.len())))?;
-            let bits: [u8; 8] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| corrupt(format!("sample value of {} bytes", v.len())))?;
-            out.push(Sample::new(ts, f64::from_bits(u64::from_le_bytes(bits))));
+            let (_, _, seq) = keys::decode_chunk_key(&k)
+                .ok_or_else(|| corrupt(format!("chunk key of {} bytes", k.len())))?;
+            let header = codec::header(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+            if header.max_ts < start_ms {
+                continue;
+            }
+            let samples = codec::decode(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+            tagged.extend(
+                samples
+                    .iter()
+                    .filter(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
+                    .map(|s| (s.timestamp_ms, seq, s.value)),
+            );
         }
-        Ok(out)
+        Ok(super::compactor::merge_last_wins(tagged))
     }
 
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {

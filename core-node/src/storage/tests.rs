@@ -1,7 +1,8 @@
 use super::*;
-use protocols::wire::{AgentId, SeriesSamples};
+use protocols::wire::{AgentId, SeriesChunk};
 use protocols::{Labels, Sample, SeriesId, Tenant};
 use query::{DataSource, Matcher};
+use std::time::Duration;
 
 fn batch(seq: u64, series: Vec<(Labels, Vec<Sample>)>) -> WriteBatch {
     WriteBatch {
@@ -11,8 +12,19 @@ fn batch(seq: u64, series: Vec<(Labels, Vec<Sample>)>) -> WriteBatch {
         tenant: Tenant::default(),
         series: series
             .into_iter()
-            .map(|(labels, samples)| SeriesSamples { labels, samples })
+            .map(|(labels, samples)| SeriesChunk::encode(labels, samples).expect("encodes"))
             .collect(),
+    }
+}
+
+/// Options whose background compactor never runs during a test.
+fn quiet() -> StorageOptions {
+    StorageOptions {
+        compaction: CompactionOptions {
+            interval: Duration::from_secs(3600),
+            ..CompactionOptions::default()
+        },
+        ..StorageOptions::default()
     }
 }
 
@@ -35,7 +47,7 @@ fn stores_reads_and_deduplicates_across_restart() {
     let temp = labels("temp", &[("site", "s1"), ("device", "d1")]);
     let hum = labels("hum", &[("site", "s2"), ("device", "d1")]);
     {
-        let s = Storage::open(dir.path(), StorageOptions::default()).expect("open");
+        let s = Storage::open(dir.path(), quiet()).expect("open");
         let out = write(
             &s,
             batch(
@@ -66,7 +78,7 @@ fn stores_reads_and_deduplicates_across_restart() {
         );
         assert_eq!(dup, AckOutcome::Duplicate);
     }
-    let s = Storage::open(dir.path(), StorageOptions::default()).expect("reopen");
+    let s = Storage::open(dir.path(), quiet()).expect("reopen");
     let dup = write(
         &s,
         batch(1, vec![(temp.clone(), vec![Sample::new(4000, 1.0)])]),
@@ -126,7 +138,7 @@ fn stores_reads_and_deduplicates_across_restart() {
 #[test]
 fn last_write_wins_for_a_timestamp_and_new_epoch_is_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Storage::open(dir.path(), StorageOptions::default()).expect("open");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
     let l = labels("m", &[("a", "1")]);
     write(&s, batch(5, vec![(l.clone(), vec![Sample::new(10, 1.0)])]));
     let mut b = batch(2, vec![(l.clone(), vec![Sample::new(10, 2.0)])]);
@@ -142,7 +154,7 @@ fn last_write_wins_for_a_timestamp_and_new_epoch_is_applied() {
 #[test]
 fn label_listing_handles_names_that_prefix_each_other() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Storage::open(dir.path(), StorageOptions::default()).expect("open");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
     write(
         &s,
         batch(
@@ -166,4 +178,113 @@ fn label_listing_handles_names_that_prefix_each_other() {
     );
     assert_eq!(s.label_values(&t, "a").expect("values"), ["x", "xy"]);
     assert_eq!(s.label_values(&t, "ab").expect("values"), ["y"]);
+}
+
+fn chunk_count(s: &Storage, id: SeriesId) -> usize {
+    s.ks.chunks.prefix(id.0.to_be_bytes()).count()
+}
+
+#[test]
+fn compaction_merges_a_day_into_one_block_and_later_writes_still_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let l = labels("m", &[("a", "1")]);
+    let id = SeriesId::of(&Tenant::default(), &l);
+    let day = 19_000 * keys::DAY_MS;
+    // Ten batches, out of order, with overwrites, and one crossing midnight.
+    for i in 0..10u64 {
+        let ts = day + (9 - i as i64) * 1000;
+        let samples = vec![
+            Sample::new(ts, i as f64),
+            Sample::new(day + 500, 100.0 + i as f64),
+        ];
+        write(&s, batch(i + 1, vec![(l.clone(), samples)]));
+    }
+    write(
+        &s,
+        batch(
+            11,
+            vec![(
+                l.clone(),
+                vec![Sample::new(day - 1, -1.0), Sample::new(day + 1, 1.5)],
+            )],
+        ),
+    );
+    let before = s.samples(id, i64::MIN, i64::MAX).expect("read");
+    assert_eq!(before.len(), 13);
+    assert_eq!(
+        before[0],
+        Sample::new(day - 1, -1.0),
+        "the midnight-crossing chunk was split"
+    );
+    assert!(
+        before.contains(&Sample::new(day + 500, 109.0)),
+        "the last write wins"
+    );
+    assert_eq!(chunk_count(&s, id), 12);
+
+    let opts = CompactionOptions {
+        merge_after_chunks: 2,
+        seal_after: Duration::from_secs(1_000_000_000),
+        ..CompactionOptions::default()
+    };
+    let queue = s.shared.queue.clone().expect("queue");
+    assert_eq!(compactor::pass(&s.ks, &queue, &opts).expect("pass"), 1);
+    // The day with 11 chunks is one block now; the day before keeps its single chunk.
+    assert_eq!(chunk_count(&s, id), 2);
+    assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read"), before);
+    assert_eq!(
+        compactor::pass(&s.ks, &queue, &opts).expect("pass"),
+        0,
+        "nothing left dirty"
+    );
+
+    // A later write still beats the merged block.
+    write(
+        &s,
+        batch(12, vec![(l.clone(), vec![Sample::new(day + 500, 7.0)])]),
+    );
+    let after = s.samples(id, day + 500, day + 500).expect("read");
+    assert_eq!(after, vec![Sample::new(day + 500, 7.0)]);
+    drop(queue);
+    drop(s);
+    // And everything survives a restart.
+    let s = Storage::open(dir.path(), quiet()).expect("reopen");
+    assert_eq!(s.samples(id, day + 500, day + 500).expect("read"), after);
+}
+
+#[test]
+fn a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let good = labels("m", &[("a", "good")]);
+    let bad = labels("m", &[("a", "bad")]);
+    let mut b = batch(
+        1,
+        vec![
+            (good.clone(), vec![Sample::new(1, 1.0)]),
+            (bad.clone(), vec![Sample::new(1, 2.0)]),
+        ],
+    );
+    let last = b.series[1].chunk.len() - 1;
+    b.series[1].chunk[last] ^= 0xFF;
+    assert_eq!(
+        write(&s, b),
+        AckOutcome::Stored {
+            samples: 1,
+            rejected_series: 1
+        }
+    );
+    let t = Tenant::default();
+    assert_eq!(
+        s.samples(SeriesId::of(&t, &good), 0, 10)
+            .expect("read")
+            .len(),
+        1
+    );
+    assert!(
+        s.select_series(&t, &[Matcher::equal("a", "bad")])
+            .expect("select")
+            .is_empty()
+    );
 }

@@ -1,22 +1,68 @@
-//! The single writer thread: group commit of queued batches (see the module docs of
-//! [`super`] for the protocol).
+//! The single writer thread: group commit of queued batches and of the compactor's merges
+//! (see the module docs of [`super`] for the protocol).
 
 use super::{Keyspaces, StorageError, StorageOptions, keys};
-use fjall::PersistMode;
-use protocols::SeriesId;
-use protocols::wire::{AckOutcome, WriteBatch};
+use fjall::{OwnedWriteBatch, PersistMode};
+use protocols::wire::{AckOutcome, SeriesChunk, WriteBatch};
+use protocols::{Sample, SeriesId, codec};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
 
-pub(crate) struct Request {
-    pub batch: WriteBatch,
-    pub reply: oneshot::Sender<Result<AckOutcome, Arc<StorageError>>>,
+const NEXT_SEQ_KEY: &[u8] = b"next-seq";
+
+pub(crate) enum Request {
+    Write {
+        batch: WriteBatch,
+        reply: oneshot::Sender<Result<AckOutcome, Arc<StorageError>>>,
+    },
+    /// From the compactor: replace the chunks `remove` of one (series, day) by `add`.
+    Replace {
+        plan: Replace,
+        reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
+    },
+}
+
+/// A merge the compactor computed from a snapshot of one (series, day).
+pub(crate) struct Replace {
+    pub series: SeriesId,
+    pub day_start: i64,
+    /// Every chunk key of the (series, day) in the snapshot.
+    pub remove: Vec<[u8; 24]>,
+    /// The merged blocks; their sequence is the highest of `remove`, so chunks written after
+    /// the snapshot still win over them.
+    pub add: Vec<([u8; 24], Vec<u8>)>,
+    /// The dirty mark's last sequence when the snapshot was taken.
+    pub seen_seq: u64,
+}
+
+/// A (series, day) with chunks written since its last merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dirty {
+    pub last_seq: u64,
+    pub chunks: u32,
+}
+
+impl Dirty {
+    pub fn encode(self) -> [u8; 12] {
+        let mut v = [0u8; 12];
+        v[..8].copy_from_slice(&self.last_seq.to_be_bytes());
+        v[8..].copy_from_slice(&self.chunks.to_be_bytes());
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Self> {
+        Some(Self {
+            last_seq: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            chunks: u32::from_be_bytes(v.get(8..12)?.try_into().ok()?),
+        })
+    }
 }
 
 struct Writer {
@@ -26,19 +72,27 @@ struct Writer {
     known: HashSet<SeriesId>,
     /// Last applied (epoch, sequence) per agent, as committed.
     offsets: HashMap<String, (u64, u64)>,
+    /// Dirty marks as committed.
+    dirty: HashMap<(SeriesId, i64), Dirty>,
+    /// Next chunk write sequence, as committed.
+    next_seq: u64,
+}
+
+fn corrupt(keyspace: &'static str, detail: String) -> StorageError {
+    StorageError::Corrupt { keyspace, detail }
 }
 
 pub(super) fn start(
     ks: Arc<Keyspaces>,
-    options: StorageOptions,
-) -> Result<mpsc::SyncSender<Request>, StorageError> {
+    options: &StorageOptions,
+) -> Result<(mpsc::SyncSender<Request>, JoinHandle<()>), StorageError> {
     let mut known = HashSet::new();
     for kv in ks.series.iter() {
         let key = kv.key()?;
-        let id: [u8; 8] = key.as_ref().try_into().map_err(|_| StorageError::Corrupt {
-            keyspace: "series",
-            detail: format!("key of {} bytes", key.len()),
-        })?;
+        let id: [u8; 8] = key
+            .as_ref()
+            .try_into()
+            .map_err(|_| corrupt("series", format!("key of {} bytes", key.len())))?;
         known.insert(SeriesId(u64::from_be_bytes(id)));
     }
     let mut offsets = HashMap::new();
@@ -48,10 +102,29 @@ pub(super) fn start(
         let agent = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         offsets.insert(agent, decode_offset(&v)?);
     }
+    let mut dirty = HashMap::new();
+    for kv in ks.dirty.iter() {
+        let (k, v) = kv.into_inner()?;
+        let key = keys::decode_dirty_key(&k)
+            .ok_or_else(|| corrupt("dirty", format!("key of {} bytes", k.len())))?;
+        let mark = Dirty::decode(&v)
+            .ok_or_else(|| corrupt("dirty", format!("value of {} bytes", v.len())))?;
+        dirty.insert(key, mark);
+    }
+    let next_seq = match ks.meta.get(NEXT_SEQ_KEY)? {
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("meta", format!("next-seq of {} bytes", v.len())))?,
+        ),
+        None => 0,
+    };
     metrics::gauge!("updraft_core_series").set(known.len() as f64);
     tracing::info!(
         series = known.len(),
         agents = offsets.len(),
+        dirty = dirty.len(),
+        next_seq,
         "storage opened"
     );
 
@@ -61,19 +134,18 @@ pub(super) fn start(
         mode: options.durability.persist_mode(),
         known,
         offsets,
+        dirty,
+        next_seq,
     };
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("storage-writer".into())
         .spawn(move || writer.run(rx))
-        .map_err(|e| StorageError::Engine(fjall::Error::Io(e)))?;
-    Ok(tx)
+        .map_err(StorageError::Thread)?;
+    Ok((tx, handle))
 }
 
 fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
-    let bad = || StorageError::Corrupt {
-        keyspace: "meta",
-        detail: format!("agent offset of {} bytes", v.len()),
-    };
+    let bad = || corrupt("meta", format!("agent offset of {} bytes", v.len()));
     let epoch: [u8; 8] = v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
     let seq: [u8; 8] = v
         .get(8..16)
@@ -83,15 +155,46 @@ fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
     Ok((u64::from_be_bytes(epoch), u64::from_be_bytes(seq)))
 }
 
+/// Splits a validated chunk at UTC day boundaries; a chunk within one day is kept as it is.
+fn split_by_day(
+    chunk: &SeriesChunk,
+    samples: &[Sample],
+) -> Result<Vec<(i64, Vec<u8>)>, codec::CodecError> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Ok(Vec::new());
+    };
+    if keys::day_start(first.timestamp_ms) == keys::day_start(last.timestamp_ms) {
+        return Ok(vec![(first.timestamp_ms, chunk.chunk.clone())]);
+    }
+    let mut out = Vec::new();
+    let mut rest = samples;
+    while let Some(head) = rest.first() {
+        let end = keys::day_end(head.timestamp_ms);
+        let n = rest.partition_point(|s| s.timestamp_ms <= end);
+        out.push((head.timestamp_ms, codec::encode(&rest[..n])?));
+        rest = &rest[n..];
+    }
+    Ok(out)
+}
+
+/// What a group commit changes, kept aside until the commit succeeds.
+#[derive(Default)]
+struct Pending {
+    series: HashSet<SeriesId>,
+    offsets: HashMap<String, (u64, u64)>,
+    dirty: HashMap<(SeriesId, i64), Option<Dirty>>,
+    next_seq: u64,
+}
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(first) = rx.recv() {
-            let mut samples = first.batch.sample_count();
+            let mut samples = first.weight();
             let mut group = vec![first];
             while samples < GROUP_MAX_SAMPLES {
                 match rx.try_recv() {
                     Ok(r) => {
-                        samples += r.batch.sample_count();
+                        samples += r.weight();
                         group.push(r);
                     }
                     Err(_) => break,
@@ -102,90 +205,211 @@ impl Writer {
         tracing::info!("storage writer stopped");
     }
 
+    fn dirty_of(&self, p: &Pending, key: (SeriesId, i64)) -> Option<Dirty> {
+        match p.dirty.get(&key) {
+            Some(d) => *d,
+            None => self.dirty.get(&key).copied(),
+        }
+    }
+
+    fn apply_write(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, b: &WriteBatch) -> AckOutcome {
+        let agent = b.agent_id.0.as_str();
+        let last = p
+            .offsets
+            .get(agent)
+            .or_else(|| self.offsets.get(agent))
+            .copied();
+        if matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq) {
+            return AckOutcome::Duplicate;
+        }
+        let mut stored = 0u64;
+        let mut rejected = 0u32;
+        for s in &b.series {
+            // Decoding verifies the checksum and the order of timestamps; it also gives the
+            // day boundaries. The chunk is stored as received unless it crosses midnight.
+            let pieces = codec::decode(&s.chunk).and_then(|samples| {
+                split_by_day(s, &samples).map(|pieces| (samples.len(), pieces))
+            });
+            let (count, pieces) = match pieces {
+                Ok(p) => p,
+                Err(e) => {
+                    rejected += 1;
+                    metrics::counter!("updraft_core_series_rejected_total", "reason" => "bad_chunk")
+                        .increment(1);
+                    tracing::warn!(agent, series = %s.labels, error = %e, "rejected a chunk");
+                    continue;
+                }
+            };
+            let id = SeriesId::of(&b.tenant, &s.labels);
+            if !self.known.contains(&id) && p.series.insert(id) {
+                // Serialising owned, serde-derived values into a Vec cannot fail.
+                let value = postcard::to_allocvec(&(&b.tenant, &s.labels)).unwrap_or_default();
+                wb.insert(&self.ks.series, keys::series_key(id), value);
+                for l in s.labels.iter() {
+                    let k = keys::posting_key(b.tenant.as_str(), &l.name, &l.value, id);
+                    wb.insert(&self.ks.postings, k, []);
+                }
+            }
+            for (min_ts, bytes) in pieces {
+                let seq = p.next_seq;
+                p.next_seq += 1;
+                wb.insert(&self.ks.chunks, keys::chunk_key(id, min_ts, seq), bytes);
+                let day = keys::day_start(min_ts);
+                let mark = match self.dirty_of(p, (id, day)) {
+                    Some(d) => Dirty {
+                        last_seq: seq,
+                        chunks: d.chunks.saturating_add(1),
+                    },
+                    None => Dirty {
+                        last_seq: seq,
+                        chunks: 1,
+                    },
+                };
+                wb.insert(&self.ks.dirty, keys::dirty_key(id, day), mark.encode());
+                p.dirty.insert((id, day), Some(mark));
+                metrics::counter!("updraft_core_chunks_written_total").increment(1);
+            }
+            stored += count as u64;
+        }
+        let mut offset = Vec::with_capacity(16);
+        offset.extend_from_slice(&b.epoch.to_be_bytes());
+        offset.extend_from_slice(&b.sequence.to_be_bytes());
+        wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
+        p.offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
+        AckOutcome::Stored {
+            samples: stored,
+            rejected_series: rejected,
+        }
+    }
+
+    fn apply_replace(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, r: &Replace) {
+        // A merged block can take the key of a chunk it replaces (same first timestamp and
+        // highest sequence); that key is overwritten, not removed and re-added in one batch.
+        for k in r
+            .remove
+            .iter()
+            .filter(|k| !r.add.iter().any(|(a, _)| a == *k))
+        {
+            wb.remove(&self.ks.chunks, *k);
+        }
+        for (k, v) in &r.add {
+            wb.insert(&self.ks.chunks, *k, v.clone());
+        }
+        let key = (r.series, r.day_start);
+        match self.dirty_of(p, key) {
+            // Nothing written since the snapshot: the day is clean.
+            Some(d) if d.last_seq == r.seen_seq => {
+                wb.remove(&self.ks.dirty, keys::dirty_key(r.series, r.day_start));
+                p.dirty.insert(key, None);
+            }
+            // Newer chunks arrived meanwhile: the mark stays for the next pass, counting only
+            // what is still unmerged.
+            Some(d) => {
+                let left = Dirty {
+                    last_seq: d.last_seq,
+                    chunks: d.chunks.saturating_sub(r.remove.len() as u32).max(1),
+                };
+                wb.insert(
+                    &self.ks.dirty,
+                    keys::dirty_key(r.series, r.day_start),
+                    left.encode(),
+                );
+                p.dirty.insert(key, Some(left));
+            }
+            None => {}
+        }
+    }
+
     fn commit_group(&mut self, group: Vec<Request>) {
         let started = Instant::now();
         let mut wb = self.ks.db.batch().durability(Some(self.mode));
-        let mut new_series: HashSet<SeriesId> = HashSet::new();
-        let mut new_offsets: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut p = Pending {
+            next_seq: self.next_seq,
+            ..Pending::default()
+        };
         let mut outcomes = Vec::with_capacity(group.len());
-        let mut stored_samples = 0u64;
-
         for req in &group {
-            let b = &req.batch;
-            let agent = b.agent_id.0.as_str();
-            let last = new_offsets
-                .get(agent)
-                .or_else(|| self.offsets.get(agent))
-                .copied();
-            if matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq) {
-                outcomes.push(AckOutcome::Duplicate);
-                continue;
-            }
-            let mut samples = 0u64;
-            for s in &b.series {
-                let id = SeriesId::of(&b.tenant, &s.labels);
-                if !self.known.contains(&id) && new_series.insert(id) {
-                    // Serialising owned, serde-derived values into a Vec cannot fail.
-                    let value = postcard::to_allocvec(&(&b.tenant, &s.labels)).unwrap_or_default();
-                    wb.insert(&self.ks.series, keys::series_key(id), value);
-                    for l in s.labels.iter() {
-                        let k = keys::posting_key(b.tenant.as_str(), &l.name, &l.value, id);
-                        wb.insert(&self.ks.postings, k, []);
-                    }
+            match req {
+                Request::Write { batch, .. } => {
+                    outcomes.push(Some(self.apply_write(&mut wb, &mut p, batch)))
                 }
-                for sample in &s.samples {
-                    wb.insert(
-                        &self.ks.samples,
-                        keys::sample_key(id, sample.timestamp_ms),
-                        sample.value.to_bits().to_le_bytes(),
-                    );
+                Request::Replace { plan, .. } => {
+                    self.apply_replace(&mut wb, &mut p, plan);
+                    outcomes.push(None);
                 }
-                samples += s.samples.len() as u64;
             }
-            let mut offset = Vec::with_capacity(16);
-            offset.extend_from_slice(&b.epoch.to_be_bytes());
-            offset.extend_from_slice(&b.sequence.to_be_bytes());
-            wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
-            new_offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
-            stored_samples += samples;
-            outcomes.push(AckOutcome::Stored {
-                samples,
-                rejected_series: 0,
-            });
         }
+        wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
 
         match wb.commit() {
             Ok(()) => {
-                metrics::counter!("updraft_core_samples_stored_total").increment(stored_samples);
-                metrics::counter!("updraft_core_series_created_total")
-                    .increment(new_series.len() as u64);
                 metrics::histogram!("updraft_core_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
-                self.known.extend(new_series);
-                self.offsets.extend(new_offsets);
+                metrics::counter!("updraft_core_series_created_total")
+                    .increment(p.series.len() as u64);
+                self.known.extend(p.series);
+                self.offsets.extend(p.offsets);
+                for (key, mark) in p.dirty {
+                    match mark {
+                        Some(d) => self.dirty.insert(key, d),
+                        None => self.dirty.remove(&key),
+                    };
+                }
+                self.next_seq = p.next_seq;
                 metrics::gauge!("updraft_core_series").set(self.known.len() as f64);
                 for (req, outcome) in group.into_iter().zip(outcomes) {
-                    let label = match outcome {
-                        AckOutcome::Duplicate => "duplicate",
-                        _ => "stored",
-                    };
-                    metrics::counter!("updraft_core_batches_total", "outcome" => label)
-                        .increment(1);
-                    // The receiver may have gone (connection lost); the data is stored anyway.
-                    let _ = req.reply.send(Ok(outcome));
+                    match (req, outcome) {
+                        (Request::Write { reply, .. }, Some(outcome)) => {
+                            let label = match &outcome {
+                                AckOutcome::Duplicate => "duplicate",
+                                _ => "stored",
+                            };
+                            if let AckOutcome::Stored { samples, .. } = &outcome {
+                                metrics::counter!("updraft_core_samples_stored_total")
+                                    .increment(*samples);
+                            }
+                            metrics::counter!("updraft_core_batches_total", "outcome" => label)
+                                .increment(1);
+                            // The receiver may have gone (connection lost); the data is stored.
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        (Request::Replace { reply, .. }, _) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        (Request::Write { reply, .. }, None) => {
+                            let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 // fjall poisons the database after a failed journal write; every later batch
                 // fails the same way, and agents keep their data and retry elsewhere.
-                tracing::error!(error = %e, batches = group.len(), "commit failed");
+                tracing::error!(error = %e, requests = group.len(), "commit failed");
                 let e = Arc::new(StorageError::Engine(e));
                 for req in group {
-                    metrics::counter!("updraft_core_batches_total", "outcome" => "failed")
-                        .increment(1);
-                    let _ = req.reply.send(Err(e.clone()));
+                    match req {
+                        Request::Write { reply, .. } => {
+                            metrics::counter!("updraft_core_batches_total", "outcome" => "failed")
+                                .increment(1);
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Request::Replace { reply, .. } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
                 }
             }
+        }
+    }
+}
+
+impl Request {
+    /// Rough size, to bound how much one group commit gathers.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Write { batch, .. } => batch.sample_count(),
+            Self::Replace { plan, .. } => plan.add.iter().map(|(_, v)| v.len()).sum::<usize>() / 2,
         }
     }
 }

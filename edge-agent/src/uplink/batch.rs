@@ -4,7 +4,7 @@ use crate::buffer::record::{self, RecordBody};
 use crate::buffer::{BufferError, BufferReader, Epoch, Offset};
 use bytes::Bytes;
 use protocols::model::{Labels, Sample};
-use protocols::wire::{AgentId, MAX_FRAME_BYTES, Message, SeriesSamples, WriteBatch};
+use protocols::wire::{AgentId, MAX_FRAME_BYTES, Message, SeriesChunk, WriteBatch};
 use std::collections::BTreeMap;
 use tracing::error;
 
@@ -119,8 +119,8 @@ pub(crate) fn prepare(
 
 fn encode(agent_id: &AgentId, epoch: Epoch, end: Offset, records: Vec<RecordBody>) -> Vec<u8> {
     let mut tenant = None;
-    // Merge series across records, keeping arrival order, then sort each by timestamp. The sort
-    // is stable, so of two samples with one timestamp the later arrival stays last and wins.
+    // Merge series across records, keeping arrival order; encoding sorts each series by
+    // timestamp and keeps the later arrival of two samples with one timestamp.
     let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
     for body in records {
         tenant.get_or_insert(body.tenant);
@@ -130,9 +130,17 @@ fn encode(agent_id: &AgentId, epoch: Epoch, end: Offset, records: Vec<RecordBody
     }
     let series = merged
         .into_iter()
-        .map(|(labels, mut samples)| {
-            samples.sort_by_key(|s| s.timestamp_ms);
-            SeriesSamples { labels, samples }
+        .filter_map(|(labels, samples)| {
+            let count = samples.len();
+            match SeriesChunk::encode(labels, samples) {
+                Ok(chunk) => Some(chunk),
+                Err(e) => {
+                    // Cannot happen for sorted, deduplicated input within the codec's size
+                    // limit (batches are far smaller); never wedge the uplink over it.
+                    error!(error = %e, samples = count, "could not encode a series; dropping it");
+                    None
+                }
+            }
         })
         .collect();
     Message::WriteBatch(WriteBatch {

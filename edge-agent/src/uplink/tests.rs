@@ -87,10 +87,14 @@ impl Harness {
         }
     }
 
-    /// Appends one record with `n` samples of one series and makes it durable.
+    /// Appends one record with `n` samples of one series and makes it durable. Timestamps
+    /// continue across records (a batch keeps one sample per timestamp and series).
     fn append(&mut self, n: usize) -> Offset {
         let labels = Labels::from_metric("temp", [("site", "s1")]).expect("valid");
-        let samples = (0..n).map(|i| Sample::new(i as i64, i as f64)).collect();
+        let first = self.progress.borrow().samples as i64;
+        let samples = (first..first + n as i64)
+            .map(|t| Sample::new(t, t as f64))
+            .collect();
         let payload = record::encode(&Tenant::default(), &[SeriesSamples { labels, samples }])
             .expect("encodes");
         self.writer.append(&payload).expect("append");

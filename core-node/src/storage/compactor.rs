@@ -1,0 +1,175 @@
+//! The compactor: merges the chunks of one (series, UTC day) into one sealed block.
+//!
+//! Every `interval` it reads the `dirty` marks from a snapshot and picks the days that are due:
+//! a day still being written once `merge_after_chunks` chunks arrived since its last merge, any
+//! day once it ended `seal_after` ago. For each it reads all of the day's chunks, merges them
+//! (the higher write sequence wins a shared timestamp), encodes the result, and hands the
+//! writer a replace request: remove exactly the chunks it read, add the merged block with the
+//! highest sequence it read. Chunks written meanwhile keep higher sequences and still win, and
+//! the writer keeps the day marked dirty for the next pass. The compactor waits for each replace
+//! to commit before it plans the next, so it never merges a day twice from one snapshot.
+//!
+//! I/O is bounded: one (series, day) at a time, and at most [`MAX_MERGES_PER_PASS`] per pass.
+
+use super::writer::{Dirty, Replace, Request};
+use super::{CompactionOptions, Keyspaces, StorageError, keys};
+use protocols::{Sample, SeriesId, codec};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Most (series, day) merges one pass performs before it sleeps again.
+const MAX_MERGES_PER_PASS: usize = 2_000;
+/// Most samples in one sealed block; a denser day becomes several blocks.
+const MAX_BLOCK_SAMPLES: usize = 65_536;
+
+pub(super) fn start(
+    ks: Arc<Keyspaces>,
+    queue: mpsc::SyncSender<Request>,
+    stop: mpsc::Receiver<()>,
+    options: CompactionOptions,
+) -> Result<JoinHandle<()>, StorageError> {
+    std::thread::Builder::new()
+        .name("storage-compactor".into())
+        .spawn(move || {
+            // `recv_timeout` doubles as the sleep: a message or a disconnect means stop.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(options.interval) {
+                if let Err(e) = pass(&ks, &queue, &options) {
+                    tracing::error!(error = %e, "compaction pass failed");
+                }
+            }
+        })
+        .map_err(StorageError::Thread)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// One pass over the dirty marks; returns how many days were merged.
+pub(super) fn pass(
+    ks: &Keyspaces,
+    queue: &mpsc::SyncSender<Request>,
+    options: &CompactionOptions,
+) -> Result<usize, StorageError> {
+    let seal_before = now_ms().saturating_sub(duration_ms(options.seal_after));
+    let mut due = Vec::new();
+    for kv in ks.dirty.iter() {
+        let (k, v) = kv.into_inner()?;
+        let (Some((series, day)), Some(mark)) = (keys::decode_dirty_key(&k), Dirty::decode(&v))
+        else {
+            continue;
+        };
+        if mark.chunks >= options.merge_after_chunks || keys::day_end(day) < seal_before {
+            due.push((series, day, mark));
+            if due.len() >= MAX_MERGES_PER_PASS {
+                break;
+            }
+        }
+    }
+    let mut merged = 0;
+    for (series, day, mark) in due {
+        let plan = plan_merge(ks, series, day, mark.last_seq)?;
+        let (tx, rx) = mpsc::channel();
+        if queue.send(Request::Replace { plan, reply: tx }).is_err() {
+            break; // the writer has stopped
+        }
+        match rx.recv() {
+            Ok(Ok(())) => merged += 1,
+            Ok(Err(e)) => {
+                return Err(StorageError::Corrupt {
+                    keyspace: "chunks",
+                    detail: format!("merge commit failed: {e}"),
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    if merged > 0 {
+        metrics::counter!("updraft_core_compactions_total").increment(merged as u64);
+    }
+    Ok(merged)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Reads every chunk of (series, day) and computes their merge.
+fn plan_merge(
+    ks: &Keyspaces,
+    series: SeriesId,
+    day: i64,
+    seen_seq: u64,
+) -> Result<Replace, StorageError> {
+    let from = keys::chunk_key(series, day, 0);
+    let to = keys::chunk_key(series, keys::day_end(day), u64::MAX);
+    let mut remove = Vec::new();
+    let mut tagged: Vec<(i64, u64, f64)> = Vec::new();
+    let mut max_seq = 0;
+    for kv in ks.chunks.range(from..=to) {
+        let (k, v) = kv.into_inner()?;
+        let Some((_, _, seq)) = keys::decode_chunk_key(&k) else {
+            continue;
+        };
+        let key: [u8; 24] = match k.as_ref().try_into() {
+            Ok(key) => key,
+            Err(_) => continue,
+        };
+        match codec::decode(&v) {
+            Ok(samples) => tagged.extend(samples.iter().map(|s| (s.timestamp_ms, seq, s.value))),
+            Err(e) => {
+                // Leave a damaged chunk where it is (reads report it); merge the rest.
+                metrics::counter!("updraft_core_corrupt_chunks_total").increment(1);
+                tracing::error!(%series, seq, error = %e, "corrupt chunk left out of a merge");
+                continue;
+            }
+        }
+        remove.push(key);
+        max_seq = max_seq.max(seq);
+    }
+    let merged = merge_last_wins(tagged);
+    let mut add = Vec::new();
+    if remove.len() > 1 {
+        for block in merged.chunks(MAX_BLOCK_SAMPLES) {
+            let bytes = codec::encode(block).map_err(|e| StorageError::Corrupt {
+                keyspace: "chunks",
+                detail: format!("re-encoding merged samples of {series}: {e}"),
+            })?;
+            add.push((
+                keys::chunk_key(series, block[0].timestamp_ms, max_seq),
+                bytes,
+            ));
+        }
+        metrics::counter!("updraft_core_compaction_chunks_merged_total")
+            .increment(remove.len() as u64);
+    } else {
+        // Zero or one chunk: nothing to merge; the replace only clears the dirty mark.
+        remove.clear();
+    }
+    Ok(Replace {
+        series,
+        day_start: day,
+        remove,
+        add,
+        seen_seq,
+    })
+}
+
+/// Sorts `(timestamp, sequence, value)` triples and keeps, per timestamp, the value with the
+/// highest sequence.
+pub(super) fn merge_last_wins(mut tagged: Vec<(i64, u64, f64)>) -> Vec<Sample> {
+    tagged.sort_unstable_by_key(|(ts, seq, _)| (*ts, *seq));
+    let mut out: Vec<Sample> = Vec::with_capacity(tagged.len());
+    for (ts, _, value) in tagged {
+        match out.last_mut() {
+            Some(last) if last.timestamp_ms == ts => last.value = value,
+            _ => out.push(Sample::new(ts, value)),
+        }
+    }
+    out
+}

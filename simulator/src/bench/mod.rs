@@ -1,0 +1,232 @@
+//! `simulator bench <scenario>`: system benchmarks on the reference datasets.
+//!
+//! Every scenario measures [`Figure`]s and hands them to a [`Reporter`], which prints either a
+//! markdown table per dataset with the machine beside it, or, with `--json`, one JSON line per
+//! figure and nothing else on stdout (progress goes to stderr). A ratio against a peer is
+//! always measured in the same run, on the same data (DATASETS.md, "How a figure is reported").
+//!
+//! Scenarios: [`codec`] (bytes/sample and encode/decode speed of the chunk codec against
+//! Prometheus' XOR chunks). Shared parts: [`figure`] (the JSON line), [`table`] (markdown),
+//! [`machine`] (cores, memory, CPU), [`timing`] (best and median of rounds), [`chunking`] (how
+//! each system cuts series into chunks), and [`DatasetArgs`] (which datasets, how large).
+
+pub mod chunking;
+pub mod codec;
+pub mod figure;
+pub mod machine;
+pub mod table;
+pub mod timing;
+
+pub use figure::Figure;
+pub use machine::Machine;
+pub use table::Table;
+
+use crate::datasets::{self, Dataset, DatasetSpec};
+
+/// `simulator bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Print one JSON line per figure on stdout and nothing else.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// Chunk codec: bytes/sample and encode/decode speed, Updraft against Prometheus' XOR chunks.
+    Codec(codec::CodecArgs),
+}
+
+/// Runs one scenario; its figures go to stdout as a table or JSON lines.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut reporter = Reporter::new(args.json);
+    match args.scenario {
+        Scenario::Codec(a) => codec::run(&a, &mut reporter)?,
+    }
+    Ok(())
+}
+
+/// Which reference datasets a scenario runs on, and at what size.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatasetArgs {
+    /// Datasets to run on (repeat or comma-separate); all three by default.
+    #[arg(long = "dataset", value_enum, value_delimiter = ',')]
+    pub datasets: Vec<Dataset>,
+    /// Trucks in iot-trucks.
+    #[arg(long, default_value_t = 100)]
+    pub trucks: u64,
+    /// Devices in sensor-mix.
+    #[arg(long, default_value_t = 200)]
+    pub devices: u64,
+    /// Hosts in metrics-mix.
+    #[arg(long, default_value_t = 50)]
+    pub hosts: u64,
+    /// Period generated, e.g. 1d, 6h, 90m.
+    #[arg(long, default_value = "1d", value_parser = datasets::parse_duration_ms)]
+    pub duration: i64,
+    /// Seed of every random stream.
+    #[arg(long, default_value_t = datasets::DEFAULT_SEED)]
+    pub seed: u64,
+}
+
+impl DatasetArgs {
+    /// The specs to run, in DATASETS.md order.
+    pub fn specs(&self) -> Vec<DatasetSpec> {
+        let chosen: Vec<Dataset> = if self.datasets.is_empty() {
+            Dataset::ALL.to_vec()
+        } else {
+            Dataset::ALL
+                .into_iter()
+                .filter(|d| self.datasets.contains(d))
+                .collect()
+        };
+        chosen
+            .into_iter()
+            .map(|d| {
+                let entities = match d {
+                    Dataset::IotTrucks => self.trucks,
+                    Dataset::SensorMix => self.devices,
+                    Dataset::MetricsMix => self.hosts,
+                };
+                DatasetSpec::new(d, entities, self.duration).with_seed(self.seed)
+            })
+            .collect()
+    }
+}
+
+/// `100 trucks × 1d, seed 1`.
+pub fn describe_spec(spec: &DatasetSpec) -> String {
+    let d = spec.duration_ms;
+    let duration = if d % datasets::DAY_MS == 0 {
+        format!("{}d", d / datasets::DAY_MS)
+    } else if d % 3_600_000 == 0 {
+        format!("{}h", d / 3_600_000)
+    } else if d % 60_000 == 0 {
+        format!("{}m", d / 60_000)
+    } else {
+        format!("{}s", d as f64 / 1000.0)
+    };
+    format!(
+        "{} {} × {duration}, seed {}",
+        spec.entities,
+        spec.dataset.entity_noun(),
+        spec.seed
+    )
+}
+
+/// Where a scenario's output goes: tables and notes for people, or JSON lines for scripts.
+pub struct Reporter {
+    json: bool,
+    machine: Machine,
+}
+
+impl Reporter {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            machine: Machine::detect(),
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Progress and context: stderr with `--json` (stdout is only figures), stdout otherwise.
+    pub fn note(&self, text: &str) {
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// Prints one dataset's result: the figures as JSON lines, or the table under a heading,
+    /// followed by any footnotes and the machine.
+    pub fn dataset_result(
+        &mut self,
+        heading: &str,
+        figures: &[Figure],
+        table: &Table,
+        footnotes: &[String],
+    ) {
+        if self.json {
+            for f in figures {
+                println!("{}", f.to_json_line());
+            }
+            return;
+        }
+        println!("\n### {heading}\n");
+        print!("{}", table.render());
+        println!();
+        for f in footnotes {
+            println!("{f}");
+        }
+        println!("Machine: {}.", self.machine);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Command {
+        Bench(BenchArgs),
+    }
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+        let Command::Bench(b) = cli.command;
+        b
+    }
+
+    #[test]
+    fn json_flag_goes_before_or_after_the_scenario() {
+        assert!(parse(&["x", "bench", "codec", "--json"]).json);
+        assert!(parse(&["x", "bench", "--json", "codec"]).json);
+        assert!(!parse(&["x", "bench", "codec"]).json);
+    }
+
+    #[test]
+    fn dataset_flags_scale_each_dataset() {
+        let b = parse(&[
+            "x",
+            "bench",
+            "codec",
+            "--dataset",
+            "sensor-mix,iot-trucks",
+            "--trucks",
+            "7",
+            "--duration",
+            "6h",
+            "--seed",
+            "9",
+        ]);
+        let Scenario::Codec(c) = b.scenario;
+        let specs = c.datasets.specs();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].dataset, Dataset::IotTrucks);
+        assert_eq!(specs[0].entities, 7);
+        assert_eq!(specs[0].duration_ms, 6 * 3_600_000);
+        assert_eq!(specs[0].seed, 9);
+        assert_eq!(specs[1].entities, 200);
+        assert_eq!(describe_spec(&specs[0]), "7 trucks × 6h, seed 9");
+        let all = parse(&["x", "bench", "codec"]);
+        let Scenario::Codec(c) = all.scenario;
+        assert_eq!(c.datasets.specs().len(), 3);
+    }
+}
