@@ -2,11 +2,11 @@
 //! buffer with one fsync per burst (group commit).
 //!
 //! It runs on a dedicated OS thread because both of its waits block: `LinkRx::recv_deadline`
-//! parks on a channel and `BufferWriter::sync` waits for the disk. Neither may run on the async
+//! parks on a channel and `LogWriter::sync` waits for the disk. Neither may run on the async
 //! runtime.
 
 use crate::buffer::record::{self, RecordError};
-use crate::buffer::{BufferError, BufferReader, BufferWriter, Offset};
+use crate::buffer::{LogError, LogReader, LogWriter, Offset};
 use crate::mapping::{MappedSample, Mapper, RejectReason, Rejection};
 use crate::telemetry;
 use metrics::{Counter, counter, gauge};
@@ -41,7 +41,7 @@ pub(crate) struct Progress {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
     #[error("buffer append failed: {0}")]
-    Buffer(#[from] BufferError),
+    Buffer(#[from] LogError),
     #[error("cannot encode buffer record: {0}")]
     Record(#[from] RecordError),
     #[error("broker link closed: {0}")]
@@ -66,8 +66,8 @@ pub(crate) struct IngestSettings {
 /// (or its sender is dropped), and reports how it ended on the returned channel.
 pub(crate) fn spawn(
     link: (LinkTx, LinkRx),
-    writer: BufferWriter,
-    reader: BufferReader,
+    writer: LogWriter,
+    reader: LogReader,
     settings: IngestSettings,
     progress: watch::Sender<Progress>,
     stop: watch::Receiver<bool>,
@@ -111,8 +111,8 @@ struct Ingest {
     /// Kept alive so the router keeps the link's subscription.
     _link_tx: LinkTx,
     link_rx: LinkRx,
-    writer: BufferWriter,
-    reader: BufferReader,
+    writer: LogWriter,
+    reader: LogReader,
     settings: IngestSettings,
     progress: watch::Sender<Progress>,
     stop: watch::Receiver<bool>,

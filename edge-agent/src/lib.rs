@@ -46,7 +46,7 @@ mod telemetry;
 mod uplink;
 
 use anyhow::{Context, anyhow};
-use buffer::BufferOptions;
+use buffer::LogOptions;
 use config::AgentConfig;
 use ingest::{IngestError, IngestSettings, Progress};
 use mapping::Mapper;
@@ -121,7 +121,7 @@ impl Agent {
         let (mqtt5_hold, mqtt5_addr) = broker::reserve("mqtt5-listen", config.mqtt5_listen)?;
 
         let dir = config.data_dir.join("buffer");
-        let options = BufferOptions {
+        let options = LogOptions {
             segment_max_bytes: config.buffer_segment_bytes,
         };
         let open_dir = dir.clone();

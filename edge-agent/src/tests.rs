@@ -158,7 +158,7 @@ async fn starts_without_a_core_buffers_publishes_and_stops_cleanly() {
     );
 
     // Everything accepted is in the buffer, unacknowledged, for the next start to ship.
-    let options = BufferOptions {
+    let options = LogOptions {
         segment_max_bytes: 1 << 20,
     };
     let (_, reader, recovery) =

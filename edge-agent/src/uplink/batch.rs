@@ -1,7 +1,7 @@
 //! Building one `WriteBatch` frame from buffered records (blocking: runs in `spawn_blocking`).
 
 use crate::buffer::record::{self, RecordBody};
-use crate::buffer::{BufferError, BufferReader, Epoch, Offset};
+use crate::buffer::{Epoch, LogError, LogReader, Offset};
 use bytes::Bytes;
 use protocols::model::{Labels, Sample};
 use protocols::wire::{AgentId, MAX_FRAME_BYTES, Message, SeriesChunk, WriteBatch};
@@ -40,11 +40,11 @@ pub(crate) enum Prepared {
 /// Reads from `from` and builds one batch of at most `max_samples` samples of one tenant
 /// (always at least one whole record, which the ingest thread caps at `max_samples`).
 pub(crate) fn prepare(
-    reader: &BufferReader,
+    reader: &LogReader,
     agent_id: &AgentId,
     from: Offset,
     max_samples: usize,
-) -> Result<Prepared, BufferError> {
+) -> Result<Prepared, LogError> {
     let chunk = reader.read(from, READ_BUDGET_BYTES)?;
     let mut corrupt_bytes = chunk.corrupt_bytes;
     let mut taken: Vec<RecordBody> = Vec::new();

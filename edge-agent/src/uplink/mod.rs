@@ -15,7 +15,7 @@
 mod batch;
 pub(crate) mod quic;
 
-use crate::buffer::{BufferError, BufferReader, Offset};
+use crate::buffer::{LogError, LogReader, Offset};
 use crate::config::CoreEndpoint;
 use crate::ingest::Progress;
 use crate::telemetry::{self, DropReason};
@@ -71,7 +71,7 @@ impl Backoff {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UplinkError {
     #[error("buffer: {0}")]
-    Buffer(#[from] BufferError),
+    Buffer(#[from] LogError),
     #[error("buffer task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -105,7 +105,7 @@ pub(crate) struct UplinkSettings {
 
 pub(crate) struct Uplink<T> {
     transport: T,
-    reader: BufferReader,
+    reader: LogReader,
     settings: UplinkSettings,
     progress: watch::Receiver<Progress>,
     stop: watch::Receiver<bool>,
@@ -116,7 +116,7 @@ pub(crate) struct Uplink<T> {
 impl<T: Transport> Uplink<T> {
     pub(crate) fn new(
         transport: T,
-        reader: BufferReader,
+        reader: LogReader,
         settings: UplinkSettings,
         progress: watch::Receiver<Progress>,
         stop: watch::Receiver<bool>,

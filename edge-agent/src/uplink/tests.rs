@@ -1,7 +1,7 @@
 //! The uplink against a scripted core: what gets resent, acknowledged or dropped.
 
 use super::*;
-use crate::buffer::{self, BufferOptions, BufferWriter, record};
+use crate::buffer::{self, LogOptions, LogWriter, record};
 use protocols::model::{Labels, Sample, Tenant};
 use protocols::wire::{ErrorCode, SeriesSamples, WriteBatch};
 use std::collections::VecDeque;
@@ -65,8 +65,8 @@ impl Transport for ScriptedCore {
 
 struct Harness {
     _dir: tempfile::TempDir,
-    writer: BufferWriter,
-    reader: BufferReader,
+    writer: LogWriter,
+    reader: LogReader,
     progress: watch::Sender<Progress>,
     stop: watch::Sender<bool>,
 }
@@ -74,7 +74,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = BufferOptions {
+        let options = LogOptions {
             segment_max_bytes: 1 << 20,
         };
         let (writer, reader, _) = buffer::open(dir.path(), options).expect("open");

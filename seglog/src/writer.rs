@@ -1,19 +1,19 @@
 //! The single appender of the buffer.
 
-use super::{BufferError, BufferOptions, Offset, Shared, io_err, segment, sync_dir};
+use crate::{LogError, LogOptions, Offset, Shared, io_err, segment, sync_dir};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// Appends records to the last segment and makes them durable with [`BufferWriter::sync`].
+/// Appends records to the last segment and makes them durable with [`LogWriter::sync`].
 ///
 /// A failed write or fsync poisons the writer: after a failed fsync the kernel may have dropped
 /// the dirty pages, so "retrying" could report durability for data that is gone. The owner
 /// must stop and let a restart recover from what is really on disk.
 #[derive(Debug)]
-pub struct BufferWriter {
+pub struct LogWriter {
     shared: Arc<Shared>,
     file: File,
     path: PathBuf,
@@ -24,16 +24,16 @@ pub struct BufferWriter {
     /// A segment was created since the last directory fsync.
     dir_dirty: bool,
     poisoned: bool,
-    options: BufferOptions,
+    options: LogOptions,
 }
 
-impl BufferWriter {
+impl LogWriter {
     pub(super) fn resume(
         shared: Arc<Shared>,
         segment_start: Offset,
         end: Offset,
-        options: BufferOptions,
-    ) -> Result<Self, BufferError> {
+        options: LogOptions,
+    ) -> Result<Self, LogError> {
         let path = segment::path(&shared.dir, segment_start);
         let mut file = OpenOptions::new()
             .write(true)
@@ -55,13 +55,13 @@ impl BufferWriter {
     }
 
     /// Appends one record and returns its end offset. Readers see it after the next
-    /// [`BufferWriter::sync`]. The payload is borrowed, so on error the caller still has it.
-    pub fn append(&mut self, payload: &[u8]) -> Result<Offset, BufferError> {
+    /// [`LogWriter::sync`]. The payload is borrowed, so on error the caller still has it.
+    pub fn append(&mut self, payload: &[u8]) -> Result<Offset, LogError> {
         if self.poisoned {
-            return Err(BufferError::Poisoned);
+            return Err(LogError::Poisoned);
         }
         if payload.len() > segment::MAX_RECORD_BYTES as usize {
-            return Err(BufferError::RecordTooLarge {
+            return Err(LogError::RecordTooLarge {
                 len: payload.len(),
                 max: segment::MAX_RECORD_BYTES,
             });
@@ -83,9 +83,9 @@ impl BufferWriter {
 
     /// Fsyncs everything appended so far (one call per burst: group commit) and publishes the
     /// new durable end to readers.
-    pub fn sync(&mut self) -> Result<Offset, BufferError> {
+    pub fn sync(&mut self) -> Result<Offset, LogError> {
         if self.poisoned {
-            return Err(BufferError::Poisoned);
+            return Err(LogError::Poisoned);
         }
         if let Err(e) = self.file.sync_data() {
             self.poisoned = true;
@@ -104,12 +104,12 @@ impl BufferWriter {
 
     /// Seals the current segment (fsynced, so readers may read it to its end) and starts the
     /// next one at the current end offset.
-    fn roll(&mut self) -> Result<(), BufferError> {
+    fn roll(&mut self) -> Result<(), LogError> {
         if let Err(e) = self.file.sync_data() {
             self.poisoned = true;
             return Err(io_err(&self.path, e));
         }
-        let file = match super::create_segment(&self.shared.dir, self.end) {
+        let file = match crate::create_segment(&self.shared.dir, self.end) {
             Ok(f) => f,
             Err(e) => {
                 self.poisoned = true;

@@ -1,6 +1,6 @@
 //! Segment files: naming, the 8-byte header and record framing (layout in the parent module).
 
-use super::Offset;
+use crate::Offset;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! The `ack` file: the buffer's epoch and how far a core has acknowledged (layout in the parent
 //! module). Replaced atomically, so a crash leaves either the old or the new version.
 
-use super::{BufferError, Epoch, Offset, io_err, sync_dir};
+use crate::{Epoch, LogError, Offset, io_err, sync_dir};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -39,7 +39,7 @@ fn encode(c: &Cursor) -> [u8; LEN] {
     b
 }
 
-pub(super) fn load(dir: &Path) -> Result<Loaded, BufferError> {
+pub(super) fn load(dir: &Path) -> Result<Loaded, LogError> {
     let path = dir.join(FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -53,7 +53,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, BufferError> {
         return Ok(Loaded::Damaged);
     }
     if b[4] != VERSION {
-        return Err(BufferError::UnsupportedVersion {
+        return Err(LogError::UnsupportedVersion {
             path,
             found: b[4],
             supported: VERSION,
@@ -75,7 +75,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, BufferError> {
 }
 
 /// Write to a temporary file, fsync it, rename it over `ack`, fsync the directory.
-pub(super) fn store(dir: &Path, cursor: &Cursor) -> Result<(), BufferError> {
+pub(super) fn store(dir: &Path, cursor: &Cursor) -> Result<(), LogError> {
     let tmp = dir.join(TMP);
     let mut file = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     file.write_all(&encode(cursor))
@@ -114,7 +114,7 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         assert!(matches!(
             load(dir.path()),
-            Err(BufferError::UnsupportedVersion { found: 7, .. })
+            Err(LogError::UnsupportedVersion { found: 7, .. })
         ));
     }
 }

@@ -1,6 +1,6 @@
 //! Reading durable records and acknowledging them.
 
-use super::{BufferError, Epoch, Offset, Shared, cursor, io_err, remove_segment, segment};
+use crate::{Epoch, LogError, Offset, Shared, cursor, io_err, remove_segment, segment};
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use tracing::warn;
 /// Reads records below the durable end and acknowledges them. Cheap to clone; reads take
 /// their position as an argument and keep no state.
 #[derive(Debug, Clone)]
-pub struct BufferReader {
+pub struct LogReader {
     shared: Arc<Shared>,
 }
 
@@ -22,7 +22,7 @@ pub struct ReadRecord {
     pub payload: Vec<u8>,
 }
 
-/// The result of one [`BufferReader::read`].
+/// The result of one [`LogReader::read`].
 #[derive(Debug, Default)]
 pub struct ReadChunk {
     pub records: Vec<ReadRecord>,
@@ -32,7 +32,7 @@ pub struct ReadChunk {
     pub corrupt_bytes: u64,
 }
 
-impl BufferReader {
+impl LogReader {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
@@ -56,7 +56,7 @@ impl BufferReader {
 
     /// Reads whole records starting at `from` (a record boundary, e.g. the previous
     /// [`ReadChunk::next`]) until about `max_bytes` of payload or the durable end.
-    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadChunk, BufferError> {
+    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadChunk, LogError> {
         let mut chunk = ReadChunk {
             next: from,
             ..ReadChunk::default()
@@ -150,7 +150,7 @@ impl BufferReader {
 
     /// Records that everything below `upto` (a record boundary) is acknowledged: persists the
     /// cursor atomically, then deletes segments that lie wholly below it.
-    pub fn ack(&self, upto: Offset) -> Result<(), BufferError> {
+    pub fn ack(&self, upto: Offset) -> Result<(), LogError> {
         let _serial = self
             .shared
             .ack_lock
@@ -161,7 +161,7 @@ impl BufferReader {
         }
         let durable = self.shared.durable_end();
         if upto > durable {
-            return Err(BufferError::AckBeyondEnd {
+            return Err(LogError::AckBeyondEnd {
                 requested: upto,
                 durable,
             });

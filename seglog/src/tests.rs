@@ -1,17 +1,17 @@
 //! Behaviour tests for the buffer: each one writes, "crashes" (drops every handle, optionally
 //! damages files), reopens and checks what a user would notice: which records come back.
 
-use super::reader::ReadChunk;
-use super::*;
+use crate::reader::ReadChunk;
+use crate::*;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 
 /// Small segments so that a handful of records spans several files.
-const SMALL: BufferOptions = BufferOptions {
+const SMALL: LogOptions = LogOptions {
     segment_max_bytes: 64,
 };
 
-fn open_at(dir: &Path) -> (BufferWriter, BufferReader, Recovery) {
+fn open_at(dir: &Path) -> (LogWriter, LogReader, Recovery) {
     open(dir, SMALL).expect("buffer opens")
 }
 
@@ -20,7 +20,7 @@ fn payload(i: usize) -> Vec<u8> {
 }
 
 /// Appends `n` records (numbered from `first`) and fsyncs once; returns their end offsets.
-fn append_n(w: &mut BufferWriter, first: usize, n: usize) -> Vec<Offset> {
+fn append_n(w: &mut LogWriter, first: usize, n: usize) -> Vec<Offset> {
     let ends = (first..first + n)
         .map(|i| w.append(&payload(i)).expect("append"))
         .collect();
@@ -28,7 +28,7 @@ fn append_n(w: &mut BufferWriter, first: usize, n: usize) -> Vec<Offset> {
     ends
 }
 
-fn read_all(r: &BufferReader, from: Offset) -> ReadChunk {
+fn read_all(r: &LogReader, from: Offset) -> ReadChunk {
     r.read(from, usize::MAX).expect("read")
 }
 
@@ -133,7 +133,7 @@ fn acknowledging_deletes_only_segments_wholly_below_the_cursor() {
     assert_eq!(r.unacked_bytes(), 0);
     assert!(matches!(
         r.ack(Offset(ends[7].0 + 1)),
-        Err(BufferError::AckBeyondEnd { .. })
+        Err(LogError::AckBeyondEnd { .. })
     ));
 }
 
@@ -190,7 +190,7 @@ fn garbage_tail_and_bad_last_checksum_are_truncated() {
 #[test]
 fn corrupt_checksum_in_the_middle_skips_only_that_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let big = BufferOptions {
+    let big = LogOptions {
         segment_max_bytes: 1 << 20,
     };
     let ends = {
@@ -286,10 +286,7 @@ fn lost_cursor_starts_a_new_epoch_and_resends_everything() {
 fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = open_at(dir.path());
-    assert!(matches!(
-        open(dir.path(), SMALL),
-        Err(BufferError::Locked(_))
-    ));
+    assert!(matches!(open(dir.path(), SMALL), Err(LogError::Locked(_))));
 }
 
 #[test]
@@ -302,7 +299,7 @@ fn unknown_segment_version_is_refused_not_dropped() {
     fs::write(&seg, &bytes).expect("write");
     assert!(matches!(
         open(dir.path(), SMALL),
-        Err(BufferError::UnsupportedVersion { found: 42, .. })
+        Err(LogError::UnsupportedVersion { found: 42, .. })
     ));
 }
 
