@@ -212,23 +212,26 @@ pub enum WireError {
     Body(#[from] postcard::Error),
 }
 
+fn frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
+    // Serialising plain structs into a Vec cannot fail: every type here is serde-derived with
+    // no custom serialisers that return errors.
+    postcard::to_extend(body, vec![WIRE_VERSION, kind]).unwrap_or_default()
+}
+
+impl WriteBatch {
+    /// The frame of `Message::WriteBatch(self)`, without moving the batch.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        frame(KIND_WRITE_BATCH, self)
+    }
+}
+
 impl Message {
     /// Encodes the message as one frame.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![WIRE_VERSION];
-        // Serialising plain structs into a Vec cannot fail: every type here is serde-derived
-        // with no custom serialisers that return errors.
-        let body = match self {
-            Self::WriteBatch(b) => {
-                out.push(KIND_WRITE_BATCH);
-                postcard::to_extend(b, out)
-            }
-            Self::BatchAck(a) => {
-                out.push(KIND_BATCH_ACK);
-                postcard::to_extend(a, out)
-            }
-        };
-        body.unwrap_or_default()
+        match self {
+            Self::WriteBatch(b) => frame(KIND_WRITE_BATCH, b),
+            Self::BatchAck(a) => frame(KIND_BATCH_ACK, a),
+        }
     }
 
     /// Decodes one frame. Never panics; allocation is bounded by the frame's length.

@@ -114,9 +114,9 @@ impl fmt::Display for Epoch {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("buffer i/o on {path}: {source}")]
+    #[error("log i/o on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("buffer directory {0} is in use by another process")]
+    #[error("log directory {0} is in use by another process")]
     Locked(PathBuf),
     #[error("{path} has format version {found}, this build reads version {supported}")]
     UnsupportedVersion {
@@ -124,7 +124,7 @@ pub enum LogError {
         found: u8,
         supported: u8,
     },
-    #[error("buffer writer is poisoned by an earlier write or fsync failure; restart to recover")]
+    #[error("log writer is poisoned by an earlier write or fsync failure; restart to recover")]
     Poisoned,
     #[error("record of {len} bytes exceeds the {max} byte limit")]
     RecordTooLarge { len: usize, max: u32 },

@@ -43,7 +43,7 @@ mod keys;
 mod read;
 mod writer;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use protocols::wire::{AckOutcome, WriteBatch};
 use std::path::Path;
 use std::sync::mpsc;
@@ -62,15 +62,6 @@ pub enum Durability {
     /// Hand the journal to the OS before acknowledging (survives a process crash, not a power
     /// loss). For benchmarks that compare against systems run without fsync.
     Buffered,
-}
-
-impl Durability {
-    fn persist_mode(self) -> PersistMode {
-        match self {
-            Self::Fsync => PersistMode::SyncAll,
-            Self::Buffered => PersistMode::Buffer,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +122,8 @@ pub enum StorageError {
     WriterStopped,
     #[error("could not start a storage thread: {0}")]
     Thread(std::io::Error),
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] seglog::LogError),
 }
 
 /// Why a batch was not queued. The batch is handed back so nothing is lost.
@@ -200,7 +193,7 @@ impl Storage {
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             db,
         });
-        let (queue, writer_thread) = writer::start(ks.clone(), &options)?;
+        let (queue, writer_thread) = writer::start(ks.clone(), dir, &options)?;
         let (stop_tx, stop_rx) = mpsc::channel();
         let compactor_thread =
             compactor::start(ks.clone(), queue.clone(), stop_rx, options.compaction)?;
@@ -230,6 +223,21 @@ impl Storage {
             Ok(()) => Ok(rx),
             Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(give_back(r))),
             Err(mpsc::TrySendError::Disconnected(r)) => Err(SubmitError::Stopped(give_back(r))),
+        }
+    }
+
+    /// Runs compaction passes until nothing is due under `options` (for tests and benchmarks:
+    /// `seal_after: 0` merges every dirty day now). Returns the number of days merged.
+    pub fn compact_now(&self, options: &CompactionOptions) -> Result<usize, StorageError> {
+        let Some(queue) = &self.shared.queue else {
+            return Err(StorageError::WriterStopped);
+        };
+        let mut total = 0;
+        loop {
+            match compactor::pass(&self.ks, queue, options)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
         }
     }
 

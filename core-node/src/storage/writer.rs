@@ -1,16 +1,39 @@
 //! The single writer thread: group commit of queued batches and of the compactor's merges
 //! (see the module docs of [`super`] for the protocol).
+//!
+//! # Durability: the write-ahead log
+//!
+//! Every write batch is appended to the WAL (a [`seglog`] log under `<data-dir>/wal`, each
+//! record one `WriteBatch` wire frame) and the group is fsynced once before anything is
+//! applied; fjall then applies it without an fsync of its own. Every [`CHECKPOINT_BYTES`] of
+//! log or [`CHECKPOINT_INTERVAL`], the writer persists fjall (fsync) and acknowledges the WAL
+//! up to what fjall now holds, which deletes old WAL segments. On open, every WAL record after
+//! the last checkpoint is applied again: applying is idempotent (agent offsets turn a batch
+//! fjall already holds into a duplicate), so a crash at any point loses nothing that was
+//! acknowledged. The WAL's recovery truncates a torn tail at the last good record and skips
+//! a damaged record in the middle, counting the bytes (`updraft_core_wal_corrupt_bytes_total`)
+//! and logging; everything before stays. Compaction merges are not logged: they are derived
+//! data, and losing one only leaves the day dirty for the next pass.
 
-use super::{Keyspaces, StorageError, StorageOptions, keys};
+use super::{Durability, Keyspaces, StorageError, StorageOptions, keys};
 use fjall::{OwnedWriteBatch, PersistMode};
-use protocols::wire::{AckOutcome, SeriesChunk, WriteBatch};
+use protocols::wire::{AckOutcome, Message, SeriesChunk, WriteBatch};
 use protocols::{Sample, SeriesId, codec};
+use seglog::{LogOptions, LogReader, LogWriter, Offset};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// WAL bytes between two checkpoints.
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest time between two checkpoints while writes arrive.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// WAL segment size.
+const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
@@ -67,7 +90,13 @@ impl Dirty {
 
 struct Writer {
     ks: Arc<Keyspaces>,
-    mode: PersistMode,
+    /// fsync the WAL before acknowledging (`Durability::Fsync`).
+    fsync: bool,
+    wal: LogWriter,
+    wal_reader: LogReader,
+    /// End of the last WAL record whose batch fjall has applied.
+    applied_end: Offset,
+    last_checkpoint: Instant,
     /// Series whose `series` and `postings` entries are already committed.
     known: HashSet<SeriesId>,
     /// Last applied (epoch, sequence) per agent, as committed.
@@ -84,6 +113,7 @@ fn corrupt(keyspace: &'static str, detail: String) -> StorageError {
 
 pub(super) fn start(
     ks: Arc<Keyspaces>,
+    dir: &Path,
     options: &StorageOptions,
 ) -> Result<(mpsc::SyncSender<Request>, JoinHandle<()>), StorageError> {
     let mut known = HashSet::new();
@@ -128,15 +158,33 @@ pub(super) fn start(
         "storage opened"
     );
 
+    let (wal, wal_reader, recovery) = seglog::open(
+        &dir.join("wal"),
+        LogOptions {
+            segment_max_bytes: WAL_SEGMENT_BYTES,
+        },
+    )?;
+    if recovery.corrupt_bytes > 0 {
+        metrics::counter!("updraft_core_wal_corrupt_bytes_total").increment(recovery.corrupt_bytes);
+        tracing::error!(
+            corrupt_bytes = recovery.corrupt_bytes,
+            "damaged WAL bytes cut off or skipped; every good record before and after is kept"
+        );
+    }
     let (tx, rx) = mpsc::sync_channel(options.queue_batches);
     let mut writer = Writer {
         ks,
-        mode: options.durability.persist_mode(),
+        fsync: options.durability == Durability::Fsync,
+        applied_end: wal_reader.acked(),
+        wal,
+        wal_reader,
+        last_checkpoint: Instant::now(),
         known,
         offsets,
         dirty,
         next_seq,
     };
+    writer.replay()?;
     let handle = std::thread::Builder::new()
         .name("storage-writer".into())
         .spawn(move || writer.run(rx))
@@ -320,9 +368,118 @@ impl Writer {
         }
     }
 
+    /// Applies every WAL record after the last checkpoint, then checkpoints.
+    fn replay(&mut self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let (mut batches, mut corrupt) = (0u64, 0u64);
+        let mut from = self.wal_reader.acked();
+        loop {
+            let chunk = self.wal_reader.read(from, 64 * 1024 * 1024)?;
+            corrupt += chunk.corrupt_bytes;
+            if chunk.records.is_empty() && chunk.next == from {
+                break;
+            }
+            let mut wb = self.ks.db.batch();
+            let mut p = Pending {
+                next_seq: self.next_seq,
+                ..Pending::default()
+            };
+            for record in &chunk.records {
+                match Message::decode(&record.payload) {
+                    Ok(Message::WriteBatch(b)) => {
+                        self.apply_write(&mut wb, &mut p, &b);
+                        batches += 1;
+                    }
+                    Ok(_) | Err(_) => {
+                        // Checksummed bytes we wrote ourselves: a newer or broken build.
+                        corrupt += record.end.0 - record.start.0;
+                        tracing::error!(offset = record.start.0, "undecodable WAL record skipped");
+                    }
+                }
+            }
+            wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
+            wb.commit()?;
+            self.absorb(p);
+            from = chunk.next;
+        }
+        self.applied_end = from;
+        if corrupt > 0 {
+            metrics::counter!("updraft_core_wal_corrupt_bytes_total").increment(corrupt);
+        }
+        metrics::counter!("updraft_core_wal_replayed_batches_total").increment(batches);
+        self.checkpoint()?;
+        tracing::info!(batches, corrupt_bytes = corrupt, elapsed = ?started.elapsed(), "WAL replayed");
+        Ok(())
+    }
+
+    /// Makes fjall durable, then lets the WAL drop what fjall now holds.
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.ks.db.persist(PersistMode::SyncAll)?;
+        if !self.fsync {
+            self.wal.sync()?;
+        }
+        self.wal_reader.ack(self.applied_end)?;
+        self.last_checkpoint = Instant::now();
+        metrics::counter!("updraft_core_checkpoints_total").increment(1);
+        metrics::gauge!("updraft_core_wal_bytes").set(self.wal_reader.unacked_bytes() as f64);
+        Ok(())
+    }
+
+    /// Takes a committed group's changes into the writer's state.
+    fn absorb(&mut self, p: Pending) {
+        metrics::counter!("updraft_core_series_created_total").increment(p.series.len() as u64);
+        self.known.extend(p.series);
+        self.offsets.extend(p.offsets);
+        for (key, mark) in p.dirty {
+            match mark {
+                Some(d) => self.dirty.insert(key, d),
+                None => self.dirty.remove(&key),
+            };
+        }
+        self.next_seq = p.next_seq;
+        metrics::gauge!("updraft_core_series").set(self.known.len() as f64);
+    }
+
+    /// Appends the group's write batches to the WAL and, in fsync mode, makes them durable.
+    fn log_group(&mut self, group: &[Request]) -> Result<Option<Offset>, StorageError> {
+        let mut end = None;
+        for req in group {
+            if let Request::Write { batch, .. } = req {
+                end = Some(self.wal.append(&batch.encode_frame())?);
+            }
+        }
+        if end.is_some() && self.fsync {
+            self.wal.sync()?;
+        }
+        Ok(end)
+    }
+
     fn commit_group(&mut self, group: Vec<Request>) {
         let started = Instant::now();
-        let mut wb = self.ks.db.batch().durability(Some(self.mode));
+        let logged = match self.log_group(&group) {
+            Ok(end) => end,
+            Err(e) => {
+                // A failed WAL write poisons the log: nothing more is acknowledged until a
+                // restart recovers it. Agents keep their data and retry.
+                tracing::error!(error = %e, "WAL append failed");
+                let e = Arc::new(e);
+                for req in group {
+                    match req {
+                        Request::Write { reply, .. } => {
+                            metrics::counter!("updraft_core_batches_total", "outcome" => "failed")
+                                .increment(1);
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Request::Replace { reply, .. } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        // fjall applies without an fsync: the WAL already holds the batches.
+        let mut wb = self.ks.db.batch();
         let mut p = Pending {
             next_seq: self.next_seq,
             ..Pending::default()
@@ -345,18 +502,10 @@ impl Writer {
             Ok(()) => {
                 metrics::histogram!("updraft_core_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
-                metrics::counter!("updraft_core_series_created_total")
-                    .increment(p.series.len() as u64);
-                self.known.extend(p.series);
-                self.offsets.extend(p.offsets);
-                for (key, mark) in p.dirty {
-                    match mark {
-                        Some(d) => self.dirty.insert(key, d),
-                        None => self.dirty.remove(&key),
-                    };
+                self.absorb(p);
+                if let Some(end) = logged {
+                    self.applied_end = end;
                 }
-                self.next_seq = p.next_seq;
-                metrics::gauge!("updraft_core_series").set(self.known.len() as f64);
                 for (req, outcome) in group.into_iter().zip(outcomes) {
                     match (req, outcome) {
                         (Request::Write { reply, .. }, Some(outcome)) => {
@@ -380,6 +529,11 @@ impl Writer {
                             let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
                         }
                     }
+                }
+                let due = self.wal_reader.unacked_bytes() >= CHECKPOINT_BYTES
+                    || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+                if let Some(Err(e)) = due.then(|| self.checkpoint()) {
+                    tracing::error!(error = %e, "checkpoint failed; the WAL keeps the data");
                 }
             }
             Err(e) => {
