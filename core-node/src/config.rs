@@ -2,7 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
-use crate::storage::Durability;
+use crate::storage::{Durability, Limits};
 use crate::tls::TlsFiles;
 use anyhow::Context;
 use protocols::Tenant;
@@ -45,6 +45,18 @@ pub struct RunArgs {
     /// Tenant that HTTP queries read until authentication lands [default: default].
     #[arg(long, env = "UPDRAFT_CORE_TENANT")]
     pub tenant: Option<String>,
+    /// Most labels one series may have, __name__ included [default: 30].
+    #[arg(long, env = "UPDRAFT_CORE_MAX_LABELS_PER_SERIES")]
+    pub max_labels_per_series: Option<usize>,
+    /// Longest label name in bytes [default: 128].
+    #[arg(long, env = "UPDRAFT_CORE_MAX_LABEL_NAME_BYTES")]
+    pub max_label_name_bytes: Option<usize>,
+    /// Longest label value in bytes [default: 2048].
+    #[arg(long, env = "UPDRAFT_CORE_MAX_LABEL_VALUE_BYTES")]
+    pub max_label_value_bytes: Option<usize>,
+    /// Most series one tenant may create [default: 1000000].
+    #[arg(long, env = "UPDRAFT_CORE_MAX_SERIES_PER_TENANT")]
+    pub max_series_per_tenant: Option<u64>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -59,6 +71,10 @@ struct FileConfig {
     key: Option<PathBuf>,
     durability: Option<Durability>,
     tenant: Option<String>,
+    max_labels_per_series: Option<usize>,
+    max_label_name_bytes: Option<usize>,
+    max_label_value_bytes: Option<usize>,
+    max_series_per_tenant: Option<u64>,
 }
 
 /// A validated configuration.
@@ -70,6 +86,7 @@ pub struct CoreConfig {
     pub tls: TlsFiles,
     pub durability: Durability,
     pub tenant: Tenant,
+    pub limits: Limits,
 }
 
 impl CoreConfig {
@@ -82,6 +99,7 @@ impl CoreConfig {
             tls: TlsFiles::in_dir(certs_dir, "core"),
             durability: Durability::default(),
             tenant: Tenant::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -97,7 +115,27 @@ impl CoreConfig {
         };
         let base = Self::local(Path::new(DEFAULT_DATA_DIR), Path::new(DEFAULT_CERTS_DIR));
         let tenant = args.tenant.or(file.tenant);
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_labels_per_series: args
+                .max_labels_per_series
+                .or(file.max_labels_per_series)
+                .unwrap_or(defaults.max_labels_per_series),
+            max_label_name_bytes: args
+                .max_label_name_bytes
+                .or(file.max_label_name_bytes)
+                .unwrap_or(defaults.max_label_name_bytes),
+            max_label_value_bytes: args
+                .max_label_value_bytes
+                .or(file.max_label_value_bytes)
+                .unwrap_or(defaults.max_label_value_bytes),
+            max_series_per_tenant: args
+                .max_series_per_tenant
+                .or(file.max_series_per_tenant)
+                .unwrap_or(defaults.max_series_per_tenant),
+        };
         Ok(Self {
+            limits,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args
                 .quic_listen

@@ -36,11 +36,13 @@ pub async fn run(
         .context("loading TLS files (create them with `core-node certs`)")?;
     let data_dir = config.data_dir.clone();
     let durability = config.durability;
+    let limits = config.limits.clone();
     let storage = tokio::task::spawn_blocking(move || {
         storage::Storage::open(
             &data_dir,
             storage::StorageOptions {
                 durability,
+                limits,
                 ..Default::default()
             },
         )

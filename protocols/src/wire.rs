@@ -175,8 +175,13 @@ impl ErrorCode {
 /// and `Duplicate`, once the samples are durable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AckOutcome {
-    /// Stored now. `rejected_series` were refused (limits) and will never be stored.
-    Stored { samples: u64, rejected_series: u32 },
+    /// Stored now. `rejected_series` were refused (limits, a damaged chunk) and will never be
+    /// stored; `rejection` says why the first of them was.
+    Stored {
+        samples: u64,
+        rejected_series: u32,
+        rejection: Option<String>,
+    },
     /// Already stored by an earlier delivery of the same (agent, epoch, sequence).
     Duplicate,
     /// Not stored. Retry only when `code.is_retryable()`.

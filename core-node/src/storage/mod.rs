@@ -72,6 +72,7 @@ pub struct StorageOptions {
     /// fjall block cache size.
     pub cache_bytes: u64,
     pub compaction: CompactionOptions,
+    pub limits: Limits,
 }
 
 impl Default for StorageOptions {
@@ -81,6 +82,31 @@ impl Default for StorageOptions {
             queue_batches: 256,
             cache_bytes: 64 * 1024 * 1024,
             compaction: CompactionOptions::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Limits that keep one misbehaving writer from hurting the node. A series that breaks one is
+/// refused (counted in `updraft_core_series_rejected_total{reason}` and reported in the
+/// batch's acknowledgement); the rest of its batch is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Labels per series, `__name__` included.
+    pub max_labels_per_series: usize,
+    pub max_label_name_bytes: usize,
+    pub max_label_value_bytes: usize,
+    /// Series one tenant may create; series it already has keep being written.
+    pub max_series_per_tenant: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_labels_per_series: 30,
+            max_label_name_bytes: 128,
+            max_label_value_bytes: 2048,
+            max_series_per_tenant: 1_000_000,
         }
     }
 }

@@ -68,7 +68,8 @@ fn stores_reads_and_deduplicates_across_restart() {
             out,
             AckOutcome::Stored {
                 samples: 3,
-                rejected_series: 0
+                rejected_series: 0,
+                rejection: None
             }
         );
         // Same (epoch, sequence) again: not applied, even with different content.
@@ -268,12 +269,17 @@ fn a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored() {
     );
     let last = b.series[1].chunk.len() - 1;
     b.series[1].chunk[last] ^= 0xFF;
-    assert_eq!(
-        write(&s, b),
-        AckOutcome::Stored {
-            samples: 1,
-            rejected_series: 1
-        }
+    let AckOutcome::Stored {
+        samples: 1,
+        rejected_series: 1,
+        rejection: Some(why),
+    } = write(&s, b)
+    else {
+        panic!("one series stored, one refused");
+    };
+    assert!(
+        why.contains(r#"m{a="bad"}"#) && why.contains("damaged chunk"),
+        "{why}"
     );
     let t = Tenant::default();
     assert_eq!(
@@ -287,4 +293,78 @@ fn a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored() {
             .expect("select")
             .is_empty()
     );
+}
+
+#[test]
+fn limits_refuse_only_the_offending_series() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = quiet();
+    options.limits = Limits {
+        max_labels_per_series: 3,
+        max_label_name_bytes: 8,
+        max_label_value_bytes: 8,
+        max_series_per_tenant: 3,
+    };
+    let s = Storage::open(dir.path(), options.clone()).expect("open");
+    let ok = labels("m", &[("a", "1")]);
+    let outcome = write(
+        &s,
+        batch(
+            1,
+            vec![
+                (ok.clone(), vec![Sample::new(1, 1.0)]),
+                (
+                    labels("m", &[("a", "1"), ("b", "2"), ("c", "3")]),
+                    vec![Sample::new(1, 1.0)],
+                ),
+                (
+                    labels("m", &[("averyverylongname", "1")]),
+                    vec![Sample::new(1, 1.0)],
+                ),
+                (
+                    labels("m", &[("a", "a value too long")]),
+                    vec![Sample::new(1, 1.0)],
+                ),
+                (labels("m", &[("a", "2")]), vec![Sample::new(1, 1.0)]),
+                (labels("m", &[("a", "3")]), vec![Sample::new(1, 1.0)]),
+                (labels("m", &[("a", "4")]), vec![Sample::new(1, 1.0)]),
+            ],
+        ),
+    );
+    let AckOutcome::Stored {
+        samples: 3,
+        rejected_series: 4,
+        rejection: Some(why),
+    } = outcome
+    else {
+        panic!("three stored, four refused: {outcome:?}");
+    };
+    assert!(why.contains("4 labels, more than the limit of 3"), "{why}");
+    // The limit counts existing series across restarts; old series keep being written.
+    drop(s);
+    let s = Storage::open(dir.path(), options).expect("reopen");
+    let out = write(
+        &s,
+        batch(
+            2,
+            vec![
+                (ok.clone(), vec![Sample::new(2, 2.0)]),
+                (labels("m", &[("a", "5")]), vec![Sample::new(2, 2.0)]),
+            ],
+        ),
+    );
+    let AckOutcome::Stored {
+        samples: 1,
+        rejected_series: 1,
+        rejection: Some(why),
+    } = out
+    else {
+        panic!("the old series is written, the new one refused: {out:?}");
+    };
+    assert!(
+        why.contains("series_limit") || why.contains("the limit"),
+        "{why}"
+    );
+    let id = SeriesId::of(&Tenant::default(), &ok);
+    assert_eq!(s.samples(id, 0, 10).expect("read").len(), 2);
 }

@@ -15,10 +15,10 @@
 //! and logging; everything before stays. Compaction merges are not logged: they are derived
 //! data, and losing one only leaves the day dirty for the next pass.
 
-use super::{Durability, Keyspaces, StorageError, StorageOptions, keys};
+use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
 use fjall::{OwnedWriteBatch, PersistMode};
 use protocols::wire::{AckOutcome, Message, SeriesChunk, WriteBatch};
-use protocols::{Sample, SeriesId, codec};
+use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use seglog::{LogOptions, LogReader, LogWriter, Offset};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -105,6 +105,9 @@ struct Writer {
     dirty: HashMap<(SeriesId, i64), Dirty>,
     /// Next chunk write sequence, as committed.
     next_seq: u64,
+    limits: Limits,
+    /// Series per tenant, as committed.
+    tenant_series: HashMap<Tenant, u64>,
 }
 
 fn corrupt(keyspace: &'static str, detail: String) -> StorageError {
@@ -117,12 +120,20 @@ pub(super) fn start(
     options: &StorageOptions,
 ) -> Result<(mpsc::SyncSender<Request>, JoinHandle<()>), StorageError> {
     let mut known = HashSet::new();
+    let mut tenant_series: HashMap<Tenant, u64> = HashMap::new();
     for kv in ks.series.iter() {
-        let key = kv.key()?;
+        let (key, value) = kv.into_inner()?;
         let id: [u8; 8] = key
             .as_ref()
             .try_into()
             .map_err(|_| corrupt("series", format!("key of {} bytes", key.len())))?;
+        let (tenant, _): (Tenant, Labels) = postcard::from_bytes(&value).map_err(|e| {
+            corrupt(
+                "series",
+                format!("entry of {}: {e}", u64::from_be_bytes(id)),
+            )
+        })?;
+        *tenant_series.entry(tenant).or_default() += 1;
         known.insert(SeriesId(u64::from_be_bytes(id)));
     }
     let mut offsets = HashMap::new();
@@ -183,6 +194,8 @@ pub(super) fn start(
         offsets,
         dirty,
         next_seq,
+        limits: options.limits.clone(),
+        tenant_series,
     };
     writer.replay()?;
     let handle = std::thread::Builder::new()
@@ -229,6 +242,8 @@ fn split_by_day(
 #[derive(Default)]
 struct Pending {
     series: HashSet<SeriesId>,
+    /// New series per tenant in this group.
+    tenant_series: HashMap<Tenant, u64>,
     offsets: HashMap<String, (u64, u64)>,
     dirty: HashMap<(SeriesId, i64), Option<Dirty>>,
     next_seq: u64,
@@ -260,6 +275,64 @@ impl Writer {
         }
     }
 
+    /// Why `labels` may not be written under the limits, as (counter reason, message).
+    fn check_limits(
+        &self,
+        p: &Pending,
+        tenant: &Tenant,
+        id: SeriesId,
+        labels: &Labels,
+    ) -> Result<(), (&'static str, String)> {
+        let l = &self.limits;
+        if labels.len() > l.max_labels_per_series {
+            return Err((
+                "too_many_labels",
+                format!(
+                    "{} labels, more than the limit of {}",
+                    labels.len(),
+                    l.max_labels_per_series
+                ),
+            ));
+        }
+        for label in labels.iter() {
+            if label.name.len() > l.max_label_name_bytes {
+                return Err((
+                    "label_name_too_long",
+                    format!(
+                        "label name of {} bytes, more than the limit of {}",
+                        label.name.len(),
+                        l.max_label_name_bytes
+                    ),
+                ));
+            }
+            if label.value.len() > l.max_label_value_bytes {
+                return Err((
+                    "label_value_too_long",
+                    format!(
+                        "value of label {:?} has {} bytes, more than the limit of {}",
+                        label.name,
+                        label.value.len(),
+                        l.max_label_value_bytes
+                    ),
+                ));
+            }
+        }
+        let is_new = !self.known.contains(&id) && !p.series.contains(&id);
+        if is_new {
+            let have = self.tenant_series.get(tenant).copied().unwrap_or_default()
+                + p.tenant_series.get(tenant).copied().unwrap_or_default();
+            if have >= l.max_series_per_tenant {
+                return Err((
+                    "series_limit",
+                    format!(
+                        "tenant {tenant} has {have} series, the limit; no new series are created"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn apply_write(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, b: &WriteBatch) -> AckOutcome {
         let agent = b.agent_id.0.as_str();
         let last = p
@@ -272,7 +345,23 @@ impl Writer {
         }
         let mut stored = 0u64;
         let mut rejected = 0u32;
+        let mut rejection = None;
+        let mut reject = |reason: &'static str, message: String, labels: &Labels| {
+            rejected += 1;
+            metrics::counter!("updraft_core_series_rejected_total", "reason" => reason)
+                .increment(1);
+            // Label sets can be long; the first refusal is enough to act on.
+            let mut text = format!("series {labels}: {message}");
+            text.truncate(text.floor_char_boundary(512));
+            tracing::warn!(agent, reason, %text, "series refused");
+            rejection.get_or_insert(text);
+        };
         for s in &b.series {
+            let id = SeriesId::of(&b.tenant, &s.labels);
+            if let Err((reason, message)) = self.check_limits(p, &b.tenant, id, &s.labels) {
+                reject(reason, message, &s.labels);
+                continue;
+            }
             // Decoding verifies the checksum and the order of timestamps; it also gives the
             // day boundaries. The chunk is stored as received unless it crosses midnight.
             let pieces = codec::decode(&s.chunk).and_then(|samples| {
@@ -281,15 +370,12 @@ impl Writer {
             let (count, pieces) = match pieces {
                 Ok(p) => p,
                 Err(e) => {
-                    rejected += 1;
-                    metrics::counter!("updraft_core_series_rejected_total", "reason" => "bad_chunk")
-                        .increment(1);
-                    tracing::warn!(agent, series = %s.labels, error = %e, "rejected a chunk");
+                    reject("bad_chunk", format!("damaged chunk: {e}"), &s.labels);
                     continue;
                 }
             };
-            let id = SeriesId::of(&b.tenant, &s.labels);
             if !self.known.contains(&id) && p.series.insert(id) {
+                *p.tenant_series.entry(b.tenant.clone()).or_default() += 1;
                 // Serialising owned, serde-derived values into a Vec cannot fail.
                 let value = postcard::to_allocvec(&(&b.tenant, &s.labels)).unwrap_or_default();
                 wb.insert(&self.ks.series, keys::series_key(id), value);
@@ -327,6 +413,7 @@ impl Writer {
         AckOutcome::Stored {
             samples: stored,
             rejected_series: rejected,
+            rejection,
         }
     }
 
@@ -429,6 +516,9 @@ impl Writer {
     fn absorb(&mut self, p: Pending) {
         metrics::counter!("updraft_core_series_created_total").increment(p.series.len() as u64);
         self.known.extend(p.series);
+        for (tenant, n) in p.tenant_series {
+            *self.tenant_series.entry(tenant).or_default() += n;
+        }
         self.offsets.extend(p.offsets);
         for (key, mark) in p.dirty {
             match mark {

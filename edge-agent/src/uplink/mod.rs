@@ -237,6 +237,7 @@ impl<T: Transport> Uplink<T> {
                 Ok(AckOutcome::Stored {
                     samples,
                     rejected_series,
+                    rejection,
                 }) => {
                     // Only refused series are losses: a core may also count fewer samples
                     // because duplicate timestamps within the batch collapse into one.
@@ -247,6 +248,7 @@ impl<T: Transport> Uplink<T> {
                     };
                     if rejected_series > 0 {
                         warn!(core = %endpoint, rejected_series, dropped_samples = dropped,
+                            reason = rejection.as_deref().unwrap_or("not given"),
                             "core stored the batch but refused some series");
                     }
                     self.count_dropped(DropReason::RejectedByCore, dropped);

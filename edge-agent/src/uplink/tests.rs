@@ -164,6 +164,7 @@ async fn failed_deliveries_are_resent_unchanged_to_the_next_endpoint() {
         Reply::Answer(AckOutcome::Stored {
             samples: 3,
             rejected_series: 0,
+            rejection: None,
         }),
     ]);
     let task = h.start(core.clone(), &["core-a:4433", "core-b:4433"]);

@@ -88,6 +88,7 @@ fn start_core(ca: &Ca, server_ca_for_clients: &Ca) -> (SocketAddr, tokio::task::
             outcome: AckOutcome::Stored {
                 samples: batch.sample_count() as u64,
                 rejected_series: 0,
+                rejection: None,
             },
         });
         send.write_all(&ack.encode()).await.expect("write ack");
