@@ -8,7 +8,7 @@
 
 use crate::storage::{Storage, SubmitError};
 use protocols::wire::{
-    AckOutcome, BatchAck, ErrorCode, MAX_FRAME_BYTES, Message, WireError, WriteBatch,
+    AckOutcome, BatchAck, ErrorCode, MAX_FRAME_BYTES, Message, ResumePoint, WireError, WriteBatch,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -117,10 +117,25 @@ async fn serve_stream(
     };
     let batch = match Message::decode(&frame) {
         Ok(Message::WriteBatch(b)) => b,
+        Ok(Message::ResumeQuery(q)) => {
+            let storage = storage.clone();
+            let agent = q.agent_id.0.clone();
+            let applied = tokio::task::spawn_blocking(move || storage.agent_offset(&agent)).await;
+            match applied {
+                Ok(Ok(applied)) => {
+                    let reply = Message::ResumePoint(ResumePoint { applied });
+                    write_ack(&mut send, &reply).await;
+                }
+                Ok(Err(e)) => tracing::warn!(%remote, error = %e, "resume query failed"),
+                Err(e) => tracing::warn!(%remote, error = %e, "resume query task failed"),
+            }
+            return;
+        }
         Ok(other) => {
             let kind = match other {
                 Message::BatchAck(_) => "batch_ack",
-                Message::WriteBatch(_) => "write_batch",
+                Message::ResumePoint(_) => "resume_point",
+                Message::WriteBatch(_) | Message::ResumeQuery(_) => "unexpected",
             };
             reject(
                 &mut send,

@@ -43,6 +43,8 @@ pub const ALPN: &[u8] = b"updraft/1";
 
 const KIND_WRITE_BATCH: u8 = 1;
 const KIND_BATCH_ACK: u8 = 2;
+const KIND_RESUME_QUERY: u8 = 3;
+const KIND_RESUME_POINT: u8 = 4;
 
 /// Identity of an edge agent, stable across restarts (configured, e.g. the gateway's host name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -195,11 +197,26 @@ pub struct BatchAck {
     pub outcome: AckOutcome,
 }
 
+/// An agent asks where the core's record of its deliveries ends (after a restart, so that it
+/// need not resend what the core already holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeQuery {
+    pub agent_id: AgentId,
+}
+
+/// The last `(epoch, sequence)` the core applied for the agent, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    pub applied: Option<(u64, u64)>,
+}
+
 /// Every message that can travel in a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     WriteBatch(WriteBatch),
     BatchAck(BatchAck),
+    ResumeQuery(ResumeQuery),
+    ResumePoint(ResumePoint),
 }
 
 /// Why a frame could not be decoded.
@@ -236,6 +253,8 @@ impl Message {
         match self {
             Self::WriteBatch(b) => frame(KIND_WRITE_BATCH, b),
             Self::BatchAck(a) => frame(KIND_BATCH_ACK, a),
+            Self::ResumeQuery(q) => frame(KIND_RESUME_QUERY, q),
+            Self::ResumePoint(r) => frame(KIND_RESUME_POINT, r),
         }
     }
 
@@ -253,6 +272,8 @@ impl Message {
         match *kind {
             KIND_WRITE_BATCH => Ok(Self::WriteBatch(postcard::from_bytes(body)?)),
             KIND_BATCH_ACK => Ok(Self::BatchAck(postcard::from_bytes(body)?)),
+            KIND_RESUME_QUERY => Ok(Self::ResumeQuery(postcard::from_bytes(body)?)),
+            KIND_RESUME_POINT => Ok(Self::ResumePoint(postcard::from_bytes(body)?)),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -323,6 +344,21 @@ mod tests {
             },
         });
         assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
+    }
+
+    #[test]
+    fn resume_messages_round_trip() {
+        for m in [
+            Message::ResumeQuery(ResumeQuery {
+                agent_id: AgentId("edge-1".into()),
+            }),
+            Message::ResumePoint(ResumePoint {
+                applied: Some((3, 4096)),
+            }),
+            Message::ResumePoint(ResumePoint { applied: None }),
+        ] {
+            assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
+        }
     }
 
     #[test]

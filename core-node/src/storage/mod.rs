@@ -267,6 +267,14 @@ impl Storage {
         }
     }
 
+    /// The last `(epoch, sequence)` applied for `agent`, as committed.
+    pub fn agent_offset(&self, agent: &str) -> Result<Option<(u64, u64)>, StorageError> {
+        match self.ks.meta.get(keys::agent_offset_key(agent))? {
+            Some(v) => writer::decode_offset(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Bytes on disk (journal and tables).
     pub fn disk_bytes(&self) -> Result<u64, StorageError> {
         Ok(self.ks.db.disk_space()?)

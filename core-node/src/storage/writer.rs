@@ -205,7 +205,7 @@ pub(super) fn start(
     Ok((tx, handle))
 }
 
-fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
+pub(super) fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
     let bad = || corrupt("meta", format!("agent offset of {} bytes", v.len()));
     let epoch: [u8; 8] = v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
     let seq: [u8; 8] = v

@@ -22,7 +22,9 @@ use crate::telemetry::{self, DropReason};
 use batch::{Batch, Prepared};
 use bytes::Bytes;
 use metrics::{counter, gauge};
-use protocols::wire::{AckOutcome, AgentId, BatchAck, Message, WireError};
+use protocols::wire::{
+    AckOutcome, AgentId, BatchAck, Message, ResumePoint, ResumeQuery, WireError,
+};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -141,6 +143,10 @@ impl<T: Transport> Uplink<T> {
 
     async fn ship(&mut self) -> Result<(), UplinkError> {
         let mut next = self.reader.acked();
+        if let Some(resumed) = self.resume_point().await {
+            self.ack(resumed).await?;
+            next = resumed;
+        }
         loop {
             let Some(waited) = self.wait_for_data(next).await else {
                 return Ok(());
@@ -176,6 +182,38 @@ impl<T: Transport> Uplink<T> {
                 }
             }
         }
+    }
+
+    /// Asks the current core how far it has applied this agent's batches. After a crash
+    /// between the core's acknowledgement and our cursor update, the answer lies ahead of the
+    /// cursor: what lies between is already stored and need not be sent again. Resending would
+    /// be harmless (the core deduplicates), so any failure here just means "start at the
+    /// cursor". Only an answer in this buffer's epoch, at or below its durable end, is used;
+    /// it is a record boundary because sequences are batch end offsets.
+    async fn resume_point(&mut self) -> Option<Offset> {
+        let endpoint = self.settings.endpoints.get(self.current)?.clone();
+        let query = Message::ResumeQuery(ResumeQuery {
+            agent_id: self.settings.agent_id.clone(),
+        })
+        .encode();
+        let exchange = self.transport.exchange(&endpoint, Bytes::from(query));
+        let answer = tokio::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .ok()?
+            .ok()?;
+        let Ok(Message::ResumePoint(ResumePoint {
+            applied: Some((epoch, sequence)),
+        })) = Message::decode(&answer)
+        else {
+            return None;
+        };
+        let (acked, end) = (self.reader.acked(), self.reader.durable_end());
+        if epoch != self.reader.epoch().0 || sequence <= acked.0 || sequence > end.0 {
+            return None;
+        }
+        info!(core = %endpoint, from = acked.0, to = sequence,
+            "core already holds buffered batches; resuming after them");
+        Some(Offset(sequence))
     }
 
     /// Waits until records beyond `next` are durable. `Some(true)` if it had to wait (the

@@ -3,7 +3,7 @@
 use super::*;
 use crate::buffer::{self, LogOptions, LogWriter, record};
 use protocols::model::{Labels, Sample, Tenant};
-use protocols::wire::{ErrorCode, SeriesSamples, WriteBatch};
+use protocols::wire::{ErrorCode, ResumePoint, SeriesSamples, WriteBatch};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,8 @@ enum Reply {
 struct ScriptedCore {
     script: Arc<Mutex<VecDeque<Reply>>>,
     seen: Arc<Mutex<Vec<(String, WriteBatch)>>>,
+    /// The answer to a resume query.
+    applied: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 impl ScriptedCore {
@@ -25,6 +27,7 @@ impl ScriptedCore {
         Self {
             script: Arc::new(Mutex::new(script.into_iter().collect())),
             seen: Arc::default(),
+            applied: Arc::default(),
         }
     }
 
@@ -39,8 +42,13 @@ impl Transport for ScriptedCore {
         endpoint: &CoreEndpoint,
         frame: Bytes,
     ) -> Result<Vec<u8>, TransportError> {
-        let Ok(Message::WriteBatch(batch)) = Message::decode(&frame) else {
-            panic!("the uplink sent something other than a WriteBatch");
+        let batch = match Message::decode(&frame) {
+            Ok(Message::WriteBatch(batch)) => batch,
+            Ok(Message::ResumeQuery(_)) => {
+                let applied = *self.applied.lock().expect("lock");
+                return Ok(Message::ResumePoint(ResumePoint { applied }).encode());
+            }
+            _ => panic!("the uplink sent something other than a WriteBatch or ResumeQuery"),
         };
         let (epoch, sequence) = (batch.epoch, batch.sequence);
         self.seen
@@ -240,4 +248,34 @@ async fn stop_during_endless_failures_returns_promptly_without_acknowledging() {
         Offset(0),
         "undelivered data stays in the buffer"
     );
+}
+
+#[tokio::test]
+async fn resumes_after_what_the_core_already_applied() {
+    let mut h = Harness::new();
+    let ends: Vec<Offset> = (0..4).map(|_| h.append(4)).collect();
+    let core = ScriptedCore::new([]);
+    // The core applied the first two records' batch before we could move our cursor.
+    *core.applied.lock().expect("lock") = Some((h.reader.epoch().0, ends[1].0));
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(ends[3]).await;
+    h.shut_down(task).await;
+    let sent: Vec<u64> = core.seen().iter().map(|(_, b)| b.sequence).collect();
+    assert_eq!(
+        sent,
+        [ends[3].0],
+        "only the records after the resume point are sent"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_point_from_another_epoch_is_ignored() {
+    let mut h = Harness::new();
+    let ends: Vec<Offset> = (0..2).map(|_| h.append(4)).collect();
+    let core = ScriptedCore::new([]);
+    *core.applied.lock().expect("lock") = Some((h.reader.epoch().0 ^ 1, ends[1].0));
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(ends[1]).await;
+    h.shut_down(task).await;
+    assert_eq!(core.seen().len(), 1, "everything is sent");
 }
