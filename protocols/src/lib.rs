@@ -12,4 +12,4 @@ pub mod codec;
 pub mod model;
 pub mod wire;
 
-pub use model::{Label, Labels, ModelError, Sample, SeriesId, Tenant};
+pub use model::{Label, Labels, ModelError, Sample, SeriesId, ShardId, Tenant};

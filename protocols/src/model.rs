@@ -287,6 +287,34 @@ impl SeriesId {
     }
 }
 
+/// How many bits of a series id select its shard: 2^8 = 256 shards, fixed for the life of a
+/// cluster (a later version moves whole shards between nodes, never re-hashes series).
+pub const SHARD_BITS: u32 = 8;
+/// The number of shards.
+pub const SHARD_COUNT: u32 = 1 << SHARD_BITS;
+
+/// A shard: the unit of placement and replication. A series' shard is the top [`SHARD_BITS`]
+/// of its id (a hash of tenant and labels), so every shard's series ids form one contiguous
+/// range, and so do its keys in every store keyed by series id first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+impl ShardId {
+    /// The smallest and largest series id in this shard.
+    pub fn series_range(self) -> (SeriesId, SeriesId) {
+        let shift = 64 - SHARD_BITS;
+        let first = u64::from(self.0) << shift;
+        (SeriesId(first), SeriesId(first | ((1u64 << shift) - 1)))
+    }
+}
+
+impl SeriesId {
+    pub fn shard(self) -> ShardId {
+        // Lossless: the shift leaves SHARD_BITS (≤ 16) bits.
+        ShardId((self.0 >> (64 - SHARD_BITS)) as u16)
+    }
+}
+
 impl fmt::Display for SeriesId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -361,7 +389,28 @@ mod tests {
         let other = Tenant::new("other").expect("valid");
         assert_ne!(SeriesId::of(&t, &a), SeriesId::of(&other, &a));
         // Frozen value: a change here orphans stored data.
-        assert_eq!(SeriesId::of(&t, &a).0, SeriesId::of(&t, &a2).0);
+        assert_eq!(SeriesId::of(&t, &a).0, 3_769_357_801_614_841_143);
+    }
+
+    #[test]
+    fn shards_are_contiguous_id_ranges() {
+        for shard in [0u16, 1, 127, (SHARD_COUNT - 1) as u16] {
+            let (first, last) = ShardId(shard).series_range();
+            assert_eq!(first.shard(), ShardId(shard));
+            assert_eq!(last.shard(), ShardId(shard));
+            if shard > 0 {
+                assert_eq!(SeriesId(first.0 - 1).shard(), ShardId(shard - 1));
+            }
+        }
+        // Real ids spread over the shards.
+        let t = Tenant::default();
+        let shards: std::collections::HashSet<_> = (0..2000)
+            .map(|i| {
+                let l = Labels::from_metric("m", [("i", i.to_string())]).expect("valid");
+                SeriesId::of(&t, &l).shard()
+            })
+            .collect();
+        assert!(shards.len() > 240, "{} shards used", shards.len());
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
 //! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` | epoch ++ sequence / u64 (all BE) |
 //!
-//! Keys are built in [`keys`]. A chunk never spans two UTC days, so a series' chunks of one
+//! Keys are built in [`keys`]. **Shards**: every series belongs to one of
+//! `protocols::model::SHARD_COUNT` shards, the top bits of its id. `series`, `chunks` and
+//! `dirty` keys start with the series id, so one shard is one contiguous key range in each:
+//! it can be streamed to another node and dropped here by range. `postings` are derived from
+//! `series` and are rebuilt on the receiving side. A chunk never spans two UTC days, so a series' chunks of one
 //! day are one key range. Chunks are stored exactly as the agents encoded them (split only
 //! when one crosses midnight), and the [`compactor`] later merges each (series, day) into one
 //! sealed block, where the codec compresses best. Where chunks overlap, the one with the
