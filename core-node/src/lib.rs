@@ -51,8 +51,16 @@ pub async fn run(
     .context("storage open task failed")?
     .with_context(|| format!("opening storage under {}", config.data_dir.display()))?;
 
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+    let reset_key = tls::stateless_reset_key(&config.data_dir)?;
+    let socket = std::net::UdpSocket::bind(config.quic_listen)
         .with_context(|| format!("binding QUIC listener on udp {}", config.quic_listen))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the QUIC endpoint")?;
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on tcp {}", config.http_listen))?;

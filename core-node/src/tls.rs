@@ -63,3 +63,57 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<quinn::ServerConfig> {
         .context("building the QUIC TLS configuration")?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
+
+/// The key that signs QUIC stateless resets, kept in `<data-dir>/quic-reset.key` so that it
+/// survives restarts. A restarted node answers packets of connections it no longer knows with
+/// a reset the agent can verify, and the agent reconnects at once; with a fresh random key
+/// per process (quinn's default) the agent would ignore the resets and wait for its timeouts.
+pub fn stateless_reset_key(data_dir: &Path) -> anyhow::Result<ring::hmac::Key> {
+    use std::io::Write;
+    let path = data_dir.join("quic-reset.key");
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(bytes) => anyhow::bail!(
+            "{} holds {} bytes, expected 32: remove it to create a new key",
+            path.display(),
+            bytes.len()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| anyhow::anyhow!("no system randomness for the QUIC reset key"))?;
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let tmp = path.with_extension("tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&secret)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+            secret
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_key_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = stateless_reset_key(dir.path()).expect("created");
+        let b = stateless_reset_key(dir.path()).expect("reused");
+        let sign = |k: &ring::hmac::Key| ring::hmac::sign(k, b"x").as_ref().to_vec();
+        assert_eq!(sign(&a), sign(&b));
+        std::fs::write(dir.path().join("quic-reset.key"), b"short").expect("write");
+        assert!(stateless_reset_key(dir.path()).is_err());
+    }
+}

@@ -39,6 +39,16 @@ const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const GROUP_MAX_SAMPLES: usize = 500_000;
 
 const NEXT_SEQ_KEY: &[u8] = b"next-seq";
+/// The WAL epoch and the end of the last WAL record whose batch fjall holds: written in the
+/// same fjall batch as the data, so fjall's state is always exactly "the WAL up to here".
+const WAL_APPLIED_KEY: &[u8] = b"wal-applied";
+
+fn wal_position(epoch: seglog::Epoch, end: Offset) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&epoch.0.to_be_bytes());
+    v[8..].copy_from_slice(&end.0.to_be_bytes());
+    v
+}
 
 pub(crate) enum Request {
     Write {
@@ -352,7 +362,13 @@ impl Writer {
                 .increment(1);
             // Label sets can be long; the first refusal is enough to act on.
             let mut text = format!("series {labels}: {message}");
-            text.truncate(text.floor_char_boundary(512));
+            if text.len() > 512 {
+                let cut = (0..=512)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
+                text.truncate(cut);
+            }
             tracing::warn!(agent, reason, %text, "series refused");
             rejection.get_or_insert(text);
         };
@@ -455,10 +471,34 @@ impl Writer {
         }
     }
 
-    /// Applies every WAL record after the last checkpoint, then checkpoints.
+    /// Where fjall's state ends in the WAL: records up to here are in fjall already and must
+    /// not be applied again (re-applying would judge duplicates against a later state).
+    fn fjall_applied(&self) -> Result<Option<Offset>, StorageError> {
+        let Some(v) = self.ks.meta.get(WAL_APPLIED_KEY)? else {
+            return Ok(None);
+        };
+        let bad = || corrupt("meta", format!("wal-applied of {} bytes", v.len()));
+        let epoch = u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let end = u64::from_be_bytes(
+            v.get(8..16)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        if epoch != self.wal_reader.epoch().0 {
+            // The WAL lost its cursor and started a new epoch: offsets are not comparable.
+            // Replaying everything it holds is the safe side (data is kept, not lost).
+            tracing::warn!("WAL epoch changed; replaying every record it holds");
+            return Ok(None);
+        }
+        Ok(Some(Offset(end)))
+    }
+
+    /// Applies every WAL record that fjall does not hold yet, then checkpoints.
     fn replay(&mut self) -> Result<(), StorageError> {
         let started = Instant::now();
         let (mut batches, mut corrupt) = (0u64, 0u64);
+        let applied = self.fjall_applied()?;
         let mut from = self.wal_reader.acked();
         loop {
             let chunk = self.wal_reader.read(from, 64 * 1024 * 1024)?;
@@ -471,7 +511,13 @@ impl Writer {
                 next_seq: self.next_seq,
                 ..Pending::default()
             };
-            for record in &chunk.records {
+            let mut last_end = None;
+            for record in chunk
+                .records
+                .iter()
+                .filter(|r| applied.is_none_or(|a| r.end > a))
+            {
+                last_end = Some(record.end);
                 match Message::decode(&record.payload) {
                     Ok(Message::WriteBatch(b)) => {
                         self.apply_write(&mut wb, &mut p, &b);
@@ -484,9 +530,13 @@ impl Writer {
                     }
                 }
             }
-            wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
-            wb.commit()?;
-            self.absorb(p);
+            if let Some(end) = last_end {
+                wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
+                let position = wal_position(self.wal_reader.epoch(), end);
+                wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
+                wb.commit()?;
+                self.absorb(p);
+            }
             from = chunk.next;
         }
         self.applied_end = from;
@@ -587,6 +637,10 @@ impl Writer {
             }
         }
         wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
+        if let Some(end) = logged {
+            let position = wal_position(self.wal_reader.epoch(), end);
+            wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
+        }
 
         match wb.commit() {
             Ok(()) => {
