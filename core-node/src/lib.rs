@@ -51,11 +51,11 @@ pub async fn run(
     .context("storage open task failed")?
     .with_context(|| format!("opening storage under {}", config.data_dir.display()))?;
 
-    let reset_key = tls::stateless_reset_key(&config.data_dir)?;
+    let endpoint_config = tls::endpoint_config(&config.data_dir)?;
     let socket = std::net::UdpSocket::bind(config.quic_listen)
         .with_context(|| format!("binding QUIC listener on udp {}", config.quic_listen))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        endpoint_config,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),

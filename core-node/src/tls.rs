@@ -64,10 +64,28 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<quinn::ServerConfig> {
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
-/// The key that signs QUIC stateless resets, kept in `<data-dir>/quic-reset.key` so that it
-/// survives restarts. A restarted node answers packets of connections it no longer knows with
-/// a reset the agent can verify, and the agent reconnects at once; with a fresh random key
-/// per process (quinn's default) the agent would ignore the resets and wait for its timeouts.
+/// The QUIC endpoint configuration of a core, with keys that survive restarts.
+///
+/// A restarted node must recognise the connection ids it handed out before (else quinn drops
+/// their packets as invalid) and answer them with a stateless reset the agent can verify (else
+/// the agent ignores it): then an agent's next packet after a restart closes its old
+/// connection at once and it reconnects, instead of waiting for its timeouts. quinn's default
+/// draws both keys at random per process; here both derive from one secret kept in
+/// `<data-dir>/quic-reset.key`.
+pub fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+    let key = stateless_reset_key(data_dir)?;
+    let tag = ring::hmac::sign(&key, b"updraft connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
+}
+
+/// The key that signs QUIC stateless resets (see [`endpoint_config`]).
 pub fn stateless_reset_key(data_dir: &Path) -> anyhow::Result<ring::hmac::Key> {
     use std::io::Write;
     let path = data_dir.join("quic-reset.key");

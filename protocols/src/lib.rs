@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: tenants, metric names and label sets (Prometheus naming rules enforced), series
 //!   identity, samples.
+//! - [`codec`]: the chunk format for one series' samples (decimal-aware values, grid or
+//!   delta-of-delta timestamps, Gorilla XOR fallback), and the Prometheus XOR baseline.
 //! - [`wire`]: the messages an edge agent and a core node exchange over QUIC, each framed with a
 //!   version byte.
 //!

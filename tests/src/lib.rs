@@ -426,3 +426,136 @@ impl Core {
         Ok(())
     }
 }
+
+/// A long-lived `mosquitto_pub -l` client (QoS 1): every line written to it is published as
+/// one message on its topic. Its output goes to a log file. Killed when dropped.
+pub struct LinePublisher {
+    topic: String,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    log: PathBuf,
+}
+
+impl LinePublisher {
+    /// Starts `mosquitto_pub -l` against 127.0.0.1:`port`, publishing on `topic`.
+    pub fn start(port: u16, topic: &str, log: PathBuf) -> anyhow::Result<Self> {
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .context("running mosquitto_pub (apt-get install mosquitto-clients)")?;
+        let stdin = child.stdin.take();
+        Ok(Self {
+            topic: topic.to_owned(),
+            child,
+            stdin,
+            log,
+        })
+    }
+
+    /// Hands one message (without its newline) to the client; returns once the pipe took it.
+    pub fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("publisher for {} already finished", self.topic))?;
+        let mut buf = String::with_capacity(line.len() + 1);
+        buf.push_str(line);
+        buf.push('\n');
+        stdin.write_all(buf.as_bytes()).with_context(|| {
+            format!(
+                "mosquitto_pub -t {} stopped taking lines: {}",
+                self.topic,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Closes stdin, so the client publishes what is left and exits; fails unless it exits
+    /// successfully within `timeout`.
+    pub fn finish(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let child = &mut self.child;
+        let status = wait_for(
+            &format!("mosquitto_pub -t {} to exit", self.topic),
+            timeout,
+            || child.try_wait().ok().flatten(),
+        )?;
+        if !status.success() {
+            bail!(
+                "mosquitto_pub -t {} exited with {status}: {}",
+                self.topic,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LinePublisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    /// Sum of every sample of the agent's metric `name` (all label sets).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_sum(&self.metrics(), name, None)
+    }
+}
+
+/// One series of a matrix answer: its labels and its points as (Unix milliseconds, value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixSeries {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub points_ms: Vec<(i64, f64)>,
+}
+
+/// Every series of a matrix answer. Strict, unlike [`matrix_points`]: a point whose time or
+/// value does not parse is an error rather than skipped, so nothing the core returned can go
+/// unseen.
+pub fn matrix_series(answer: &serde_json::Value) -> anyhow::Result<Vec<MatrixSeries>> {
+    if answer["data"]["resultType"] != "matrix" {
+        bail!("not a matrix answer: {answer}");
+    }
+    let result = answer["data"]["result"]
+        .as_array()
+        .with_context(|| format!("no result array in {answer}"))?;
+    let mut out = Vec::with_capacity(result.len());
+    for series in result {
+        let labels = series["metric"]
+            .as_object()
+            .with_context(|| format!("series without a metric object: {series}"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        let values = series["values"]
+            .as_array()
+            .with_context(|| format!("series without values: {series}"))?;
+        let points_ms = values
+            .iter()
+            .map(|p| {
+                let t = p[0]
+                    .as_f64()
+                    .with_context(|| format!("bad point time in {p}"))?;
+                let v = p[1]
+                    .as_str()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .with_context(|| format!("bad point value in {p}"))?;
+                // Times have millisecond resolution; rounding undoes the float seconds.
+                Ok(((t * 1000.0).round() as i64, v))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        out.push(MatrixSeries { labels, points_ms });
+    }
+    Ok(out)
+}

@@ -28,7 +28,11 @@ fn exercise(bytes: &[u8]) {
     let whole = codec::decode(bytes);
     if let Ok(it) = ChunkIter::new(bytes) {
         let streamed: Result<Vec<_>, _> = it.collect();
-        assert_eq!(streamed.is_ok(), whole.is_ok(), "decode and iterate disagree");
+        assert_eq!(
+            streamed.is_ok(),
+            whole.is_ok(),
+            "decode and iterate disagree"
+        );
         if let (Ok(a), Ok(b)) = (&streamed, &whole) {
             assert!(a == b, "decode and iterate return different samples");
         }

@@ -25,7 +25,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
 /// Bytes `put_uvarint` writes for `v` (used to cost candidate encodings without writing them).
 pub(crate) fn uvarint_len(v: u64) -> usize {
     // 1 byte per started group of 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]

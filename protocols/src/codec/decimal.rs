@@ -1,5 +1,5 @@
 //! Integer-stream value coding. Each value becomes an integer "mantissa", stored raw, as
-//! deltas or as deltas of deltas, in blocks of [`BLOCK`] with frame-of-reference bit packing.
+//! deltas or as deltas of deltas, in blocks of [`BLOCK`], each bit-packed or Rice-coded.
 //! Two ways to get the integers:
 //!
 //! - **decimal** (ids 2–4): values that are exact multiples of 10⁻ᵈ, scaled by 10ᵈ;
@@ -23,19 +23,30 @@
 //!            u64 LE   the value's bits
 //! varint   m₀                      (delta and delta-of-delta only)
 //! varint   m₁ − m₀                 (delta-of-delta only, when count ≥ 2)
-//! blocks   one per BLOCK samples (the last may be short), over the transformed stream:
+//! blocks   one per BLOCK samples (the last may be short), over the transformed stream, each
+//!          either bit-packed (kind < 0x80):
 //!            u8       width w (0 ..= 64)
 //!            varint   min: the block's smallest transformed value
 //!            packed   the block's values − min, w bits each, LSB first
+//!          or Rice-coded (kind ≥ 0x80):
+//!            u8       0x80 | k (k ≤ 40)
+//!            varint   center c
+//!            bits     per value, MSB first: zz = zigzag(value − c); q = zz >> k zeros (≤ 48),
+//!                     a one, then the low k bits of zz; zero-padded to a byte
 //! ```
+//!
+//! The encoder costs both per block and keeps the smaller: packing is fastest and optimal for
+//! uniform spreads (random walks with uniform steps), Rice wins on peaked ones (Gaussian noise,
+//! rounded walks whose deltas are mostly 0 and ±1, where one ±3 would set the packed width).
 //!
 //! Transformed stream: raw mᵢ; delta mᵢ − mᵢ₋₁; delta-of-delta (mᵢ − mᵢ₋₁) − (mᵢ₋₁ − mᵢ₋₂),
 //! all wrapping. Slots whose value is in the prefix (index 0, and 1 for delta-of-delta) hold
-//! `min` and are ignored. Per-block widths keep a counter reset or a refuel from widening more
+//! the block's base (min or center) and are ignored. Per-block widths keep a counter reset or a refuel from widening more
 //! than its own block.
 
 use super::bits::{
-    Cursor, bit_width, pack, packed_len, put_uvarint, put_varint, unpack, uvarint_len, zigzag,
+    BitReader, BitWriter, Cursor, bit_width, pack, packed_len, put_uvarint, put_varint, unpack,
+    unzigzag, uvarint_len, zigzag,
 };
 use super::{BLOCK, CodecError};
 
@@ -52,8 +63,8 @@ pub(crate) const POW10: [f64; MAX_EXPONENT + 1] = [
 pub(crate) fn mantissa_at(v: f64, d: usize) -> Option<i64> {
     let scale = POW10[d];
     let scaled = v * scale;
-    // Also false for NaN. 2⁶³ ≈ 9.22e18; stay clear of the saturating cast.
-    if !(scaled.abs() < 9.2e18) {
+    // 2⁶³ ≈ 9.22e18: stay clear of the saturating cast. NaN is caught here too.
+    if scaled.abs().partial_cmp(&9.2e18) != Some(std::cmp::Ordering::Less) {
         return None;
     }
     // Round half away from zero without `f64::round` (a libm call on baseline x86-64); the
@@ -214,22 +225,30 @@ impl Mantissas {
         })
     }
 
-    /// Bytes the section takes with `transform`.
-    pub(crate) fn cost(&self, transform: Transform) -> usize {
-        let mut bytes = self.prefix_len(transform);
+    /// Bytes the section takes with `transform`: exact, or, with `stride` > 1, estimated from
+    /// every `stride`-th block.
+    pub(crate) fn cost(&self, transform: Transform, stride: usize) -> usize {
+        let mut bytes = 0;
         let mut buf = [0i64; BLOCK];
-        for start in (0..self.m.len()).step_by(BLOCK) {
-            let (min, width, len) = self.block(transform, start, &mut buf);
-            bytes += 1 + uvarint_len(zigzag(min)) + packed_len(len, width);
+        let starts = (0..self.m.len()).step_by(BLOCK);
+        let blocks = starts.len();
+        let mut sampled = 0;
+        for start in starts.step_by(stride) {
+            let (coding, len) = self.block(transform, start, &mut buf);
+            bytes += coding.bytes(len);
+            sampled += 1;
         }
-        bytes
+        self.prefix_len(transform) + bytes * blocks / sampled.max(1)
     }
 
-    /// The cheapest transform and its cost.
+    /// The cheapest transform and its (estimated) cost. Long chunks are judged on a quarter
+    /// of their blocks: the three candidates usually differ by far more than the sampling
+    /// error, and costing is most of the encoder's time.
     pub(crate) fn best(&self) -> (Transform, usize) {
+        let stride = if self.m.len() >= 16 * BLOCK { 4 } else { 1 };
         let mut best = (Transform::Raw, usize::MAX);
         for t in Transform::ALL {
-            let bytes = self.cost(t);
+            let bytes = self.cost(t, stride);
             if bytes < best.1 {
                 best = (t, bytes);
             }
@@ -261,14 +280,14 @@ impl Mantissas {
         bytes
     }
 
-    /// Fills `buf` with block `start`'s transformed values; returns (min, width, length).
-    /// Prefix slots are set to `min`.
+    /// Fills `buf` with block `start`'s transformed values and picks how to store them;
+    /// returns that and the block's length. Prefix slots are set to the coding's base.
     fn block(
         &self,
         transform: Transform,
         start: usize,
         buf: &mut [i64; BLOCK],
-    ) -> (i64, u32, usize) {
+    ) -> (BlockCoding, usize) {
         let m = &self.m;
         let end = (start + BLOCK).min(m.len());
         let len = end - start;
@@ -292,17 +311,9 @@ impl Mantissas {
                 }
             }
         }
-        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        for &t in out.iter() {
-            lo = lo.min(t);
-            hi = hi.max(t);
-        }
-        if out.is_empty() {
-            // Only prefix slots in this block.
-            (lo, hi) = (0, 0);
-        }
-        buf[..skip].fill(lo);
-        (lo, bit_width(hi.wrapping_sub(lo) as u64), len)
+        let coding = BlockCoding::choose(out, skip);
+        buf[..skip].fill(coding.base());
+        (coding, len)
     }
 
     /// Appends the section.
@@ -327,20 +338,137 @@ impl Mantissas {
         let mut buf = [0i64; BLOCK];
         let mut packed = [0u64; BLOCK];
         for start in (0..m.len()).step_by(BLOCK) {
-            let (min, width, len) = self.block(transform, start, &mut buf);
-            out.push(width as u8);
-            put_varint(out, min);
-            for (p, &t) in packed.iter_mut().zip(&buf[..len]) {
-                *p = t.wrapping_sub(min) as u64;
+            let (coding, len) = self.block(transform, start, &mut buf);
+            match coding {
+                BlockCoding::Packed { min, width } => {
+                    out.push(width as u8);
+                    put_varint(out, min);
+                    for (p, &t) in packed.iter_mut().zip(&buf[..len]) {
+                        *p = t.wrapping_sub(min) as u64;
+                    }
+                    pack(&packed[..len], width, out);
+                }
+                BlockCoding::Rice { center, k, .. } => {
+                    out.push(RICE | k as u8);
+                    put_varint(out, center);
+                    let mut w = BitWriter::with_vec(std::mem::take(out));
+                    for &t in &buf[..len] {
+                        let zz = zigzag(t.wrapping_sub(center));
+                        // q zeros, a one, the low k bits: q + 1 + k ≤ 89 bits, one write when
+                        // they fit a word.
+                        let q = (zz >> k) as u32;
+                        let low = zz & ((1u64 << k) - 1);
+                        if q + 1 + k <= 64 {
+                            w.write((1u64 << k) | low, q + 1 + k);
+                        } else {
+                            w.write(1, q + 1);
+                            w.write(low, k);
+                        }
+                    }
+                    *out = w.finish();
+                }
             }
-            pack(&packed[..len], width, out);
         }
+    }
+}
+
+/// Block kind byte: below this, a bit width (0 ..= 64); from it, Rice coding with k = the low
+/// bits.
+const RICE: u8 = 0x80;
+/// Longest unary quotient in a Rice block; blocks that would need more are bit-packed.
+const MAX_UNARY: u64 = 48;
+/// Largest Rice parameter.
+const MAX_RICE_K: u32 = 40;
+
+/// How one block of transformed values is stored.
+#[derive(Debug, Clone, Copy)]
+enum BlockCoding {
+    /// Frame of reference: every value − min in `width` bits.
+    Packed { min: i64, width: u32 },
+    /// Golomb–Rice codes of zigzag(value − center): peaked distributions (walks of rounded
+    /// values, noise) cost close to their entropy instead of the width of their extremes.
+    Rice { center: i64, k: u32, bits: u64 },
+}
+
+impl BlockCoding {
+    /// The cheaper coding for `values` (the block minus its `skip` prefix slots, which are
+    /// stored as the base).
+    fn choose(values: &[i64], skip: usize) -> Self {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for &t in values {
+            lo = lo.min(t);
+            hi = hi.max(t);
+        }
+        if values.is_empty() {
+            return Self::Packed { min: 0, width: 0 };
+        }
+        let width = bit_width(hi.wrapping_sub(lo) as u64);
+        let packed = Self::Packed { min: lo, width };
+        // Rice only pays where a few bits are spent on a peaked spread.
+        if !(2..=24).contains(&width) {
+            return packed;
+        }
+        // Center on the midrange, and try the few k that can beat packing (k ≥ width is
+        // never better); one pass sums the quotients of all of them.
+        let center = lo + (hi - lo) / 2;
+        let k_min = width.saturating_sub(4);
+        let mut sums = [0u64; 4];
+        let mut max_zz = 0;
+        for &t in values {
+            let zz = zigzag(t.wrapping_sub(center));
+            max_zz = max_zz.max(zz);
+            for (j, sum) in sums.iter_mut().enumerate() {
+                *sum += zz >> (k_min + j as u32);
+            }
+        }
+        let codes = (values.len() + skip) as u64;
+        let mut best: Option<Self> = None;
+        for (j, &sum) in sums.iter().enumerate() {
+            let k = k_min + j as u32;
+            if k >= width || k > MAX_RICE_K || max_zz >> k > MAX_UNARY {
+                continue;
+            }
+            let bits = sum + codes * u64::from(1 + k);
+            if best.is_none_or(|b| bits < b.payload_bits()) {
+                best = Some(Self::Rice { center, k, bits });
+            }
+        }
+        match best {
+            Some(rice) if rice.payload_bits() < u64::from(width) * (values.len() + skip) as u64 => {
+                rice
+            }
+            _ => packed,
+        }
+    }
+
+    fn payload_bits(self) -> u64 {
+        match self {
+            Self::Packed { .. } => u64::MAX,
+            Self::Rice { bits, .. } => bits,
+        }
+    }
+
+    /// The value prefix slots hold.
+    fn base(self) -> i64 {
+        match self {
+            Self::Packed { min, .. } => min,
+            Self::Rice { center, .. } => center,
+        }
+    }
+
+    /// Bytes the block takes, kind byte and base included.
+    fn bytes(self, len: usize) -> usize {
+        1 + uvarint_len(zigzag(self.base()))
+            + match self {
+                Self::Packed { width, .. } => packed_len(len, width),
+                Self::Rice { bits, .. } => bits.div_ceil(8) as usize,
+            }
     }
 }
 
 /// Streams values out of an integer-stream section.
 #[derive(Debug, Clone)]
-pub(crate) struct DecimalDecoder<'a> {
+pub(crate) struct IntsDecoder<'a> {
     transform: Transform,
     /// 10ᵈ, or `None` for float bits.
     scale: Option<f64>,
@@ -356,7 +484,7 @@ pub(crate) struct DecimalDecoder<'a> {
     delta: i64,
 }
 
-impl<'a> DecimalDecoder<'a> {
+impl<'a> IntsDecoder<'a> {
     pub(crate) fn new(
         transform: Transform,
         float_bits: bool,
@@ -434,20 +562,35 @@ impl<'a> DecimalDecoder<'a> {
     ) -> Result<(), CodecError> {
         const WHAT: &str = "value block";
         let len = out.len();
-        debug_assert!(start % BLOCK == 0 && len <= BLOCK && start + len <= self.count);
-        let width = u32::from(self.blocks.u8(WHAT)?);
-        if width > 64 {
-            return Err(CodecError::corrupt("value block width above 64"));
-        }
+        debug_assert!(start.is_multiple_of(BLOCK) && len <= BLOCK && start + len <= self.count);
+        let kind = self.blocks.u8(WHAT)?;
         let min = self.blocks.varint(WHAT)?;
         let data = self.blocks.remaining();
-        let bytes = packed_len(len, width);
-        if data.len() < bytes {
-            return Err(CodecError::truncated(WHAT));
-        }
         let raw = &mut scratch[..len];
-        unpack(data, 0, width, raw);
-        self.blocks.bytes(bytes, WHAT)?;
+        if kind < RICE {
+            let width = u32::from(kind);
+            if width > 64 {
+                return Err(CodecError::corrupt("value block width above 64"));
+            }
+            let bytes = packed_len(len, width);
+            if data.len() < bytes {
+                return Err(CodecError::truncated(WHAT));
+            }
+            unpack(data, 0, width, raw);
+            self.blocks.bytes(bytes, WHAT)?;
+        } else {
+            let k = u32::from(kind - RICE);
+            if k > MAX_RICE_K {
+                return Err(CodecError::corrupt("rice parameter too large"));
+            }
+            let mut bits = BitReader::new(data);
+            for r in raw.iter_mut() {
+                let q = read_unary(&mut bits)?;
+                let zz = (q << k) | bits.read(k, WHAT)?;
+                *r = unzigzag(zz) as u64;
+            }
+            self.blocks.bytes(bits.consumed_bytes(), WHAT)?;
+        }
 
         // Rebuild the mantissas in place.
         let skip = self.transform.prefix().saturating_sub(start).min(len);
@@ -511,4 +654,24 @@ impl<'a> DecimalDecoder<'a> {
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.blocks.remaining()
     }
+}
+
+/// Reads a unary quotient: zeros up to a one, at most [`MAX_UNARY`] of them.
+#[inline]
+fn read_unary(bits: &mut BitReader<'_>) -> Result<u64, CodecError> {
+    const WHAT: &str = "rice code";
+    let (peek, real) = bits.peek32();
+    let zeros = peek.leading_zeros();
+    if zeros < real {
+        bits.skip_peeked(zeros + 1);
+        return Ok(u64::from(zeros));
+    }
+    let mut q = 0;
+    while !bits.read_bit(WHAT)? {
+        q += 1;
+        if q > MAX_UNARY {
+            return Err(CodecError::corrupt("rice quotient too long"));
+        }
+    }
+    Ok(q)
 }

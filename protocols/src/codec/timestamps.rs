@@ -37,8 +37,11 @@
 //! packed   count − 1 values of `width` bits, LSB first: offsetᵢ − lo for i = 1 ..
 //! ```
 //!
-//! Samples that are not exceptions advance one tick. The encoder rounds kᵢ to the nearest tick,
-//! so offsets lie in [−interval/2, interval/2).
+//! Samples that are not exceptions advance one tick. The encoder rounds kᵢ to the nearest tick
+//! (kᵢ = ⌊(tᵢ − t₀ + ⌊interval/2⌋) / interval⌋), so offsets span at most one interval. It
+//! estimates the interval as the median delta refined over growing prefixes (a median off by
+//! 1 ms would drift the offsets by 1 ms a tick), and keeps the grid only when it is smaller
+//! than delta-of-delta.
 
 use super::CodecError;
 use super::TsEncoding;
@@ -168,8 +171,8 @@ fn estimate_interval(ts: &[i64]) -> u64 {
     loop {
         let d = u128::from(ts[end].wrapping_sub(ts[0]) as u64);
         let ticks = (d + p / 2) / p;
-        if ticks > 0 {
-            p = ((d + ticks / 2) / ticks).clamp(1, u128::from(MAX_INTERVAL));
+        if let Some(q) = (d + ticks / 2).checked_div(ticks) {
+            p = q.clamp(1, u128::from(MAX_INTERVAL));
         }
         if end == n - 1 {
             // Clamped to MAX_INTERVAL above, so this fits.
@@ -451,10 +454,8 @@ impl GridDecoder<'_> {
     ) -> Result<(), CodecError> {
         // Offsets are stored for samples 1.., so sample i's offset is packed value i − 1.
         let skip = usize::from(start == 0);
-        if skip == 1 {
-            if let Some(first) = out.first_mut() {
-                *first = self.t0;
-            }
+        if let (1, Some(first)) = (skip, out.first_mut()) {
+            *first = self.t0;
         }
         let offsets = &mut scratch[..out.len()];
         if out.len() > skip {

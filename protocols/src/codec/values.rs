@@ -3,15 +3,16 @@
 //!
 //! # Choosing
 //!
-//! Every candidate is costed exactly, in bytes, and the smallest wins (ties go to the one listed
-//! first, which is also the faster to decode):
+//! Every candidate is costed exactly, in bytes, and the smallest wins (on a tie, the one tried
+//! first):
 //!
 //! 1. constant, when every value has the same bits;
-//! 2. decimal raw / delta / delta-of-delta, when at most a quarter of the values (plus one) are
-//!    exceptions;
+//! 2. decimal raw / delta / delta-of-delta, unless more than a quarter of the values (plus one)
+//!    are exceptions, or the first few values already show full precision;
 //! 3. run-length, when there are at most half as many runs as samples;
-//! 4. XOR, only when decimal is out or costs more than 24 bits a sample (decimal beats XOR by a
-//!    wide margin below that, and XOR is the slowest candidate to cost).
+//! 4. float bits raw / delta / delta-of-delta, then XOR, each only while the best so far costs
+//!    more than 24 bits a sample (below that decimal or run-length has won by a wide margin, and
+//!    XOR is the slowest candidate to cost and to decode).
 //!
 //! # Value codes (constant and run-length)
 //!
@@ -29,7 +30,7 @@
 
 use super::bits::{BitReader, BitWriter, Cursor, put_uvarint, unzigzag, uvarint_len, zigzag};
 use super::decimal::{
-    DecimalDecoder, MAX_EXPONENT, Mantissas, POW10, Transform, mantissa_at, min_exponent,
+    IntsDecoder, MAX_EXPONENT, Mantissas, POW10, Transform, mantissa_at, min_exponent,
 };
 use super::xor::{XorDecoder, XorEncoder};
 use super::{CodecError, ValueEncoding};
@@ -139,7 +140,7 @@ pub(crate) fn plan(values: &[f64], forced: Option<ValueEncoding>) -> Result<Valu
             },
         );
     }
-    if dear(&best) {
+    if dear(&best) && xor_may_win(values, &best) {
         let section = xor_section(values);
         offer(&mut best, section.len(), ValuePlan::Xor { section });
     }
@@ -150,6 +151,20 @@ pub(crate) fn plan(values: &[f64], forced: Option<ValueEncoding>) -> Result<Valu
             section: xor_section(values),
         },
     })
+}
+
+/// XOR is the slowest candidate to cost; on long chunks, cost a prefix first and go on only if
+/// it comes within 10% of the best so far.
+fn xor_may_win(values: &[f64], best: &Option<(usize, ValuePlan)>) -> bool {
+    const PREFIX: usize = 512;
+    let Some((best_bytes, _)) = best else {
+        return true;
+    };
+    if values.len() < 4 * PREFIX {
+        return true;
+    }
+    let estimate = xor_section(&values[..PREFIX]).len() * values.len() / PREFIX;
+    estimate * 10 < best_bytes * 11
 }
 
 fn offer(best: &mut Option<(usize, ValuePlan)>, bytes: usize, plan: ValuePlan) {
@@ -276,7 +291,7 @@ pub(crate) enum ValueDecoder<'a> {
         rest: &'a [u8],
     },
     RunLength(RunLengthDecoder<'a>),
-    Ints(DecimalDecoder<'a>),
+    Ints(IntsDecoder<'a>),
     Xor {
         bits: BitReader<'a>,
         section: &'a [u8],
@@ -353,7 +368,7 @@ impl<'a> ValueDecoder<'a> {
                         what: "value",
                         id: enc.id(),
                     })?;
-                DecimalDecoder::new(transform, float_bits, section, count).map(Self::Ints)
+                IntsDecoder::new(transform, float_bits, section, count).map(Self::Ints)
             }
         }
     }
