@@ -2,7 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
-use crate::storage::{Durability, Limits};
+use crate::storage::{Durability, Limits, Retention, parse_retention};
 use crate::tls::TlsFiles;
 use anyhow::Context;
 use protocols::Tenant;
@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Most series one tenant may create [default: 1000000].
     #[arg(long, env = "UPDRAFT_CORE_MAX_SERIES_PER_TENANT")]
     pub max_series_per_tenant: Option<u64>,
+    /// How long data is kept: a number with s, m, h, d, w or y, or `forever`. Old data goes a
+    /// week-long partition at a time [default: forever].
+    #[arg(long, env = "UPDRAFT_CORE_RETENTION")]
+    pub retention: Option<String>,
+    /// A tenant's own retention, as TENANT=RETENTION (repeatable), e.g. acme=30d.
+    #[arg(long = "tenant-retention", value_name = "TENANT=RETENTION")]
+    pub tenant_retention: Vec<String>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -75,6 +82,9 @@ struct FileConfig {
     max_label_name_bytes: Option<usize>,
     max_label_value_bytes: Option<usize>,
     max_series_per_tenant: Option<u64>,
+    retention: Option<String>,
+    #[serde(default)]
+    tenant_retention: std::collections::BTreeMap<String, String>,
 }
 
 /// A validated configuration.
@@ -87,6 +97,7 @@ pub struct CoreConfig {
     pub durability: Durability,
     pub tenant: Tenant,
     pub limits: Limits,
+    pub retention: Retention,
 }
 
 impl CoreConfig {
@@ -100,6 +111,7 @@ impl CoreConfig {
             durability: Durability::default(),
             tenant: Tenant::default(),
             limits: Limits::default(),
+            retention: Retention::default(),
         }
     }
 
@@ -134,8 +146,31 @@ impl CoreConfig {
                 .or(file.max_series_per_tenant)
                 .unwrap_or(defaults.max_series_per_tenant),
         };
+        let mut retention = Retention {
+            default: match args.retention.or(file.retention) {
+                Some(text) => parse_retention(&text).map_err(anyhow::Error::msg)?,
+                None => None,
+            },
+            per_tenant: Default::default(),
+        };
+        let flags = args.tenant_retention.iter().map(|pair| {
+            pair.split_once('=')
+                .map(|(t, r)| (t.to_owned(), r.to_owned()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--tenant-retention {pair:?}: expected TENANT=RETENTION")
+                })
+        });
+        // File entries first, so that flags override them.
+        let file_pairs = file.tenant_retention.into_iter().map(Ok);
+        for pair in file_pairs.chain(flags) {
+            let (tenant, text) = pair?;
+            let tenant = Tenant::new(tenant).context("invalid tenant in a retention setting")?;
+            let keep = parse_retention(&text).map_err(anyhow::Error::msg)?;
+            retention.per_tenant.insert(tenant, keep);
+        }
         Ok(Self {
             limits,
+            retention,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args
                 .quic_listen

@@ -37,12 +37,14 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let durability = config.durability;
     let limits = config.limits.clone();
+    let retention = config.retention.clone();
     let storage = tokio::task::spawn_blocking(move || {
         storage::Storage::open(
             &data_dir,
             storage::StorageOptions {
                 durability,
                 limits,
+                retention,
                 ..Default::default()
             },
         )

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node (the default when no subcommand is given).
-    Run(config::RunArgs),
+    Run(Box<config::RunArgs>),
     /// Create a local CA plus core and agent certificates (missing files only).
     Certs(CertsArgs),
 }
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Run(args)) => serve(args),
+        Some(Command::Run(args)) => serve(*args),
         None => serve(cli.run),
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! I/O is bounded: one (series, day) at a time, and at most [`MAX_MERGES_PER_PASS`] per pass.
 
+use super::partitions::{self, Retention};
 use super::writer::{Dirty, Replace, Request};
 use super::{CompactionOptions, Keyspaces, StorageError, keys};
 use protocols::{Sample, SeriesId, codec};
@@ -29,18 +30,61 @@ pub(super) fn start(
     queue: mpsc::SyncSender<Request>,
     stop: mpsc::Receiver<()>,
     options: CompactionOptions,
+    retention: Retention,
 ) -> Result<JoinHandle<()>, StorageError> {
     std::thread::Builder::new()
         .name("storage-compactor".into())
         .spawn(move || {
             // `recv_timeout` doubles as the sleep: a message or a disconnect means stop.
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(options.interval) {
+                if let Err(e) = enforce_retention(&ks, &queue, &retention, now_ms()) {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
                 if let Err(e) = pass(&ks, &queue, &options) {
                     tracing::error!(error = %e, "compaction pass failed");
                 }
             }
         })
         .map_err(StorageError::Thread)
+}
+
+/// Drops every partition wholly older than its tenant's retention at `now_ms`; returns how
+/// many it dropped.
+pub(super) fn enforce_retention(
+    ks: &Keyspaces,
+    queue: &mpsc::SyncSender<Request>,
+    retention: &Retention,
+    now_ms: i64,
+) -> Result<usize, StorageError> {
+    let mut dropped = 0;
+    for (tenant, index) in ks.chunks.all() {
+        let Some(cutoff) = retention.cutoff(&tenant, now_ms) else {
+            continue;
+        };
+        if partitions::end_of(index) >= cutoff {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel();
+        let request = Request::DropPartition {
+            tenant,
+            index,
+            reply: tx,
+        };
+        if queue.send(request).is_err() {
+            break;
+        }
+        match rx.recv() {
+            Ok(Ok(())) => dropped += 1,
+            Ok(Err(e)) => {
+                return Err(StorageError::Corrupt {
+                    keyspace: "chunks",
+                    detail: format!("dropping a partition failed: {e}"),
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(dropped)
 }
 
 fn now_ms() -> i64 {
@@ -108,10 +152,25 @@ fn plan_merge(
 ) -> Result<Replace, StorageError> {
     let from = keys::chunk_key(series, day, 0);
     let to = keys::chunk_key(series, keys::day_end(day), u64::MAX);
+    let partition = match ks.tenant_of(series)? {
+        Some(tenant) => ks.chunks.get(&tenant, partitions::index_of(day)),
+        None => None,
+    };
+    let Some(partition) = partition else {
+        // Dropped by retention (or never written): only the dirty mark is left to clear.
+        return Ok(Replace {
+            series,
+            day_start: day,
+            partition: None,
+            remove: Vec::new(),
+            add: Vec::new(),
+            seen_seq,
+        });
+    };
     let mut remove = Vec::new();
     let mut tagged: Vec<(i64, u64, f64)> = Vec::new();
     let mut max_seq = 0;
-    for kv in ks.chunks.range(from..=to) {
+    for kv in partition.range(from..=to) {
         let (k, v) = kv.into_inner()?;
         let Some((_, _, seq)) = keys::decode_chunk_key(&k) else {
             continue;
@@ -154,6 +213,7 @@ fn plan_merge(
     Ok(Replace {
         series,
         day_start: day,
+        partition: Some(partition),
         remove,
         add,
         seen_seq,

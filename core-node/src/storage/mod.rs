@@ -6,11 +6,13 @@
 //! |---|---|---|
 //! | `series` | series id (u64 BE) | postcard `(Tenant, Labels)` |
 //! | `postings` | `tenant 0xFF name 0xFF value 0xFF series_id` | empty |
-//! | `chunks` | series id (u64 BE) ++ first timestamp (i64, sign bit flipped, BE) ++ write sequence (u64 BE) | a `protocols::codec` chunk |
+//! | `chunks~<tenant>~<partition>` | series id (u64 BE) ++ first timestamp (i64, sign bit flipped, BE) ++ write sequence (u64 BE) | a `protocols::codec` chunk |
 //! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
 //! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` | epoch ++ sequence / u64 (all BE) |
 //!
-//! Keys are built in [`keys`]. **Shards**: every series belongs to one of
+//! Keys are built in [`keys`]. Chunks live in one keyspace per tenant and week
+//! ([`partitions`]); retention drops a tenant's partitions once they are wholly older than
+//! its retention, so old data goes without tombstones. **Shards**: every series belongs to one of
 //! `protocols::model::SHARD_COUNT` shards, the top bits of its id. `series`, `chunks` and
 //! `dirty` keys start with the series id, so one shard is one contiguous key range in each:
 //! it can be streamed to another node and dropped here by range. `postings` are derived from
@@ -44,8 +46,11 @@
 
 mod compactor;
 mod keys;
+pub mod partitions;
 mod read;
 mod writer;
+
+pub use partitions::{Retention, parse_retention};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use protocols::wire::{AckOutcome, WriteBatch};
@@ -77,6 +82,7 @@ pub struct StorageOptions {
     pub cache_bytes: u64,
     pub compaction: CompactionOptions,
     pub limits: Limits,
+    pub retention: Retention,
 }
 
 impl Default for StorageOptions {
@@ -87,6 +93,7 @@ impl Default for StorageOptions {
             cache_bytes: 64 * 1024 * 1024,
             compaction: CompactionOptions::default(),
             limits: Limits::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -169,9 +176,27 @@ pub(crate) struct Keyspaces {
     db: Database,
     series: Keyspace,
     postings: Keyspace,
-    chunks: Keyspace,
+    chunks: partitions::Partitions,
     dirty: Keyspace,
     meta: Keyspace,
+}
+
+impl Keyspaces {
+    /// The tenant a series belongs to, from its `series` entry.
+    fn tenant_of(
+        &self,
+        id: protocols::SeriesId,
+    ) -> Result<Option<protocols::Tenant>, StorageError> {
+        let Some(v) = self.series.get(keys::series_key(id))? else {
+            return Ok(None);
+        };
+        let (tenant, _): (protocols::Tenant, protocols::Labels) = postcard::from_bytes(&v)
+            .map_err(|e| StorageError::Corrupt {
+                keyspace: "series",
+                detail: format!("entry of {id}: {e}"),
+            })?;
+        Ok(Some(tenant))
+    }
 }
 
 /// Handle to the node's storage; cheap to clone. When the last handle is dropped, the
@@ -218,15 +243,20 @@ impl Storage {
         let ks = Arc::new(Keyspaces {
             series: db.keyspace("series", KeyspaceCreateOptions::default)?,
             postings: db.keyspace("postings", KeyspaceCreateOptions::default)?,
-            chunks: db.keyspace("chunks", KeyspaceCreateOptions::default)?,
+            chunks: partitions::Partitions::open(&db)?,
             dirty: db.keyspace("dirty", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             db,
         });
         let (queue, writer_thread) = writer::start(ks.clone(), dir, &options)?;
         let (stop_tx, stop_rx) = mpsc::channel();
-        let compactor_thread =
-            compactor::start(ks.clone(), queue.clone(), stop_rx, options.compaction)?;
+        let compactor_thread = compactor::start(
+            ks.clone(),
+            queue.clone(),
+            stop_rx,
+            options.compaction.clone(),
+            options.retention.clone(),
+        )?;
         Ok(Self {
             ks,
             shared: Arc::new(Shared {
@@ -247,7 +277,9 @@ impl Storage {
         let give_back = |r: writer::Request| match r {
             writer::Request::Write { batch, .. } => Box::new(batch),
             // The request was built two lines below as a write; a replace never comes back here.
-            writer::Request::Replace { .. } => unreachable!("submit only sends writes"),
+            writer::Request::Replace { .. } | writer::Request::DropPartition { .. } => {
+                unreachable!("submit only sends writes")
+            }
         };
         match queue.try_send(writer::Request::Write { batch, reply: tx }) {
             Ok(()) => Ok(rx),

@@ -131,25 +131,32 @@ impl DataSource for Storage {
         }
         // Chunks never span two days, so every chunk holding a sample in range starts at or
         // after the first day's start.
-        let from = keys::chunk_key(series, keys::day_start(start_ms), 0);
+        let first_day = keys::day_start(start_ms);
+        let from = keys::chunk_key(series, first_day, 0);
         let to = keys::chunk_key(series, end_ms, u64::MAX);
+        let Some(tenant) = self.ks.tenant_of(series).map_err(unavailable)? else {
+            return Ok(Vec::new());
+        };
         let mut tagged = Vec::new();
-        for kv in self.ks.chunks.range(from..=to) {
-            let (k, v) = kv.into_inner().map_err(unavailable)?;
-            let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
-            let (_, _, seq) = keys::decode_chunk_key(&k)
-                .ok_or_else(|| corrupt(format!("chunk key of {} bytes", k.len())))?;
-            let header = codec::header(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-            if header.max_ts < start_ms {
-                continue;
+        for partition in self.ks.chunks.overlapping(&tenant, first_day, end_ms) {
+            for kv in partition.range(from..=to) {
+                let (k, v) = kv.into_inner().map_err(unavailable)?;
+                let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
+                let (_, _, seq) = keys::decode_chunk_key(&k)
+                    .ok_or_else(|| corrupt(format!("chunk key of {} bytes", k.len())))?;
+                let header = codec::header(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+                if header.max_ts < start_ms {
+                    continue;
+                }
+                let samples =
+                    codec::decode(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+                tagged.extend(
+                    samples
+                        .iter()
+                        .filter(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
+                        .map(|s| (s.timestamp_ms, seq, s.value)),
+                );
             }
-            let samples = codec::decode(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-            tagged.extend(
-                samples
-                    .iter()
-                    .filter(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
-                    .map(|s| (s.timestamp_ms, seq, s.value)),
-            );
         }
         Ok(super::compactor::merge_last_wins(tagged))
     }

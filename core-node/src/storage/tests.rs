@@ -182,7 +182,11 @@ fn label_listing_handles_names_that_prefix_each_other() {
 }
 
 fn chunk_count(s: &Storage, id: SeriesId) -> usize {
-    s.ks.chunks.prefix(id.0.to_be_bytes()).count()
+    s.ks.chunks
+        .overlapping(&Tenant::default(), i64::MIN, i64::MAX)
+        .iter()
+        .map(|p| p.prefix(id.0.to_be_bytes()).count())
+        .sum()
 }
 
 #[test]
@@ -367,4 +371,83 @@ fn limits_refuse_only_the_offending_series() {
     );
     let id = SeriesId::of(&Tenant::default(), &ok);
     assert_eq!(s.samples(id, 0, 10).expect("read").len(), 2);
+}
+
+#[test]
+fn retention_drops_whole_partitions_per_tenant_and_refuses_old_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = Tenant::new("acme").expect("tenant");
+    let mut options = quiet();
+    options.retention = Retention {
+        default: Some(Duration::from_secs(30 * 86_400)),
+        per_tenant: [(acme.clone(), None)].into(),
+    };
+    let s = Storage::open(dir.path(), options.clone()).expect("open");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let old = now - 20 * 86_400_000; // within 30 days now, past it 20 days later
+    let l = labels("m", &[("a", "1")]);
+    for (seq, tenant) in [(1, Tenant::default()), (2, acme.clone())] {
+        let mut b = batch(
+            seq,
+            vec![(
+                l.clone(),
+                vec![Sample::new(old, 1.0), Sample::new(now, 2.0)],
+            )],
+        );
+        b.tenant = tenant;
+        assert!(matches!(
+            write(&s, b),
+            AckOutcome::Stored { samples: 2, .. }
+        ));
+    }
+    let queue = s.shared.queue.clone().expect("queue");
+    let retention = options.retention.clone();
+    // Today nothing is past retention.
+    assert_eq!(
+        compactor::enforce_retention(&s.ks, &queue, &retention, now).expect("pass"),
+        0
+    );
+    // Twenty days on, the default tenant's old partition goes; acme keeps everything.
+    let later = now + 20 * 86_400_000;
+    assert!(compactor::enforce_retention(&s.ks, &queue, &retention, later).expect("pass") >= 1);
+    let default_id = SeriesId::of(&Tenant::default(), &l);
+    let acme_id = SeriesId::of(&acme, &l);
+    assert_eq!(
+        s.samples(default_id, i64::MIN, i64::MAX).expect("read"),
+        vec![Sample::new(now, 2.0)]
+    );
+    assert_eq!(
+        s.samples(acme_id, i64::MIN, i64::MAX).expect("read").len(),
+        2
+    );
+
+    // A sample from 1970 is refused for the default tenant, accepted for acme (forever).
+    let ancient = vec![(l.clone(), vec![Sample::new(0, 3.0)])];
+    let out = write(&s, batch(3, ancient.clone()));
+    let AckOutcome::Stored {
+        samples: 0,
+        rejected_series: 1,
+        rejection: Some(why),
+    } = out
+    else {
+        panic!("refused: {out:?}");
+    };
+    assert!(why.contains("retention"), "{why}");
+    let mut b = batch(4, ancient);
+    b.tenant = acme.clone();
+    assert!(matches!(
+        write(&s, b),
+        AckOutcome::Stored { samples: 1, .. }
+    ));
+    drop(queue);
+    drop(s);
+    // Partitions are found again on open.
+    let s = Storage::open(dir.path(), options).expect("reopen");
+    assert_eq!(
+        s.samples(acme_id, i64::MIN, i64::MAX).expect("read").len(),
+        3
+    );
 }

@@ -15,7 +15,9 @@
 //! and logging; everything before stays. Compaction merges are not logged: they are derived
 //! data, and losing one only leaves the day dirty for the next pass.
 
+use super::partitions::{self, Retention};
 use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
+use fjall::Keyspace;
 use fjall::{OwnedWriteBatch, PersistMode};
 use protocols::wire::{AckOutcome, Message, SeriesChunk, WriteBatch};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
@@ -60,12 +62,20 @@ pub(crate) enum Request {
         plan: Replace,
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
+    /// From the retention pass: drop one partition of one tenant.
+    DropPartition {
+        tenant: Tenant,
+        index: i64,
+        reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
+    },
 }
 
 /// A merge the compactor computed from a snapshot of one (series, day).
 pub(crate) struct Replace {
     pub series: SeriesId,
     pub day_start: i64,
+    /// The partition holding the day; `None` when it no longer exists.
+    pub partition: Option<Keyspace>,
     /// Every chunk key of the (series, day) in the snapshot.
     pub remove: Vec<[u8; 24]>,
     /// The merged blocks; their sequence is the highest of `remove`, so chunks written after
@@ -118,6 +128,7 @@ struct Writer {
     limits: Limits,
     /// Series per tenant, as committed.
     tenant_series: HashMap<Tenant, u64>,
+    retention: Retention,
 }
 
 fn corrupt(keyspace: &'static str, detail: String) -> StorageError {
@@ -206,6 +217,7 @@ pub(super) fn start(
         next_seq,
         limits: options.limits.clone(),
         tenant_series,
+        retention: options.retention.clone(),
     };
     writer.replay()?;
     let handle = std::thread::Builder::new()
@@ -227,25 +239,39 @@ pub(super) fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
 }
 
 /// Splits a validated chunk at UTC day boundaries; a chunk within one day is kept as it is.
+/// Returns `(first timestamp, chunk, last timestamp)` per day, in time order.
 fn split_by_day(
     chunk: &SeriesChunk,
     samples: &[Sample],
-) -> Result<Vec<(i64, Vec<u8>)>, codec::CodecError> {
+) -> Result<Vec<(i64, Vec<u8>, i64)>, codec::CodecError> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return Ok(Vec::new());
     };
     if keys::day_start(first.timestamp_ms) == keys::day_start(last.timestamp_ms) {
-        return Ok(vec![(first.timestamp_ms, chunk.chunk.clone())]);
+        return Ok(vec![(
+            first.timestamp_ms,
+            chunk.chunk.clone(),
+            last.timestamp_ms,
+        )]);
     }
     let mut out = Vec::new();
     let mut rest = samples;
     while let Some(head) = rest.first() {
         let end = keys::day_end(head.timestamp_ms);
         let n = rest.partition_point(|s| s.timestamp_ms <= end);
-        out.push((head.timestamp_ms, codec::encode(&rest[..n])?));
+        let day = &rest[..n];
+        let last = day.last().map_or(head.timestamp_ms, |s| s.timestamp_ms);
+        out.push((head.timestamp_ms, codec::encode(day)?, last));
         rest = &rest[n..];
     }
     Ok(out)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// What a group commit changes, kept aside until the commit succeeds.
@@ -400,10 +426,35 @@ impl Writer {
                     wb.insert(&self.ks.postings, k, []);
                 }
             }
-            for (min_ts, bytes) in pieces {
+            let newest = pieces.last().map(|(_, _, max)| *max).unwrap_or(i64::MIN);
+            let cutoff = self.retention.cutoff(&b.tenant, now_ms());
+            if let Some(cutoff) = cutoff.filter(|c| newest < *c) {
+                reject(
+                    "out_of_retention",
+                    format!("every sample is older than the tenant's retention ({cutoff} ms)"),
+                    &s.labels,
+                );
+                continue;
+            }
+            let targets: Result<Vec<Keyspace>, StorageError> = pieces
+                .iter()
+                .map(|(min_ts, _, _)| {
+                    self.ks
+                        .chunks
+                        .get_or_create(&b.tenant, partitions::index_of(*min_ts))
+                })
+                .collect();
+            let targets = match targets {
+                Ok(t) => t,
+                Err(e) => {
+                    reject("storage", format!("creating a partition: {e}"), &s.labels);
+                    continue;
+                }
+            };
+            for ((min_ts, bytes, _), partition) in pieces.into_iter().zip(targets) {
                 let seq = p.next_seq;
                 p.next_seq += 1;
-                wb.insert(&self.ks.chunks, keys::chunk_key(id, min_ts, seq), bytes);
+                wb.insert(&partition, keys::chunk_key(id, min_ts, seq), bytes);
                 let day = keys::day_start(min_ts);
                 let mark = match self.dirty_of(p, (id, day)) {
                     Some(d) => Dirty {
@@ -436,15 +487,17 @@ impl Writer {
     fn apply_replace(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, r: &Replace) {
         // A merged block can take the key of a chunk it replaces (same first timestamp and
         // highest sequence); that key is overwritten, not removed and re-added in one batch.
-        for k in r
-            .remove
-            .iter()
-            .filter(|k| !r.add.iter().any(|(a, _)| a == *k))
-        {
-            wb.remove(&self.ks.chunks, *k);
-        }
-        for (k, v) in &r.add {
-            wb.insert(&self.ks.chunks, *k, v.clone());
+        if let Some(partition) = &r.partition {
+            for k in r
+                .remove
+                .iter()
+                .filter(|k| !r.add.iter().any(|(a, _)| a == *k))
+            {
+                wb.remove(partition, *k);
+            }
+            for (k, v) in &r.add {
+                wb.insert(partition, *k, v.clone());
+            }
         }
         let key = (r.series, r.day_start);
         match self.dirty_of(p, key) {
@@ -610,7 +663,7 @@ impl Writer {
                                 .increment(1);
                             let _ = reply.send(Err(e.clone()));
                         }
-                        Request::Replace { reply, .. } => {
+                        Request::Replace { reply, .. } | Request::DropPartition { reply, .. } => {
                             let _ = reply.send(Err(e.clone()));
                         }
                     }
@@ -632,6 +685,24 @@ impl Writer {
                 }
                 Request::Replace { plan, .. } => {
                     self.apply_replace(&mut wb, &mut p, plan);
+                    outcomes.push(None);
+                }
+                Request::DropPartition {
+                    tenant,
+                    index,
+                    reply,
+                } => {
+                    // Not part of the batch: dropping a keyspace is its own atomic step.
+                    let dropped = self
+                        .ks
+                        .chunks
+                        .drop_partition(tenant, *index)
+                        .map_err(Arc::new);
+                    if dropped.is_ok() {
+                        metrics::counter!("updraft_core_partitions_dropped_total").increment(1);
+                        tracing::info!(%tenant, partition = index, "dropped a partition past retention");
+                    }
+                    let _ = reply.send(dropped);
                     outcomes.push(None);
                 }
             }
@@ -669,6 +740,7 @@ impl Writer {
                         (Request::Replace { reply, .. }, _) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Request::DropPartition { .. }, _) => {}
                         (Request::Write { reply, .. }, None) => {
                             let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
                         }
@@ -695,6 +767,7 @@ impl Writer {
                         Request::Replace { reply, .. } => {
                             let _ = reply.send(Err(e.clone()));
                         }
+                        Request::DropPartition { .. } => {}
                     }
                 }
             }
@@ -708,6 +781,7 @@ impl Request {
         match self {
             Self::Write { batch, .. } => batch.sample_count(),
             Self::Replace { plan, .. } => plan.add.iter().map(|(_, v)| v.len()).sum::<usize>() / 2,
+            Self::DropPartition { .. } => 0,
         }
     }
 }
