@@ -48,7 +48,9 @@ struct FleetArgs {
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Logs go to stderr so that `--json` leaves stdout to the figures.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "info,rumqttd=warn,rumqttd::router::routing=off,fjall=warn,lsm_tree=warn".into()

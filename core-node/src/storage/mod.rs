@@ -277,7 +277,9 @@ impl Storage {
         let give_back = |r: writer::Request| match r {
             writer::Request::Write { batch, .. } => Box::new(batch),
             // The request was built two lines below as a write; a replace never comes back here.
-            writer::Request::Replace { .. } | writer::Request::DropPartition { .. } => {
+            writer::Request::Replace { .. }
+            | writer::Request::DropPartition { .. }
+            | writer::Request::Checkpoint { .. } => {
                 unreachable!("submit only sends writes")
             }
         };
@@ -301,6 +303,41 @@ impl Storage {
                 n => total += n,
             }
         }
+    }
+
+    /// Settles storage on disk, for measurements and before a backup: checkpoints (fjall
+    /// durable, WAL trimmed), flushes every memtable and compacts every table, so that
+    /// replaced chunks and the journal stop taking space. Blocks for as long as that takes;
+    /// writes keep flowing meanwhile.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let Some(queue) = &self.shared.queue else {
+            return Err(StorageError::WriterStopped);
+        };
+        let (tx, rx) = mpsc::channel();
+        queue
+            .send(writer::Request::Checkpoint { reply: tx })
+            .map_err(|_| StorageError::WriterStopped)?;
+        rx.recv()
+            .map_err(|_| StorageError::WriterStopped)?
+            .map_err(|e| StorageError::Corrupt {
+                keyspace: "meta",
+                detail: format!("checkpoint failed: {e}"),
+            })?;
+        let mut keyspaces = vec![
+            self.ks.series.clone(),
+            self.ks.postings.clone(),
+            self.ks.dirty.clone(),
+            self.ks.meta.clone(),
+        ];
+        for (tenant, index) in self.ks.chunks.all() {
+            keyspaces.extend(self.ks.chunks.get(&tenant, index));
+        }
+        for ks in keyspaces {
+            ks.rotate_memtable_and_wait()?;
+            ks.major_compact()?;
+        }
+        self.ks.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
     }
 
     /// The last `(epoch, sequence)` applied for `agent`, as committed.

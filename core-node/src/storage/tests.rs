@@ -451,3 +451,29 @@ fn retention_drops_whole_partitions_per_tenant_and_refuses_old_samples() {
         3
     );
 }
+
+#[test]
+fn flush_settles_everything_and_keeps_the_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let l = labels("m", &[("a", "1")]);
+    for i in 0..20u64 {
+        let ts = 1_700_000_000_000 + i as i64 * 10_000;
+        write(
+            &s,
+            batch(i + 1, vec![(l.clone(), vec![Sample::new(ts, i as f64)])]),
+        );
+    }
+    let opts = CompactionOptions {
+        seal_after: Duration::ZERO,
+        ..CompactionOptions::default()
+    };
+    assert_eq!(s.compact_now(&opts).expect("compact"), 1);
+    s.flush().expect("flush");
+    let id = SeriesId::of(&Tenant::default(), &l);
+    assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 20);
+    assert_eq!(chunk_count(&s, id), 1);
+    drop(s);
+    let s = Storage::open(dir.path(), quiet()).expect("reopen");
+    assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 20);
+}

@@ -62,6 +62,10 @@ pub(crate) enum Request {
         plan: Replace,
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
+    /// Checkpoint now: fjall made durable, the WAL acknowledged up to what it holds.
+    Checkpoint {
+        reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
+    },
     /// From the retention pass: drop one partition of one tenant.
     DropPartition {
         tenant: Tenant,
@@ -663,7 +667,9 @@ impl Writer {
                                 .increment(1);
                             let _ = reply.send(Err(e.clone()));
                         }
-                        Request::Replace { reply, .. } | Request::DropPartition { reply, .. } => {
+                        Request::Replace { reply, .. }
+                        | Request::DropPartition { reply, .. }
+                        | Request::Checkpoint { reply } => {
                             let _ = reply.send(Err(e.clone()));
                         }
                     }
@@ -687,6 +693,8 @@ impl Writer {
                     self.apply_replace(&mut wb, &mut p, plan);
                     outcomes.push(None);
                 }
+                // Answered after the group commits, so it covers everything before it.
+                Request::Checkpoint { .. } => outcomes.push(None),
                 Request::DropPartition {
                     tenant,
                     index,
@@ -741,6 +749,9 @@ impl Writer {
                             let _ = reply.send(Ok(()));
                         }
                         (Request::DropPartition { .. }, _) => {}
+                        (Request::Checkpoint { reply }, _) => {
+                            let _ = reply.send(self.checkpoint().map_err(Arc::new));
+                        }
                         (Request::Write { reply, .. }, None) => {
                             let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
                         }
@@ -768,6 +779,9 @@ impl Writer {
                             let _ = reply.send(Err(e.clone()));
                         }
                         Request::DropPartition { .. } => {}
+                        Request::Checkpoint { reply } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
                 }
             }
@@ -781,7 +795,7 @@ impl Request {
         match self {
             Self::Write { batch, .. } => batch.sample_count(),
             Self::Replace { plan, .. } => plan.add.iter().map(|(_, v)| v.len()).sum::<usize>() / 2,
-            Self::DropPartition { .. } => 0,
+            Self::DropPartition { .. } | Self::Checkpoint { .. } => 0,
         }
     }
 }

@@ -6,14 +6,18 @@
 //! always measured in the same run, on the same data (DATASETS.md, "How a figure is reported").
 //!
 //! Scenarios: [`codec`] (bytes/sample and encode/decode speed of the chunk codec against
-//! Prometheus' XOR chunks). Shared parts: [`figure`] (the JSON line), [`table`] (markdown),
-//! [`machine`] (cores, memory, CPU), [`timing`] (best and median of rounds), [`chunking`] (how
-//! each system cuts series into chunks), and [`DatasetArgs`] (which datasets, how large).
+//! Prometheus' XOR chunks), [`billion`] (a billion samples into one core node over QUIC:
+//! samples/s, bytes/sample on disk, memory, query times). Shared parts: [`figure`] (the JSON
+//! line), [`table`] (markdown), [`machine`] (cores, memory, CPU), [`timing`] (best and median of
+//! rounds), [`chunking`] (how each system cuts series into chunks), [`quic_client`] (batches to
+//! a core node over QUIC), and [`DatasetArgs`] (which datasets, how large).
 
+pub mod billion;
 pub mod chunking;
 pub mod codec;
 pub mod figure;
 pub mod machine;
+pub mod quic_client;
 pub mod table;
 pub mod timing;
 
@@ -37,6 +41,9 @@ pub struct BenchArgs {
 pub enum Scenario {
     /// Chunk codec: bytes/sample and encode/decode speed, Updraft against Prometheus' XOR chunks.
     Codec(codec::CodecArgs),
+    /// A billion iot-trucks samples into one core node over QUIC: samples/s, bytes/sample on
+    /// disk, peak RSS, query times (`--samples N` to scale down).
+    Billion(billion::BillionArgs),
 }
 
 /// Runs one scenario; its figures go to stdout as a table or JSON lines.
@@ -44,6 +51,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut reporter = Reporter::new(args.json);
     match args.scenario {
         Scenario::Codec(a) => codec::run(&a, &mut reporter)?,
+        Scenario::Billion(a) => billion::run(&a, &mut reporter)?,
     }
     Ok(())
 }
@@ -202,6 +210,32 @@ mod tests {
     }
 
     #[test]
+    fn billion_takes_its_scale_and_durability() {
+        let b = parse(&[
+            "x",
+            "bench",
+            "billion",
+            "--samples",
+            "20000000",
+            "--durability",
+            "buffered",
+            "--json",
+        ]);
+        assert!(b.json);
+        let Scenario::Billion(a) = b.scenario else {
+            panic!("parsed as billion")
+        };
+        assert_eq!(a.samples, 20_000_000);
+        assert_eq!(a.trucks, 10_000);
+        assert_eq!(a.durability, core_node::storage::Durability::Buffered);
+        let Scenario::Billion(d) = parse(&["x", "bench", "billion"]).scenario else {
+            panic!("parsed as billion")
+        };
+        assert_eq!(d.samples, 1_000_000_000);
+        assert_eq!(d.durability, core_node::storage::Durability::Fsync);
+    }
+
+    #[test]
     fn dataset_flags_scale_each_dataset() {
         let b = parse(&[
             "x",
@@ -216,7 +250,9 @@ mod tests {
             "--seed",
             "9",
         ]);
-        let Scenario::Codec(c) = b.scenario;
+        let Scenario::Codec(c) = b.scenario else {
+            panic!("parsed as codec")
+        };
         let specs = c.datasets.specs();
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].dataset, Dataset::IotTrucks);
@@ -226,7 +262,9 @@ mod tests {
         assert_eq!(specs[1].entities, 200);
         assert_eq!(describe_spec(&specs[0]), "7 trucks × 6h, seed 9");
         let all = parse(&["x", "bench", "codec"]);
-        let Scenario::Codec(c) = all.scenario;
+        let Scenario::Codec(c) = all.scenario else {
+            panic!("parsed as codec")
+        };
         assert_eq!(c.datasets.specs().len(), 3);
     }
 }
