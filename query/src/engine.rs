@@ -6,12 +6,14 @@
 //! `start` itself).
 
 use crate::error::QueryError;
-use crate::eval::{Evaluator, Stepped};
+use crate::eval::{Evaluator, Stepped, group_labels};
 use crate::source::DataSource;
 use crate::value::{InstantSample, LabelSet, Scalar, Series, StringValue, Value};
-use promql_parser::parser::Expr;
 use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{Expr, LabelModifier};
 use protocols::{Sample, Tenant};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Most points a range query may return per series, as in Prometheus: enough for a week at
@@ -99,6 +101,9 @@ impl Engine {
                     })
                     .collect();
                 vector.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
+                if let Some((descending, grouping)) = value_order(&expr) {
+                    order_by_value(&mut vector, descending, grouping);
+                }
                 Value::Vector(vector)
             }
             Stepped::Matrix(mut matrix) => {
@@ -188,6 +193,59 @@ pub fn validate_range(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), Qu
         return Err(QueryError::TooManyPoints);
     }
     Ok(())
+}
+
+/// `Some((descending, grouping))` when the instant result of `expr` is ordered by value
+/// rather than by labels, as Prometheus orders it: `sort`, `sort_desc`, and `topk`/`bottomk`
+/// (by value within each group).
+fn value_order(expr: &Expr) -> Option<(bool, Option<&LabelModifier>)> {
+    match expr {
+        Expr::Paren(p) => value_order(&p.expr),
+        Expr::Call(c) if c.func.name == "sort" => Some((false, None)),
+        Expr::Call(c) if c.func.name == "sort_desc" => Some((true, None)),
+        Expr::Aggregate(a) => match a.op.to_string().as_str() {
+            "topk" => Some((true, a.modifier.as_ref())),
+            "bottomk" => Some((false, a.modifier.as_ref())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Reorders a label-sorted vector: groups in order of first appearance, each group by value,
+/// NaN last either way (Prometheus 3), equal values in label order (a stable sort).
+fn order_by_value(
+    vector: &mut [InstantSample],
+    descending: bool,
+    grouping: Option<&LabelModifier>,
+) {
+    let mut rank: HashMap<LabelSet, usize> = HashMap::new();
+    let mut keyed: Vec<(usize, InstantSample)> = vector
+        .iter()
+        .map(|s| {
+            let next = rank.len();
+            let group = *rank
+                .entry(group_labels(&s.metric, grouping))
+                .or_insert(next);
+            (group, s.clone())
+        })
+        .collect();
+    keyed.sort_by(|(ga, a), (gb, b)| {
+        ga.cmp(gb)
+            .then_with(|| match (a.value.is_nan(), b.value.is_nan()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                // partial_cmp: -0 equals 0.
+                (false, false) if descending => {
+                    b.value.partial_cmp(&a.value).unwrap_or(Ordering::Equal)
+                }
+                (false, false) => a.value.partial_cmp(&b.value).unwrap_or(Ordering::Equal),
+            })
+    });
+    for (slot, (_, sample)) in vector.iter_mut().zip(keyed) {
+        *slot = sample;
+    }
 }
 
 /// Parses PromQL, mapping the parser's error into ours.

@@ -10,6 +10,10 @@ pub enum QueryError {
     /// The query text is not valid PromQL; the parser's message.
     #[error("{0}")]
     Parse(String),
+    /// Valid PromQL that failed while evaluating, in Prometheus' words (duplicate series when
+    /// matching, a `topk` parameter out of range, ...): Prometheus' `execution` error.
+    #[error("{0}")]
+    Execution(String),
     /// Valid PromQL that this version cannot evaluate; names the construct.
     #[error("{0} is not supported yet")]
     Unsupported(String),

@@ -11,6 +11,12 @@
 //!   evaluation time to `t0` at every step (`@ start()` / `@ end()` to the query's bounds),
 //!   and `offset` applies after `@`.
 //! - Selectors keep `__name__` in their output labels.
+//! - A range selector inside a function is read once per series for the whole query and a
+//!   window slides over it step by step (`functions`); a bare range selector exists only in
+//!   an instant query.
+//!
+//! Submodules: `aggregate` (aggregation operators), `binary` (binary operators, unary minus),
+//! `functions` (range-vector and instant-vector functions).
 
 use crate::engine::EngineOptions;
 use crate::error::QueryError;
@@ -40,7 +46,8 @@ pub(crate) enum Stepped {
     /// An instant vector at every step: each series holds a point at each step where it has
     /// a value, stamped with the step's time.
     Vector(Matrix),
-    /// A range vector, evaluated at a single time (the instant query's) in this version.
+    /// A bare range selector, evaluated at a single time (the instant query's); functions
+    /// consume range selectors at every step without building this.
     Matrix(Matrix),
 }
 
@@ -73,24 +80,45 @@ impl Evaluator<'_> {
             Expr::NumberLiteral(n) => Ok(Stepped::Scalar(self.steps().map(|_| n.val).collect())),
             Expr::StringLiteral(s) => Ok(Stepped::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr),
-            Expr::VectorSelector(vs) => self.vector_selector(vs).map(Stepped::Vector),
+            Expr::VectorSelector(vs) => self.vector_selector(vs, false).map(Stepped::Vector),
             Expr::MatrixSelector(ms) if self.start_ms == self.end_ms => {
                 self.matrix_selector(ms, self.start_ms).map(Stepped::Matrix)
             }
             // Only functions and subqueries take a range vector at every step; the engine
             // refuses a bare one in a range query before evaluating.
             Expr::MatrixSelector(_) => Err(unsupported("a range vector in a range query")),
-            Expr::Unary(_) => Err(unsupported("unary operator `-`")),
-            Expr::Binary(b) => Err(unsupported(format!("binary operator `{}`", b.op))),
-            Expr::Aggregate(a) => Err(unsupported(format!("aggregation `{}`", a.op))),
-            Expr::Call(c) => Err(unsupported(format!("function `{}`", c.func.name))),
+            Expr::Unary(u) => self.unary(u),
+            Expr::Binary(b) => self.binary(b),
+            Expr::Aggregate(a) => self.aggregate(a),
+            Expr::Call(c) => self.call(c),
             Expr::Subquery(_) => Err(unsupported("subquery")),
             Expr::Extension(e) => Err(unsupported(format!("extension `{}`", e.expr.name()))),
         }
     }
 
-    /// The latest sample of each matching series in `(t - lookback, t]` at every step.
-    fn vector_selector(&mut self, vs: &VectorSelector) -> Result<Matrix, QueryError> {
+    /// Evaluates an operand the parser has typed as an instant vector.
+    pub(crate) fn vector_operand(&mut self, expr: &Expr) -> Result<Matrix, QueryError> {
+        match self.eval(expr)? {
+            Stepped::Vector(m) => Ok(m),
+            other => Err(type_mismatch("instant vector", &other)),
+        }
+    }
+
+    /// Evaluates an operand the parser has typed as a scalar: one value per step.
+    pub(crate) fn scalar_operand(&mut self, expr: &Expr) -> Result<Vec<f64>, QueryError> {
+        match self.eval(expr)? {
+            Stepped::Scalar(values) => Ok(values),
+            other => Err(type_mismatch("scalar", &other)),
+        }
+    }
+
+    /// The latest sample of each matching series in `(t - lookback, t]` at every step; with
+    /// `sample_times`, the time of that sample in seconds instead of its value (`timestamp`).
+    fn vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        sample_times: bool,
+    ) -> Result<Matrix, QueryError> {
         let matchers = selector::matchers(vs)?;
         let lookback_ms = self.options.lookback_delta_ms;
         let first = self.selector_time(vs.at.as_ref(), vs.offset.as_ref(), self.start_ms);
@@ -120,7 +148,12 @@ impl Evaluator<'_> {
                 if latest.timestamp_ms > at.saturating_sub(lookback_ms)
                     && !is_stale_marker(latest.value)
                 {
-                    points.push(Sample::new(t, latest.value));
+                    let value = if sample_times {
+                        latest.timestamp_ms as f64 / 1000.0
+                    } else {
+                        latest.value
+                    };
+                    points.push(Sample::new(t, value));
                 }
             }
 
@@ -198,6 +231,17 @@ fn unsupported(what: impl Into<String>) -> QueryError {
     QueryError::Unsupported(what.into())
 }
 
+/// An operand of the wrong type; the parser checks types, so this only guards the walk.
+fn type_mismatch(expected: &str, found: &Stepped) -> QueryError {
+    let found = match found {
+        Stepped::Scalar(_) => "scalar",
+        Stepped::String(_) => "string",
+        Stepped::Vector(_) => "instant vector",
+        Stepped::Matrix(_) => "range vector",
+    };
+    QueryError::Parse(format!("expected type {expected}, got {found}"))
+}
+
 /// Whole milliseconds of `d`, saturating: `offset 1000000000y` must not wrap around.
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -210,6 +254,11 @@ fn unix_millis(time: SystemTime) -> i64 {
         Err(before) => millis(before.duration()).saturating_neg(),
     }
 }
+
+mod aggregate;
+pub(crate) use aggregate::group_labels;
+mod binary;
+mod functions;
 
 #[cfg(test)]
 mod tests;

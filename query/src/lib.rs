@@ -5,14 +5,18 @@
 //! implement it over a `Vec`. It knows nothing of HTTP either: the core's API turns a [`Value`]
 //! into Prometheus' JSON and a [`QueryError`] into an error type and status.
 //!
-//! This version evaluates selectors (`x`, `x{a=~"b"}`, `x[5m]`, `offset`, `@`), number and
-//! string literals and parentheses; any other construct is refused with
-//! [`QueryError::Unsupported`]. The evaluator is an AST walk with one result type per PromQL
-//! type, so operators and functions slot in as new match arms.
+//! This version evaluates selectors (`x`, `x{a=~"b"}`, `x[5m]`, `offset`, `@`), literals and
+//! parentheses, aggregations, binary operators and unary minus, the range functions (`rate`,
+//! `increase`, the `*_over_time` family, ...) and the common instant functions (`abs`,
+//! `round`, `clamp`, `time`, `absent`, `sort`, ...); any other construct (other functions,
+//! subqueries, `limitk`) is refused with [`QueryError::Unsupported`]. The evaluator is an AST
+//! walk with one result type per PromQL type, so operators and functions slot in as new match
+//! arms.
 //!
 //! Modules:
 //! - [`engine`]: [`Engine`], the instant and range entry points and their limits.
-//! - [`eval`]: the AST walk, lookback and stale-marker semantics.
+//! - [`eval`]: the AST walk, lookback and stale-marker semantics; its private submodules
+//!   `aggregate`, `binary` and `functions` hold the operators and functions.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
 //! - [`value`]: [`Value`] and its parts.

@@ -4,6 +4,7 @@
 //! have a metric name, but query results need not (a scalar in a range query is the series
 //! `{}`, and operators that land later drop `__name__`).
 
+use protocols::model::METRIC_NAME_LABEL;
 use protocols::{Label, Labels, Sample};
 use std::fmt;
 
@@ -37,6 +38,31 @@ impl LabelSet {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The labels whose names `keep` accepts.
+    pub(crate) fn filter(&self, mut keep: impl FnMut(&str) -> bool) -> Self {
+        Self(self.0.iter().filter(|l| keep(&l.name)).cloned().collect())
+    }
+
+    /// The same set without `__name__`.
+    pub(crate) fn without_metric_name(&self) -> Self {
+        self.filter(|name| name != METRIC_NAME_LABEL)
+    }
+
+    /// The same set with label `name` set to `value`; an empty value removes the label, as
+    /// Prometheus' label builder does.
+    pub(crate) fn with(&self, name: &str, value: &str) -> Self {
+        let mut labels = self.0.clone();
+        match labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            Ok(i) if value.is_empty() => {
+                labels.remove(i);
+            }
+            Ok(i) => labels[i].value = value.to_owned(),
+            Err(_) if value.is_empty() => {}
+            Err(i) => labels.insert(i, Label::new(name, value)),
+        }
+        Self(labels)
     }
 }
 

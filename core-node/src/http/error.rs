@@ -70,6 +70,8 @@ pub(crate) enum Reason {
     TooManyPoints,
     /// A query that would hold too many samples.
     TooManySamples,
+    /// Valid PromQL that failed while evaluating (e.g. many-to-many matching).
+    Execution,
     Timeout,
     BodyTooLarge,
 }
@@ -78,6 +80,7 @@ impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Reason::Parse => "parse",
+            Reason::Execution => "execution",
             Reason::Unsupported => "unsupported",
             Reason::BadParam => "bad_param",
             Reason::TooManyPoints => "too_many_points",
@@ -151,6 +154,9 @@ impl ApiError {
                 format!("invalid parameter \"query\": {message}"),
                 Some(Reason::Parse),
             ),
+            QueryError::Execution(_) => {
+                Self::new(ErrorType::Execution, message, Some(Reason::Execution))
+            }
             QueryError::Unsupported(_) => Self::new(
                 ErrorType::BadData,
                 format!("invalid parameter \"query\": {message}"),

@@ -262,10 +262,10 @@ async fn bad_queries_get_prometheus_errors() {
     let app = app();
     let cases: &[(&str, StatusCode, &str, &str)] = &[
         (
-            "/api/v1/query?query=sum(temp)",
+            "/api/v1/query?query=limitk(1,temp)",
             StatusCode::BAD_REQUEST,
             "bad_data",
-            "invalid parameter \"query\": aggregation `sum` is not supported yet",
+            "invalid parameter \"query\": aggregation `limitk` is not supported yet",
         ),
         (
             "/api/v1/query?query=temp%7B",
@@ -553,7 +553,7 @@ fn requests_and_rejections_are_counted() {
             for uri in [
                 "/api/v1/query?query=temp",
                 "/api/v1/query?query=temp%7B",
-                "/api/v1/query?query=rate(temp%5B5m%5D)",
+                "/api/v1/query?query=deriv(temp%5B5m%5D)",
                 "/api/v1/query_range?query=temp&start=0&end=11001&step=1",
                 "/api/v1/query_range?query=temp&start=0&end=1&step=bad",
                 "/api/v1/series",

@@ -1,0 +1,387 @@
+//! Aggregation operators: `sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`, `stdvar`,
+//! `topk`, `bottomk`, `quantile` and `count_values`, with `by` and `without`.
+//!
+//! As in Prometheus 3: `by (l...)` keeps only the listed labels, `without (l...)` drops them
+//! and `__name__`, no modifier yields `{}`; `topk`/`bottomk` return their input series with
+//! all their labels; `count_values` adds its label to the grouping. The numeric rules (Kahan
+//! summation, the switch of `avg` to an incremental mean when a sum overflows, NaN never
+//! winning `min`/`max` against a number) follow `aggregation` in Prometheus' `engine.go`.
+
+use super::{Evaluator, Stepped, unsupported};
+use crate::error::QueryError;
+use crate::value::{LabelSet, Matrix, Series};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+use protocols::Sample;
+use protocols::model::METRIC_NAME_LABEL;
+use std::collections::BTreeMap;
+
+const SIMPLE: &[&str] = &[
+    "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
+];
+
+/// The values of one group at one step: `(index of the input series, value)`.
+type Members = Vec<(usize, f64)>;
+
+impl Evaluator<'_> {
+    pub(super) fn aggregate(&mut self, a: &AggregateExpr) -> Result<Stepped, QueryError> {
+        let op = a.op.to_string();
+        let op = op.as_str();
+        let modifier = a.modifier.as_ref();
+        // The parameter is evaluated first, as in Prometheus.
+        if SIMPLE.contains(&op) {
+            let input = self.vector_operand(&a.expr)?;
+            return Ok(Stepped::Vector(self.simple(op, input, modifier)));
+        }
+        match (op, a.param.as_deref()) {
+            ("topk" | "bottomk", Some(param)) => {
+                let k = self.scalar_operand(param)?;
+                let input = self.vector_operand(&a.expr)?;
+                self.top_k(op == "topk", &k, input, modifier)
+                    .map(Stepped::Vector)
+            }
+            ("quantile", Some(param)) => {
+                let q = self.scalar_operand(param)?;
+                let input = self.vector_operand(&a.expr)?;
+                Ok(Stepped::Vector(self.quantile(&q, input, modifier)))
+            }
+            ("count_values", Some(param)) => {
+                let Stepped::String(label) = self.eval(param)? else {
+                    // The parser only accepts a string here.
+                    return Err(unsupported("count_values without a string parameter"));
+                };
+                let input = self.vector_operand(&a.expr)?;
+                self.count_values(&label, input, modifier)
+                    .map(Stepped::Vector)
+            }
+            _ => Err(unsupported(format!("aggregation `{op}`"))),
+        }
+    }
+
+    /// The members of each group at each step, groups keyed by their output labels.
+    fn groups(
+        &self,
+        input: &Matrix,
+        modifier: Option<&LabelModifier>,
+    ) -> BTreeMap<LabelSet, Vec<Members>> {
+        let steps = self.step_count();
+        let mut groups: BTreeMap<LabelSet, Vec<Members>> = BTreeMap::new();
+        for (i, series) in input.iter().enumerate() {
+            let key = group_labels(&series.metric, modifier);
+            let group = groups.entry(key).or_insert_with(|| vec![Vec::new(); steps]);
+            for p in &series.points {
+                if let Some(members) = group.get_mut(self.step_index(p.timestamp_ms)) {
+                    members.push((i, p.value));
+                }
+            }
+        }
+        groups
+    }
+
+    fn simple(&self, op: &str, input: Matrix, modifier: Option<&LabelModifier>) -> Matrix {
+        let mut out = Vec::new();
+        for (metric, steps) in self.groups(&input, modifier) {
+            let points: Vec<Sample> = steps
+                .iter()
+                .enumerate()
+                .filter(|(_, members)| !members.is_empty())
+                .map(|(i, members)| {
+                    let values = members.iter().map(|&(_, v)| v);
+                    Sample::new(self.step_time(i), reduce(op, values))
+                })
+                .collect();
+            if !points.is_empty() {
+                out.push(Series { metric, points });
+            }
+        }
+        out
+    }
+
+    fn top_k(
+        &self,
+        top: bool,
+        k: &[f64],
+        input: Matrix,
+        modifier: Option<&LabelModifier>,
+    ) -> Result<Matrix, QueryError> {
+        let mut chosen: Vec<Vec<Sample>> = vec![Vec::new(); input.len()];
+        for steps in self.groups(&input, modifier).into_values() {
+            for (i, mut members) in steps.into_iter().enumerate() {
+                if members.is_empty() {
+                    continue;
+                }
+                let k = k_param(k.get(i).copied().unwrap_or(f64::NAN))?;
+                // NaN ranks below every number for both topk and bottomk; ties keep input
+                // order, as a stable sort does.
+                members.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    (false, false) if top => {
+                        b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal)
+                    }
+                    (false, false) => a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal),
+                });
+                for &(series, value) in members.iter().take(k) {
+                    chosen[series].push(Sample::new(self.step_time(i), value));
+                }
+            }
+        }
+        Ok(input
+            .into_iter()
+            .zip(chosen)
+            .filter(|(_, points)| !points.is_empty())
+            .map(|(s, mut points)| {
+                points.sort_unstable_by_key(|p| p.timestamp_ms);
+                Series {
+                    metric: s.metric,
+                    points,
+                }
+            })
+            .collect())
+    }
+
+    fn quantile(&self, q: &[f64], input: Matrix, modifier: Option<&LabelModifier>) -> Matrix {
+        let mut out = Vec::new();
+        for (metric, steps) in self.groups(&input, modifier) {
+            let points: Vec<Sample> = steps
+                .iter()
+                .enumerate()
+                .filter(|(_, members)| !members.is_empty())
+                .map(|(i, members)| {
+                    let mut values: Vec<f64> = members.iter().map(|&(_, v)| v).collect();
+                    let q = q.get(i).copied().unwrap_or(f64::NAN);
+                    Sample::new(self.step_time(i), quantile(q, &mut values))
+                })
+                .collect();
+            if !points.is_empty() {
+                out.push(Series { metric, points });
+            }
+        }
+        out
+    }
+
+    fn count_values(
+        &self,
+        label: &str,
+        input: Matrix,
+        modifier: Option<&LabelModifier>,
+    ) -> Result<Matrix, QueryError> {
+        if label.is_empty() {
+            return Err(QueryError::Execution(format!(
+                "invalid label name {label:?}"
+            )));
+        }
+        // The value label joins the grouping: added to `by`, never dropped by `without`.
+        let mut out: BTreeMap<LabelSet, BTreeMap<i64, f64>> = BTreeMap::new();
+        for series in &input {
+            for p in &series.points {
+                let labeled = series.metric.with(label, &format_value(p.value));
+                let key = match modifier {
+                    Some(LabelModifier::Include(by)) => {
+                        labeled.filter(|name| name == label || by.labels.iter().any(|l| l == name))
+                    }
+                    Some(LabelModifier::Exclude(without)) => labeled.filter(|name| {
+                        name == label
+                            || (name != METRIC_NAME_LABEL
+                                && !without.labels.iter().any(|l| l == name))
+                    }),
+                    None => labeled.filter(|name| name == label),
+                };
+                *out.entry(key)
+                    .or_default()
+                    .entry(p.timestamp_ms)
+                    .or_default() += 1.0;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(metric, counts)| Series {
+                metric,
+                points: counts.into_iter().map(|(t, n)| Sample::new(t, n)).collect(),
+            })
+            .collect())
+    }
+
+    /// Number of evaluation steps of the query.
+    pub(super) fn step_count(&self) -> usize {
+        self.steps().count()
+    }
+
+    /// Index of the step at `t`, which must be one of the query's evaluation times.
+    pub(super) fn step_index(&self, t: i64) -> usize {
+        usize::try_from((t - self.start_ms) / self.step_ms).unwrap_or(usize::MAX)
+    }
+
+    pub(super) fn step_time(&self, index: usize) -> i64 {
+        let index = i64::try_from(index).unwrap_or(i64::MAX);
+        self.start_ms
+            .saturating_add(index.saturating_mul(self.step_ms))
+    }
+}
+
+/// The labels of the group a series belongs to.
+pub(crate) fn group_labels(metric: &LabelSet, modifier: Option<&LabelModifier>) -> LabelSet {
+    match modifier {
+        Some(LabelModifier::Include(by)) => {
+            metric.filter(|name| by.labels.iter().any(|l| l == name))
+        }
+        Some(LabelModifier::Exclude(without)) => metric
+            .filter(|name| name != METRIC_NAME_LABEL && !without.labels.iter().any(|l| l == name)),
+        None => LabelSet::empty(),
+    }
+}
+
+/// `k` of `topk`/`bottomk` at one step: truncated toward zero, below 1 selects nothing.
+fn k_param(k: f64) -> Result<usize, QueryError> {
+    // NaN fails the range check too, as in Prometheus; `as` below cannot saturate then.
+    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&k) {
+        return Err(QueryError::Execution(format!(
+            "Scalar value {} overflows int64",
+            format_value(k)
+        )));
+    }
+    Ok(usize::try_from(k as i64).unwrap_or(0))
+}
+
+/// One simple aggregation over the values of a group at one step (at least one value).
+fn reduce(op: &str, values: impl Iterator<Item = f64>) -> f64 {
+    match op {
+        "sum" => {
+            let mut sum = KahanSum::default();
+            values.for_each(|v| sum.add(v));
+            sum.value()
+        }
+        "avg" => average(values),
+        "count" => values.count() as f64,
+        "group" => 1.0,
+        // A number always replaces NaN; NaN only when every value is NaN.
+        "min" => values.fold(f64::NAN, |m, v| if m > v || m.is_nan() { v } else { m }),
+        "max" => values.fold(f64::NAN, |m, v| if m < v || m.is_nan() { v } else { m }),
+        "stdvar" => variance(values),
+        "stddev" => variance(values).sqrt(),
+        _ => f64::NAN,
+    }
+}
+
+/// Population variance with Welford's running mean, as Prometheus computes it.
+fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
+    for v in values {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        m2 += delta * (v - mean);
+    }
+    m2 / count
+}
+
+/// The mean: a compensated sum divided by the count, switching to an incremental mean once
+/// the sum overflows, so that `avg` of large finite values stays finite.
+pub(super) fn average(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sum = KahanSum::default();
+    let mut incremental: Option<KahanSum> = None;
+    let mut count = 0.0;
+    for v in values {
+        count += 1.0;
+        if let Some(mean) = incremental.as_mut() {
+            let q = (count - 1.0) / count;
+            mean.scale(q);
+            mean.add(v / count);
+            continue;
+        }
+        let mut next = sum;
+        next.add(v);
+        if next.sum.is_finite() || count == 1.0 {
+            sum = next;
+            continue;
+        }
+        let previous = count - 1.0;
+        let mut mean = KahanSum {
+            sum: sum.sum / previous,
+            c: sum.c / previous,
+        };
+        mean.scale((count - 1.0) / count);
+        mean.add(v / count);
+        incremental = Some(mean);
+    }
+    match incremental {
+        Some(mean) => mean.value(),
+        None if sum.sum.is_infinite() => sum.sum / count,
+        None => sum.sum / count + sum.c / count,
+    }
+}
+
+/// Neumaier's compensated sum, Prometheus' `kahanSumInc`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct KahanSum {
+    sum: f64,
+    c: f64,
+}
+
+impl KahanSum {
+    pub(super) fn add(&mut self, v: f64) {
+        let t = self.sum + v;
+        if t.is_infinite() {
+            self.c = 0.0;
+        } else if self.sum.abs() >= v.abs() {
+            self.c += (self.sum - t) + v;
+        } else {
+            self.c += (v - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    fn scale(&mut self, by: f64) {
+        self.sum *= by;
+        self.c *= by;
+    }
+
+    pub(super) fn value(&self) -> f64 {
+        if self.sum.is_infinite() {
+            self.sum
+        } else {
+            self.sum + self.c
+        }
+    }
+}
+
+/// The `q`-quantile of `values` by linear interpolation between closest ranks, as
+/// Prometheus' `quantile`: `q < 0` is -Inf, `q > 1` is +Inf, NaN sorts first.
+pub(super) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.total_cmp(b),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    // Both indexes are within 0..n by construction.
+    let at = |i: f64| values.get(i as usize).copied().unwrap_or(f64::NAN);
+    at(lower) * (1.0 - weight) + at(upper) * weight
+}
+
+/// A value as Go's `strconv.FormatFloat(v, 'f', -1, 64)`: shortest digits, no exponent.
+pub(super) fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
