@@ -239,6 +239,9 @@ impl Storage {
     pub fn open(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
         let db = Database::builder(dir.join("storage"))
             .cache_size(options.cache_bytes)
+            // Our WAL is the durable copy of recent writes; fjall's own journal only needs to
+            // cover its memtables, so it is kept at fjall's minimum instead of 512 MiB.
+            .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let ks = Arc::new(Keyspaces {
             series: db.keyspace("series", KeyspaceCreateOptions::default)?,
