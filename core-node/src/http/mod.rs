@@ -9,6 +9,9 @@
 //! | `/api/v1/labels` | GET, POST | `labels.rs` |
 //! | `/api/v1/label/{name}/values` | GET | `labels.rs` |
 //! | `/api/v1/series` | GET, POST | `series.rs` |
+//! | `/api/v1/status/buildinfo` | GET | `status.rs` |
+//! | `/api/v1/metadata` | GET | `status.rs` |
+//! | `/api/v1/query_exemplars` | GET, POST | `status.rs` |
 //! | `/metrics` | GET | `metrics.rs` |
 //! | `/health` | GET | `metrics.rs` |
 //!
@@ -29,6 +32,7 @@ mod params;
 mod query;
 mod response;
 mod series;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +89,12 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/api/v1/labels", get(labels::names).post(labels::names))
         .route("/api/v1/label/{name}/values", get(labels::values))
         .route("/api/v1/series", get(series::series).post(series::series))
+        .route("/api/v1/status/buildinfo", get(status::buildinfo))
+        .route("/api/v1/metadata", get(status::metadata))
+        .route(
+            "/api/v1/query_exemplars",
+            get(status::exemplars).post(status::exemplars),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/health", get(metrics::health))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

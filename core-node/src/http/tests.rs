@@ -581,3 +581,24 @@ fn requests_and_rejections_are_counted() {
     // `/metrics` serves the same registry.
     assert!(metrics_page.contains("updraft_core_queries_rejected_total"));
 }
+
+#[tokio::test]
+async fn discovery_endpoints_answer_like_prometheus() {
+    let app = app();
+    let (status, body) = send(&app, get("/api/v1/status/buildinfo")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["version"], "3.0.0");
+    assert_eq!(v["data"]["application"], "updraft");
+    let (status, body) = send(&app, get("/api/v1/query_exemplars?query=temp")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"success","data":[]}"#)
+    );
+    let (status, body) = send(&app, get("/api/v1/metadata")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"success","data":{}}"#)
+    );
+}
