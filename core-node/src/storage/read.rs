@@ -87,6 +87,25 @@ impl Storage {
             })
     }
 
+    /// The distinct values of the posting-key field right after `prefix` (label names after
+    /// a tenant prefix, values after a name prefix), sorted. Skip-scan: reads one key per
+    /// distinct field, then jumps past every key that shares it.
+    fn distinct_fields(&self, prefix: &[u8]) -> Result<Vec<String>, DataSourceError> {
+        let mut fields = BTreeSet::new();
+        let mut from = prefix.to_vec();
+        while let Some(kv) = self.ks.postings.range(from.as_slice()..).next() {
+            let key = kv.key().map_err(unavailable)?;
+            let Some((field, _)) = key.strip_prefix(prefix).and_then(keys::split_field) else {
+                break;
+            };
+            fields.insert(String::from_utf8_lossy(field).into_owned());
+            let mut next = prefix.to_vec();
+            next.extend_from_slice(field);
+            from = keys::skip_past(&next);
+        }
+        Ok(fields.into_iter().collect())
+    }
+
     fn all_series_of(&self, tenant: &str) -> Result<HashSet<SeriesId>, DataSourceError> {
         self.ids_for(tenant, protocols::model::METRIC_NAME_LABEL, |_| true)
     }
@@ -162,49 +181,10 @@ impl DataSource for Storage {
     }
 
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {
-        // Skip-scan: read one key per distinct label name, then jump past that name.
-        let prefix = keys::tenant_prefix(tenant.as_str());
-        let mut names = BTreeSet::new();
-        let mut from = prefix.clone();
-        loop {
-            let Some(kv) = self.ks.postings.range(from.as_slice()..).next() else {
-                break;
-            };
-            let key = kv.key().map_err(unavailable)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let Some((name, _)) = keys::split_field(&key[prefix.len()..]) else {
-                break;
-            };
-            names.insert(String::from_utf8_lossy(name).into_owned());
-            let mut next = prefix.clone();
-            next.extend_from_slice(name);
-            from = keys::skip_past(&next);
-        }
-        Ok(names.into_iter().collect())
+        self.distinct_fields(&keys::tenant_prefix(tenant.as_str()))
     }
 
     fn label_values(&self, tenant: &Tenant, name: &str) -> Result<Vec<String>, DataSourceError> {
-        let prefix = keys::name_prefix(tenant.as_str(), name);
-        let mut values = BTreeSet::new();
-        let mut from = prefix.clone();
-        loop {
-            let Some(kv) = self.ks.postings.range(from.as_slice()..).next() else {
-                break;
-            };
-            let key = kv.key().map_err(unavailable)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let Some((value, _)) = keys::split_field(&key[prefix.len()..]) else {
-                break;
-            };
-            values.insert(String::from_utf8_lossy(value).into_owned());
-            let mut next = prefix.clone();
-            next.extend_from_slice(value);
-            from = keys::skip_past(&next);
-        }
-        Ok(values.into_iter().collect())
+        self.distinct_fields(&keys::name_prefix(tenant.as_str(), name))
     }
 }
