@@ -559,3 +559,16 @@ pub fn matrix_series(answer: &serde_json::Value) -> anyhow::Result<Vec<MatrixSer
     }
     Ok(out)
 }
+
+/// POST a form-encoded body (as Grafana's Prometheus data source does); returns status and body.
+pub fn http_post_form(url: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent.post(url).send_form(form.iter().copied())?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, body))
+}
