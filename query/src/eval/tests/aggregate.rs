@@ -30,19 +30,7 @@ fn http_requests() -> MemorySource {
 }
 
 fn check(src: &MemorySource, cases: &[(&str, &[(&str, f64)])]) {
-    for (q, expected) in cases {
-        let got = vector(instant(src, q, T).unwrap_or_else(|e| panic!("{q}: {e}")));
-        let expected: Vec<(String, f64)> = expected
-            .iter()
-            .map(|(l, v)| ((*l).to_owned(), *v))
-            .collect();
-        assert_eq!(got.len(), expected.len(), "{q}: {got:?}");
-        for ((gl, gv), (el, ev)) in got.iter().zip(&expected) {
-            assert_eq!(gl, el, "{q}");
-            let close = gv == ev || (gv - ev).abs() <= 1e-9 * ev.abs().max(1.0);
-            assert!(close || (gv.is_nan() && ev.is_nan()), "{q}: {gv} != {ev}");
-        }
-    }
+    check_vectors(src, T, cases, (1e-9, 1.0, false));
 }
 
 #[test]

@@ -32,22 +32,8 @@ fn vals(values: &[f64]) -> Vec<Option<f64>> {
 }
 
 fn check_at(src: &MemorySource, t: i64, cases: &[(&str, &[(&str, f64)])]) {
-    for (q, expected) in cases {
-        let mut got = vector(instant(src, q, t).unwrap_or_else(|e| panic!("{q}: {e}")));
-        let mut expected: Vec<(String, f64)> = expected
-            .iter()
-            .map(|(l, v)| ((*l).to_owned(), *v))
-            .collect();
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        expected.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got.len(), expected.len(), "{q}: {got:?}");
-        for ((gl, gv), (el, ev)) in got.iter().zip(&expected) {
-            assert_eq!(gl, el, "{q}");
-            // promqltest compares with a relative tolerance of 1e-6 too.
-            let close = gv == ev || (gv - ev).abs() <= 1e-6 * ev.abs().max(1e-9);
-            assert!(close || (gv.is_nan() && ev.is_nan()), "{q}: {gv} != {ev}");
-        }
-    }
+    // promqltest compares with a relative tolerance of 1e-6 too.
+    check_vectors(src, t, cases, (1e-6, 1e-9, true));
 }
 
 #[test]

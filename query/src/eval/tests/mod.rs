@@ -52,6 +52,34 @@ fn matrix(v: Value) -> Vec<(String, Vec<(i64, f64)>)> {
     }
 }
 
+/// Runs each instant query at `t` and compares its answer with the expected (labels as
+/// text, value) pairs: values equal within `rel_tol` of `max(|expected|, floor)`, NaN equal
+/// to NaN. With `sorted`, both sides are sorted by labels first (order-free comparison).
+fn check_vectors(
+    src: &MemorySource,
+    t: i64,
+    cases: &[(&str, &[(&str, f64)])],
+    (rel_tol, floor, sorted): (f64, f64, bool),
+) {
+    for (q, expected) in cases {
+        let mut got = vector(instant(src, q, t).unwrap_or_else(|e| panic!("{q}: {e}")));
+        let mut expected: Vec<(String, f64)> = expected
+            .iter()
+            .map(|(l, v)| ((*l).to_owned(), *v))
+            .collect();
+        if sorted {
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        assert_eq!(got.len(), expected.len(), "{q}: {got:?}");
+        for ((gl, gv), (el, ev)) in got.iter().zip(&expected) {
+            assert_eq!(gl, el, "{q}");
+            let close = gv == ev || (gv - ev).abs() <= rel_tol * ev.abs().max(floor);
+            assert!(close || (gv.is_nan() && ev.is_nan()), "{q}: {gv} != {ev}");
+        }
+    }
+}
+
 fn one_value(src: &MemorySource, q: &str, t: i64) -> Option<f64> {
     let v = vector(instant(src, q, t).expect("query runs"));
     assert!(v.len() <= 1, "{v:?}");
