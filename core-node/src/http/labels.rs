@@ -11,18 +11,26 @@ use super::response::Success;
 use super::{Api, encode};
 use axum::extract::{Path, State};
 use protocols::model::is_valid_label_name;
+use query::Matcher;
 use std::collections::BTreeSet;
 
 /// Prometheus' warning when `limit` cut the answer short.
 pub(crate) const TRUNCATED: &str = "results truncated due to limit";
 
-pub(crate) async fn names(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+/// The parameters both label endpoints take: `limit`, `start`/`end` (validated, not used: see
+/// the module docs) and the `match[]` selectors.
+fn lookup_params(params: &Params) -> Result<(Option<usize>, Vec<Vec<Matcher>>), ApiError> {
     let limit = params.limit()?;
     params.optional_time("start")?;
     params.optional_time("end")?;
     let selectors = params
         .match_selectors()
         .map_err(|e| ApiError::bad_data(e, Reason::Parse))?;
+    Ok((limit, selectors))
+}
+
+pub(crate) async fn names(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+    let (limit, selectors) = lookup_params(&params)?;
     let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
     let names = api
         .blocking(move || {
@@ -57,12 +65,7 @@ pub(crate) async fn values(
             Reason::BadParam,
         ));
     }
-    let limit = params.limit()?;
-    params.optional_time("start")?;
-    params.optional_time("end")?;
-    let selectors = params
-        .match_selectors()
-        .map_err(|e| ApiError::bad_data(e, Reason::Parse))?;
+    let (limit, selectors) = lookup_params(&params)?;
     let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
     let values = api
         .blocking(move || {
