@@ -136,6 +136,9 @@ pub fn skip_past(prefix_and_field: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `meta` key holding when [`super::Storage::flush`] last ran (ms since the epoch, big-endian).
+pub const LAST_FLUSH_KEY: &[u8] = b"last-flush";
+
 /// `meta` key holding an agent's last applied (epoch, sequence).
 pub fn agent_offset_key(agent: &str) -> Vec<u8> {
     let mut k = b"agent-offset".to_vec();

@@ -339,7 +339,26 @@ impl Storage {
             ks.rotate_memtable_and_wait()?;
             ks.major_compact()?;
         }
+        self.release_replaced_tables()?;
         self.ks.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Lets fjall delete the table files that compactions replaced. fjall keeps every
+    /// replaced version of a keyspace (and so its files) until its MVCC watermark passes
+    /// it, and it advances that watermark only when a memtable is sealed or every 10,000
+    /// closed snapshots: after a major compaction on a quiet node the old files stay until
+    /// the next write burst. Sealing a one-key memtable of `meta` advances the watermark
+    /// and runs the version GC of every keyspace. The key is harmless: it records when
+    /// storage was last flushed.
+    fn release_replaced_tables(&self) -> Result<(), StorageError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.ks
+            .meta
+            .insert(keys::LAST_FLUSH_KEY, now_ms.to_be_bytes())?;
+        self.ks.meta.rotate_memtable_and_wait()?;
         Ok(())
     }
 

@@ -477,3 +477,53 @@ fn flush_settles_everything_and_keeps_the_data() {
     let s = Storage::open(dir.path(), quiet()).expect("reopen");
     assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 20);
 }
+
+/// Files in a keyspace's table folder, as on disk.
+fn table_files(ks: &fjall::Keyspace) -> usize {
+    std::fs::read_dir(ks.path().join("tables"))
+        .map(|dir| dir.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn flush_leaves_no_replaced_table_files_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let l = labels("m", &[("a", "1")]);
+    // Three generations of tables: every flush rotates and compacts what came before.
+    for round in 0..3u64 {
+        for i in 0..50u64 {
+            let seq = round * 50 + i + 1;
+            let ts = 1_700_000_000_000 + seq as i64 * 10_000;
+            write(
+                &s,
+                batch(seq, vec![(l.clone(), vec![Sample::new(ts, seq as f64)])]),
+            );
+        }
+        s.flush().expect("flush");
+    }
+    let opts = CompactionOptions {
+        seal_after: Duration::ZERO,
+        ..CompactionOptions::default()
+    };
+    assert_eq!(s.compact_now(&opts).expect("compact"), 1);
+    s.flush().expect("flush");
+    let mut keyspaces = vec![
+        s.ks.series.clone(),
+        s.ks.postings.clone(),
+        s.ks.meta.clone(),
+    ];
+    for (tenant, index) in s.ks.chunks.all() {
+        keyspaces.extend(s.ks.chunks.get(&tenant, index));
+    }
+    for ks in keyspaces {
+        assert_eq!(
+            table_files(&ks),
+            ks.table_count(),
+            "keyspace {:?} keeps files of replaced tables",
+            ks.path()
+        );
+    }
+    let id = SeriesId::of(&Tenant::default(), &l);
+    assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 150);
+}
