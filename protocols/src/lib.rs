@@ -4,6 +4,8 @@
 //!   identity, samples.
 //! - [`codec`]: the chunk format for one series' samples (decimal-aware values, grid or
 //!   delta-of-delta timestamps, Gorilla XOR fallback), and the Prometheus XOR baseline.
+//! - [`line_protocol`]: InfluxDB line protocol lines (parse and write), for the core's
+//!   `/write` endpoints and the edge agent's MQTT payloads.
 //! - [`wire`]: the messages an edge agent and a core node exchange over QUIC, each framed with a
 //!   version byte.
 //!
@@ -11,6 +13,7 @@
 //! sides (and tests, fuzzers and benchmarks) can use it without pulling in a network stack.
 
 pub mod codec;
+pub mod line_protocol;
 pub mod model;
 pub mod wire;
 
