@@ -28,6 +28,11 @@
 //! loses track of its sequence (a fresh buffer); within an epoch sequences only grow. The core
 //! stores, in the same atomic write as the samples, the highest `(epoch, sequence)` applied per
 //! agent and acknowledges a batch at or below it as a duplicate without storing it again.
+//!
+//! Batches that do not come from an edge agent (the core's HTTP ingest: Prometheus
+//! remote_write, InfluxDB line protocol) carry [`AgentId::UNTRACKED`], the empty id: the core
+//! applies every one of them and records no offset. Their senders retry whole requests, and a
+//! retried sample only overwrites itself (the last write of a timestamp wins).
 
 use crate::codec::{self, CodecError};
 use crate::model::{Labels, Sample, Tenant};
@@ -49,6 +54,16 @@ const KIND_RESUME_POINT: u8 = 4;
 /// Identity of an edge agent, stable across restarts (configured, e.g. the gateway's host name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AgentId(pub String);
+
+impl AgentId {
+    /// The empty id: a batch without `(epoch, sequence)` tracking (see "Idempotency").
+    pub const UNTRACKED: AgentId = AgentId(String::new());
+
+    /// Whether batches from this id skip the duplicate check.
+    pub fn is_untracked(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl fmt::Display for AgentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
