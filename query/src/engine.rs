@@ -9,11 +9,13 @@ use crate::error::QueryError;
 use crate::eval::{Evaluator, Stepped, group_labels};
 use crate::source::DataSource;
 use crate::value::{InstantSample, LabelSet, Scalar, Series, StringValue, Value};
+use promql_parser::parser::function::{Function, register_extra_functions};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, LabelModifier};
 use protocols::{Sample, Tenant};
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Most points a range query may return per series, as in Prometheus: enough for a week at
@@ -31,6 +33,9 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Longest a query may evaluate. Prometheus' `--query.timeout`: 2 minutes.
     pub timeout: Duration,
+    /// The step of a subquery that names none (`x[1h:]`): Prometheus uses its
+    /// `global.evaluation_interval`, 1 minute by default. Must be positive.
+    pub default_subquery_step_ms: i64,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +44,7 @@ impl Default for EngineOptions {
             lookback_delta_ms: 5 * 60 * 1000,
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
+            default_subquery_step_ms: 60_000,
         }
     }
 }
@@ -169,6 +175,9 @@ impl Engine {
             start_ms,
             end_ms,
             step_ms,
+            query_start_ms: start_ms,
+            query_end_ms: end_ms,
+            top_level: true,
             options: &self.options,
             deadline: Instant::now().checked_add(self.options.timeout),
             samples_in_memory: 0,
@@ -248,8 +257,26 @@ fn order_by_value(
     }
 }
 
+/// Teaches the parser Prometheus 2's name of `double_exponential_smoothing`, `holt_winters`,
+/// which promql-parser (following Prometheus 3) does not know. The parser's function table
+/// is process-wide; registering once is enough, and a failure (the name became a built-in)
+/// leaves the built-in in place.
+fn register_holt_winters() {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        let _ = register_extra_functions(vec![Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        )]);
+    });
+}
+
 /// Parses PromQL, mapping the parser's error into ours.
 pub(crate) fn parse(query: &str) -> Result<Expr, QueryError> {
+    register_holt_winters();
     if query.trim().is_empty() {
         // The parser's own message for this case is unhelpful; this is Prometheus' wording.
         return Err(QueryError::Parse("no expression found in input".into()));

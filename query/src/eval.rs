@@ -54,10 +54,17 @@ pub(crate) enum Stepped {
 pub(crate) struct Evaluator<'a> {
     pub(crate) source: &'a dyn DataSource,
     pub(crate) tenant: &'a Tenant,
+    /// The evaluation times of this evaluator: the query's, or a subquery's inner steps.
     pub(crate) start_ms: i64,
     pub(crate) end_ms: i64,
     /// > 0; an instant query has `start_ms == end_ms` and any positive step.
     pub(crate) step_ms: i64,
+    /// The query's own bounds, which `@ start()` and `@ end()` name even inside a subquery.
+    pub(crate) query_start_ms: i64,
+    pub(crate) query_end_ms: i64,
+    /// Whether `start_ms == end_ms` is an instant query, where a bare range vector may be the
+    /// result; false inside a subquery.
+    pub(crate) top_level: bool,
     pub(crate) options: &'a EngineOptions,
     /// `None` when the timeout is too large to represent: no deadline.
     pub(crate) deadline: Option<Instant>,
@@ -81,17 +88,22 @@ impl Evaluator<'_> {
             Expr::StringLiteral(s) => Ok(Stepped::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr),
             Expr::VectorSelector(vs) => self.vector_selector(vs, false).map(Stepped::Vector),
-            Expr::MatrixSelector(ms) if self.start_ms == self.end_ms => {
+            Expr::MatrixSelector(ms) if self.top_level && self.start_ms == self.end_ms => {
                 self.matrix_selector(ms, self.start_ms).map(Stepped::Matrix)
             }
-            // Only functions and subqueries take a range vector at every step; the engine
-            // refuses a bare one in a range query before evaluating.
-            Expr::MatrixSelector(_) => Err(unsupported("a range vector in a range query")),
+            Expr::Subquery(sq) if self.top_level && self.start_ms == self.end_ms => {
+                let at = self.selector_time(sq.at.as_ref(), sq.offset.as_ref(), self.start_ms);
+                self.subquery(sq, at, at).map(Stepped::Matrix)
+            }
+            // Only functions take a range vector at every step; the engine refuses a bare one
+            // in a range query before evaluating.
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+                Err(unsupported("a range vector in a range query"))
+            }
             Expr::Unary(u) => self.unary(u),
             Expr::Binary(b) => self.binary(b),
             Expr::Aggregate(a) => self.aggregate(a),
             Expr::Call(c) => self.call(c),
-            Expr::Subquery(_) => Err(unsupported("subquery")),
             Expr::Extension(e) => Err(unsupported(format!("extension `{}`", e.expr.name()))),
         }
     }
@@ -196,8 +208,8 @@ impl Evaluator<'_> {
     fn selector_time(&self, at: Option<&AtModifier>, offset: Option<&Offset>, t: i64) -> i64 {
         let base = match at {
             None => t,
-            Some(AtModifier::Start) => self.start_ms,
-            Some(AtModifier::End) => self.end_ms,
+            Some(AtModifier::Start) => self.query_start_ms,
+            Some(AtModifier::End) => self.query_end_ms,
             Some(AtModifier::At(time)) => unix_millis(*time),
         };
         match offset {
@@ -207,14 +219,14 @@ impl Evaluator<'_> {
         }
     }
 
-    fn check_deadline(&self) -> Result<(), QueryError> {
+    pub(crate) fn check_deadline(&self) -> Result<(), QueryError> {
         match self.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(QueryError::Timeout),
             _ => Ok(()),
         }
     }
 
-    fn hold(&mut self, samples: usize) -> Result<(), QueryError> {
+    pub(crate) fn hold(&mut self, samples: usize) -> Result<(), QueryError> {
         self.samples_in_memory = self.samples_in_memory.saturating_add(samples);
         if self.samples_in_memory > self.options.max_samples {
             return Err(QueryError::TooManySamples);
@@ -222,7 +234,7 @@ impl Evaluator<'_> {
         Ok(())
     }
 
-    fn release(&mut self, samples: usize) {
+    pub(crate) fn release(&mut self, samples: usize) {
         self.samples_in_memory = self.samples_in_memory.saturating_sub(samples);
     }
 }
@@ -259,6 +271,9 @@ mod aggregate;
 pub(crate) use aggregate::group_labels;
 mod binary;
 mod functions;
+mod histogram;
+mod instant;
+mod subquery;
 
 #[cfg(test)]
 mod tests;

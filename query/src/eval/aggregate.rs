@@ -385,3 +385,16 @@ pub(super) fn format_value(v: f64) -> String {
         format!("{v}")
     }
 }
+
+/// A value as Go's `fmt` verb `%f`: six decimals, `NaN`, `+Inf`, `-Inf`.
+pub(super) fn format_go_f(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v:.6}")
+    }
+}

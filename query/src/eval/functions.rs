@@ -1,19 +1,24 @@
 //! Functions over range vectors: `rate`, `irate`, `increase`, `delta`, `idelta`, `resets`,
-//! `changes` and the `*_over_time` family, at every step of instant and range queries.
+//! `changes`, `deriv`, `predict_linear`, `double_exponential_smoothing` (and its Prometheus
+//! 2 name `holt_winters`) and the `*_over_time` family, at every step of instant and range
+//! queries.
 //!
-//! A range selector inside a function is read once per series for the whole query span,
-//! `(first window start, last window end]`, and a window slides over the samples from step
-//! to step. Windows are left-open, `(t - range, t]`, stale markers are dropped, and a window
-//! without samples (fewer than two for the rate family) yields no point, as in Prometheus 3.
-//! Every function but `last_over_time` drops `__name__`.
+//! The range vector is a selector or a subquery. A selector is read once per series for the
+//! whole query span, `(first window start, last window end]`; a subquery is evaluated once
+//! for that span (`subquery`). Either way a window slides over the samples from step to
+//! step. Windows are left-open, `(t - range, t]`, stale markers are dropped, and a window
+//! without samples (fewer than two for the rate family, `deriv`, `predict_linear` and the
+//! smoothing) yields no point, as in Prometheus 3. Every function but `last_over_time` drops
+//! `__name__`.
 
-use super::aggregate::{KahanSum, average, quantile};
+use super::aggregate::{KahanSum, average, format_go_f, quantile};
 use super::binary::collect;
+use super::instant::absent_labels;
 use super::{Evaluator, Stepped, is_stale_marker, millis, unsupported};
 use crate::error::QueryError;
 use crate::selector;
-use crate::value::Matrix;
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use crate::value::{LabelSet, Matrix, Series};
+use promql_parser::parser::{AtModifier, Call, Expr, MatrixSelector, Offset, SubqueryExpr};
 use protocols::Sample;
 
 /// The range functions this module evaluates.
@@ -25,6 +30,10 @@ const RANGE_FUNCTIONS: &[&str] = &[
     "idelta",
     "resets",
     "changes",
+    "deriv",
+    "predict_linear",
+    "double_exponential_smoothing",
+    "holt_winters",
     "avg_over_time",
     "min_over_time",
     "max_over_time",
@@ -32,10 +41,45 @@ const RANGE_FUNCTIONS: &[&str] = &[
     "count_over_time",
     "last_over_time",
     "present_over_time",
+    "absent_over_time",
     "stddev_over_time",
     "stdvar_over_time",
     "quantile_over_time",
+    "mad_over_time",
 ];
+
+/// The range-vector argument of a function.
+#[derive(Clone, Copy)]
+pub(super) enum RangeArg<'e> {
+    Selector(&'e MatrixSelector),
+    Subquery(&'e SubqueryExpr),
+}
+
+impl<'e> RangeArg<'e> {
+    /// `expr` as a range vector, looking through parentheses.
+    pub(super) fn of(expr: &'e Expr) -> Option<Self> {
+        match expr {
+            Expr::Paren(p) => Self::of(&p.expr),
+            Expr::MatrixSelector(ms) => Some(Self::Selector(ms)),
+            Expr::Subquery(sq) => Some(Self::Subquery(sq)),
+            _ => None,
+        }
+    }
+
+    fn range_ms(self) -> i64 {
+        match self {
+            Self::Selector(ms) => millis(ms.range),
+            Self::Subquery(sq) => millis(sq.range),
+        }
+    }
+
+    fn modifiers(self) -> (Option<&'e AtModifier>, Option<&'e Offset>) {
+        match self {
+            Self::Selector(ms) => (ms.vs.at.as_ref(), ms.vs.offset.as_ref()),
+            Self::Subquery(sq) => (sq.at.as_ref(), sq.offset.as_ref()),
+        }
+    }
+}
 
 /// One window of one series at one step.
 struct Window<'s> {
@@ -43,113 +87,205 @@ struct Window<'s> {
     /// The window is `(end_ms - range_ms, end_ms]`.
     end_ms: i64,
     range_ms: i64,
-    /// The `quantile_over_time` parameter at this step.
-    param: f64,
+    /// The step's evaluation time, before `offset` and `@`: `predict_linear` predicts from it.
+    eval_ms: i64,
+    /// The scalar arguments at this step, in the order of the function's signature.
+    params: [f64; 2],
+}
+
+/// What every series' windows add to the result.
+struct Output {
+    items: Vec<(LabelSet, Sample)>,
+    /// Whether any series has a sample in its window, per step (`absent_over_time`).
+    present: Vec<bool>,
 }
 
 impl Evaluator<'_> {
     pub(super) fn call(&mut self, c: &Call) -> Result<Stepped, QueryError> {
         let name = c.func.name;
-        let args = &c.args.args;
-        if RANGE_FUNCTIONS.contains(&name) {
-            let (param, range_arg) = match (name, args.as_slice()) {
-                ("quantile_over_time", [q, range]) => (Some(self.scalar_operand(q)?), range),
-                (_, [range]) => (None, range),
-                _ => {
-                    return Err(unsupported(format!(
-                        "function `{name}` with these arguments"
-                    )));
-                }
-            };
-            let mut range_arg = range_arg.as_ref();
-            while let Expr::Paren(p) = range_arg {
-                range_arg = &p.expr;
-            }
-            let ms = match range_arg {
-                Expr::MatrixSelector(ms) => ms,
-                Expr::Subquery(_) => return Err(unsupported("subquery")),
-                _ => return Err(unsupported(format!("function `{name}` of this argument"))),
-            };
-            return self
-                .over_windows(name, ms, param.as_deref())
-                .map(Stepped::Vector);
+        if !RANGE_FUNCTIONS.contains(&name) {
+            return self.instant_function(c);
         }
-        self.instant_function(c)
+        // The range vector and the scalars, in the signature's order.
+        let mut range = None;
+        let mut params = Vec::new();
+        for arg in &c.args.args {
+            match RangeArg::of(arg) {
+                Some(r) if range.is_none() => range = Some(r),
+                _ => params.push(self.scalar_operand(arg)?),
+            }
+        }
+        let Some(range) = range else {
+            return Err(unsupported(format!("function `{name}` of this argument")));
+        };
+        self.over_windows(name, range, &params).map(Stepped::Vector)
     }
 
-    /// Applies range function `name` to the windows of `ms` at every step.
+    /// Applies range function `name` to the windows of `arg` at every step.
     fn over_windows(
         &mut self,
         name: &str,
-        ms: &MatrixSelector,
-        param: Option<&[f64]>,
+        arg: RangeArg<'_>,
+        params: &[Vec<f64>],
     ) -> Result<Matrix, QueryError> {
-        let matchers = selector::matchers(&ms.vs)?;
-        let range_ms = millis(ms.range);
-        let (at, offset) = (ms.vs.at.as_ref(), ms.vs.offset.as_ref());
-        let ends: Vec<i64> = self
-            .steps()
-            .map(|t| self.selector_time(at, offset, t))
+        let range_ms = arg.range_ms();
+        let (at, offset) = arg.modifiers();
+        let times: Vec<i64> = self.steps().collect();
+        let ends: Vec<i64> = times
+            .iter()
+            .map(|&t| self.selector_time(at, offset, t))
             .collect();
         // Window ends never decrease from step to step (`offset` is fixed, `@` pins them).
         let (Some(&first), Some(&last)) = (ends.first(), ends.last()) else {
             return Ok(Vec::new());
         };
-        let from = first.saturating_sub(range_ms).saturating_add(1);
-        let keep_name = name == "last_over_time";
+        let slider = Slider {
+            name,
+            keep_name: name == "last_over_time",
+            times: &times,
+            ends: &ends,
+            range_ms,
+            params,
+        };
+        let mut out = Output {
+            items: Vec::new(),
+            present: vec![false; times.len()],
+        };
 
         self.check_deadline()?;
-        let mut items = Vec::new();
-        for series in self.source.select_series(self.tenant, &matchers)? {
-            self.check_deadline()?;
-            let mut samples = self.source.samples(series.id, from, last)?;
-            let read = samples.len();
-            self.hold(read)?;
-            samples.retain(|s| !is_stale_marker(s.value));
-            let metric = if keep_name {
-                series.labels.into()
-            } else {
-                crate::value::LabelSet::from(series.labels).without_metric_name()
-            };
-            let (mut lo, mut hi) = (0, 0);
-            let mut points = 0;
-            for (i, &end_ms) in ends.iter().enumerate() {
-                while samples.get(hi).is_some_and(|s| s.timestamp_ms <= end_ms) {
-                    hi += 1;
-                }
-                let start_ms = end_ms.saturating_sub(range_ms);
-                while lo < hi && samples.get(lo).is_some_and(|s| s.timestamp_ms <= start_ms) {
-                    lo += 1;
-                }
-                let window = Window {
-                    samples: samples.get(lo..hi).unwrap_or_default(),
-                    end_ms,
-                    range_ms,
-                    param: param.and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
-                };
-                if let Some(value) = apply(name, &window) {
-                    items.push((metric.clone(), Sample::new(self.step_time(i), value)));
-                    points += 1;
+        match arg {
+            RangeArg::Selector(ms) => {
+                let matchers = selector::matchers(&ms.vs)?;
+                let from = first.saturating_sub(range_ms).saturating_add(1);
+                for series in self.source.select_series(self.tenant, &matchers)? {
+                    self.check_deadline()?;
+                    let mut samples = self.source.samples(series.id, from, last)?;
+                    let read = samples.len();
+                    self.hold(read)?;
+                    samples.retain(|s| !is_stale_marker(s.value));
+                    let points = slider.slide(series.labels.into(), &samples, &mut out)?;
+                    self.release(read);
+                    self.hold(points)?;
                 }
             }
-            self.release(read);
-            self.hold(points)?;
+            RangeArg::Subquery(sq) => {
+                // The subquery's points are already held by the inner evaluation.
+                let matrix = self.subquery(sq, first, last)?;
+                let held: usize = matrix.iter().map(|s| s.points.len()).sum();
+                for Series { metric, points } in matrix {
+                    self.check_deadline()?;
+                    let produced = slider.slide(metric, &points, &mut out)?;
+                    self.hold(produced)?;
+                }
+                self.release(held);
+            }
         }
-        collect(items)
+
+        if name == "absent_over_time" {
+            let labels = match arg {
+                RangeArg::Selector(ms) => absent_labels(Some(&ms.vs)),
+                // Prometheus gives a subquery's absence no labels.
+                RangeArg::Subquery(_) => LabelSet::empty(),
+            };
+            let points: Vec<Sample> = times
+                .iter()
+                .zip(&out.present)
+                .filter(|(_, present)| !**present)
+                .map(|(&t, _)| Sample::new(t, 1.0))
+                .collect();
+            return Ok(if points.is_empty() {
+                Vec::new()
+            } else {
+                vec![Series {
+                    metric: labels,
+                    points,
+                }]
+            });
+        }
+        collect(out.items)
     }
 }
 
-/// The value of range function `name` over one window, `None` for no point.
-fn apply(name: &str, w: &Window<'_>) -> Option<f64> {
+/// What sliding a window over one series needs.
+struct Slider<'a> {
+    name: &'a str,
+    keep_name: bool,
+    /// The evaluation times, and the window end at each (after `offset` and `@`).
+    times: &'a [i64],
+    ends: &'a [i64],
+    range_ms: i64,
+    /// Per scalar argument, its value at each step.
+    params: &'a [Vec<f64>],
+}
+
+impl Slider<'_> {
+    /// Adds the points of one series (samples ascending, no stale markers) to `out`;
+    /// returns how many.
+    fn slide(
+        &self,
+        metric: LabelSet,
+        samples: &[Sample],
+        out: &mut Output,
+    ) -> Result<usize, QueryError> {
+        let metric = if self.keep_name {
+            metric
+        } else {
+            metric.without_metric_name()
+        };
+        let (mut lo, mut hi) = (0, 0);
+        let mut points = 0;
+        for (i, (&eval_ms, &end_ms)) in self.times.iter().zip(self.ends).enumerate() {
+            while samples.get(hi).is_some_and(|s| s.timestamp_ms <= end_ms) {
+                hi += 1;
+            }
+            let start_ms = end_ms.saturating_sub(self.range_ms);
+            while lo < hi && samples.get(lo).is_some_and(|s| s.timestamp_ms <= start_ms) {
+                lo += 1;
+            }
+            let window = samples.get(lo..hi).unwrap_or_default();
+            if window.is_empty() {
+                continue;
+            }
+            if let Some(present) = out.present.get_mut(i) {
+                *present = true;
+            }
+            let param = |k: usize| {
+                self.params
+                    .get(k)
+                    .and_then(|p| p.get(i))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            let window = Window {
+                samples: window,
+                end_ms,
+                range_ms: self.range_ms,
+                eval_ms,
+                params: [param(0), param(1)],
+            };
+            if let Some(value) = apply(self.name, &window)? {
+                out.items
+                    .push((metric.clone(), Sample::new(eval_ms, value)));
+                points += 1;
+            }
+        }
+        Ok(points)
+    }
+}
+
+/// The value of range function `name` over one non-empty window, `None` for no point.
+fn apply(name: &str, w: &Window<'_>) -> Result<Option<f64>, QueryError> {
     let samples = w.samples;
-    let last = samples.last()?;
+    let Some(last) = samples.last() else {
+        return Ok(None);
+    };
     let values = || samples.iter().map(|s| s.value);
-    Some(match name {
-        "rate" => extrapolated_rate(w, true, true)?,
-        "increase" => extrapolated_rate(w, true, false)?,
-        "delta" => extrapolated_rate(w, false, false)?,
-        "irate" => instant_rate(samples, true)?,
-        "idelta" => instant_rate(samples, false)?,
+    Ok(Some(match name {
+        "rate" => return Ok(extrapolated_rate(w, true, true)),
+        "increase" => return Ok(extrapolated_rate(w, true, false)),
+        "delta" => return Ok(extrapolated_rate(w, false, false)),
+        "irate" => return Ok(instant_rate(samples, true)),
+        "idelta" => return Ok(instant_rate(samples, false)),
         "resets" => samples
             .windows(2)
             .filter(|p| p[1].value < p[0].value)
@@ -158,6 +294,17 @@ fn apply(name: &str, w: &Window<'_>) -> Option<f64> {
             .windows(2)
             .filter(|p| !(p[1].value == p[0].value || (p[1].value.is_nan() && p[0].value.is_nan())))
             .count() as f64,
+        "deriv" if samples.len() < 2 => return Ok(None),
+        // The first sample's time as the origin keeps the sums small.
+        "deriv" => linear_regression(samples, samples[0].timestamp_ms).0,
+        "predict_linear" if samples.len() < 2 => return Ok(None),
+        "predict_linear" => {
+            let (slope, intercept) = linear_regression(samples, w.eval_ms);
+            slope * w.params[0] + intercept
+        }
+        "double_exponential_smoothing" | "holt_winters" => {
+            return smoothed(samples, w.params[0], w.params[1]);
+        }
         "avg_over_time" => average(values()),
         "min_over_time" => values().fold(f64::NAN, |m, v| if m > v || m.is_nan() { v } else { m }),
         "max_over_time" => values().fold(f64::NAN, |m, v| if m < v || m.is_nan() { v } else { m }),
@@ -171,9 +318,84 @@ fn apply(name: &str, w: &Window<'_>) -> Option<f64> {
         "present_over_time" => 1.0,
         "stdvar_over_time" => variance(values()),
         "stddev_over_time" => variance(values()).sqrt(),
-        "quantile_over_time" => quantile(w.param, &mut values().collect::<Vec<_>>()),
-        _ => return None,
-    })
+        "quantile_over_time" => quantile(w.params[0], &mut values().collect::<Vec<_>>()),
+        "mad_over_time" => {
+            let median = quantile(0.5, &mut values().collect::<Vec<_>>());
+            let mut deviations: Vec<f64> = values().map(|v| (v - median).abs()).collect();
+            quantile(0.5, &mut deviations)
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Least-squares fit of the samples against time in seconds from `origin_ms`:
+/// `(slope, intercept)`, as Prometheus 3's `linearRegression` (compensated sums; a constant
+/// series has slope 0 exactly, or NaN if the constant is infinite).
+fn linear_regression(samples: &[Sample], origin_ms: i64) -> (f64, f64) {
+    let Some(first) = samples.first() else {
+        return (f64::NAN, f64::NAN);
+    };
+    let constant = samples.iter().all(|s| s.value == first.value);
+    if constant {
+        return if first.value.is_infinite() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (0.0, first.value)
+        };
+    }
+    let (mut x_sum, mut y_sum, mut xy_sum, mut x2_sum) = (
+        KahanSum::default(),
+        KahanSum::default(),
+        KahanSum::default(),
+        KahanSum::default(),
+    );
+    let mut n = 0.0;
+    for s in samples {
+        n += 1.0;
+        let x = (s.timestamp_ms - origin_ms) as f64 / 1e3;
+        x_sum.add(x);
+        y_sum.add(s.value);
+        xy_sum.add(x * s.value);
+        x2_sum.add(x * x);
+    }
+    let (x, y, xy, x2) = (x_sum.value(), y_sum.value(), xy_sum.value(), x2_sum.value());
+    let cov_xy = xy - x * y / n;
+    let var_x = x2 - x * x / n;
+    let slope = cov_xy / var_x;
+    (slope, y / n - slope * x / n)
+}
+
+/// `double_exponential_smoothing(v, sf, tf)` (Prometheus 2's `holt_winters`): Holt's linear
+/// smoothing, the level's last value. Factors outside `(0, 1)` fail the query, as in
+/// Prometheus, once a window has a sample.
+fn smoothed(samples: &[Sample], sf: f64, tf: f64) -> Result<Option<f64>, QueryError> {
+    if sf <= 0.0 || sf >= 1.0 {
+        return Err(QueryError::Execution(format!(
+            "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
+            format_go_f(sf)
+        )));
+    }
+    if tf <= 0.0 || tf >= 1.0 {
+        return Err(QueryError::Execution(format!(
+            "invalid trend factor. Expected: 0 < tf < 1, got: {}",
+            format_go_f(tf)
+        )));
+    }
+    let [first, second, ..] = samples else {
+        return Ok(None);
+    };
+    let (mut s0, mut s1) = (0.0, first.value);
+    let mut trend = second.value - first.value;
+    for (i, s) in samples.iter().enumerate().skip(1) {
+        let x = sf * s.value;
+        if i > 1 {
+            trend = tf * (s1 - s0) + (1.0 - tf) * trend;
+        }
+        let y = (1.0 - sf) * (s1 + trend);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Ok(Some(s1))
 }
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards the
@@ -256,210 +478,4 @@ fn variance(values: impl Iterator<Item = f64>) -> f64 {
         aux.add(delta * (v - mean.value()));
     }
     aux.value() / count
-}
-
-impl Evaluator<'_> {
-    /// Functions of instant vectors and scalars.
-    fn instant_function(&mut self, c: &Call) -> Result<Stepped, QueryError> {
-        let name = c.func.name;
-        let args = c.args.args.as_slice();
-        let simple: Option<fn(f64) -> f64> = match name {
-            "abs" => Some(f64::abs),
-            "ceil" => Some(f64::ceil),
-            "floor" => Some(f64::floor),
-            "sqrt" => Some(f64::sqrt),
-            "exp" => Some(f64::exp),
-            "ln" => Some(f64::ln),
-            "log2" => Some(f64::log2),
-            "log10" => Some(f64::log10),
-            _ => None,
-        };
-        if let (Some(f), [v]) = (simple, args) {
-            let v = self.vector_operand(v)?;
-            return map_values(v, |_, x| f(x));
-        }
-        match (name, args) {
-            ("round", [v, rest @ ..]) => {
-                let to_nearest = match rest {
-                    [n] => self.scalar_operand(n)?,
-                    _ => vec![1.0; self.step_count()],
-                };
-                let v = self.vector_operand(v)?;
-                let steps = self.step_indexer();
-                map_values(v, |t, x| {
-                    // Half rounds up, as Prometheus' `math.Floor(x*inv + 0.5) / inv`.
-                    let inverse = 1.0 / to_nearest.get(steps(t)).copied().unwrap_or(f64::NAN);
-                    (x * inverse + 0.5).floor() / inverse
-                })
-            }
-            ("clamp", [v, min, max]) => {
-                let (v, min, max) = (
-                    self.vector_operand(v)?,
-                    self.scalar_operand(min)?,
-                    self.scalar_operand(max)?,
-                );
-                let steps = self.step_indexer();
-                let bounds = |t: i64| {
-                    let i = steps(t);
-                    (
-                        min.get(i).copied().unwrap_or(f64::NAN),
-                        max.get(i).copied().unwrap_or(f64::NAN),
-                    )
-                };
-                // `max < min` yields nothing at that step.
-                let v = v
-                    .into_iter()
-                    .map(|mut s| {
-                        s.points.retain(|p| {
-                            let (lo, hi) = bounds(p.timestamp_ms);
-                            hi >= lo || hi.is_nan() || lo.is_nan()
-                        });
-                        s
-                    })
-                    .collect();
-                map_values(v, |t, x| {
-                    let (lo, hi) = bounds(t);
-                    go_max(lo, go_min(hi, x))
-                })
-            }
-            ("clamp_min" | "clamp_max", [v, bound]) => {
-                let (v, bound) = (self.vector_operand(v)?, self.scalar_operand(bound)?);
-                let steps = self.step_indexer();
-                let is_min = name == "clamp_min";
-                map_values(v, |t, x| {
-                    let b = bound.get(steps(t)).copied().unwrap_or(f64::NAN);
-                    if is_min { go_max(x, b) } else { go_min(x, b) }
-                })
-            }
-            ("scalar", [v]) => {
-                let v = self.vector_operand(v)?;
-                let mut out = vec![(0usize, f64::NAN); self.step_count()];
-                for p in v.iter().flat_map(|s| &s.points) {
-                    if let Some(slot) = out.get_mut(self.step_index(p.timestamp_ms)) {
-                        *slot = (slot.0 + 1, p.value);
-                    }
-                }
-                Ok(Stepped::Scalar(
-                    out.into_iter()
-                        .map(|(n, v)| if n == 1 { v } else { f64::NAN })
-                        .collect(),
-                ))
-            }
-            ("vector", [s]) => {
-                let values = self.scalar_operand(s)?;
-                let points = self
-                    .steps()
-                    .zip(values)
-                    .map(|(t, v)| Sample::new(t, v))
-                    .collect();
-                Ok(Stepped::Vector(vec![crate::value::Series {
-                    metric: crate::value::LabelSet::empty(),
-                    points,
-                }]))
-            }
-            ("time", []) => Ok(Stepped::Scalar(
-                self.steps().map(|t| t as f64 / 1000.0).collect(),
-            )),
-            ("timestamp", [v]) => {
-                let mut arg = v.as_ref();
-                while let Expr::Paren(p) = arg {
-                    arg = &p.expr;
-                }
-                let v = match arg {
-                    // The time of the sample itself, not of the step.
-                    Expr::VectorSelector(vs) => self.vector_selector(vs, true)?,
-                    _ => {
-                        let v = self.vector_operand(arg)?;
-                        return map_values(v, |t, _| t as f64 / 1000.0);
-                    }
-                };
-                map_values(v, |_, x| x)
-            }
-            ("sort" | "sort_desc", [v]) => {
-                // Order only shows in an instant query's result, where the engine applies it.
-                self.vector_operand(v).map(Stepped::Vector)
-            }
-            ("absent", [v]) => {
-                let labels = absent_labels(v);
-                let v = self.vector_operand(v)?;
-                let present = self.by_step(&v);
-                let points: Vec<Sample> = present
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, members)| members.is_empty())
-                    .map(|(i, _)| Sample::new(self.step_time(i), 1.0))
-                    .collect();
-                Ok(Stepped::Vector(if points.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![crate::value::Series {
-                        metric: labels,
-                        points,
-                    }]
-                }))
-            }
-            _ => Err(unsupported(format!("function `{name}`"))),
-        }
-    }
-
-    /// Maps a step's time to its index, for closures that cannot borrow `self`.
-    fn step_indexer(&self) -> impl Fn(i64) -> usize + use<> {
-        let (start, step) = (self.start_ms, self.step_ms);
-        move |t| usize::try_from((t - start) / step).unwrap_or(usize::MAX)
-    }
-}
-
-/// Applies `f(step time, value)` to every point, dropping `__name__` as every math function
-/// does in Prometheus.
-fn map_values(v: Matrix, f: impl Fn(i64, f64) -> f64) -> Result<Stepped, QueryError> {
-    let items = v.into_iter().flat_map(|s| {
-        let metric = s.metric.without_metric_name();
-        let f = &f;
-        s.points.into_iter().map(move |p| {
-            (
-                metric.clone(),
-                Sample::new(p.timestamp_ms, f(p.timestamp_ms, p.value)),
-            )
-        })
-    });
-    collect(items).map(Stepped::Vector)
-}
-
-/// Go's `math.Max`: NaN if either is NaN.
-fn go_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
-}
-
-/// Go's `math.Min`: NaN if either is NaN.
-fn go_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.min(b)
-    }
-}
-
-/// The labels of `absent(x{...})`: each label set with `=` in the selector, unless the
-/// selector names it more than once (Prometheus' historic rule); `{}` for any other argument.
-fn absent_labels(arg: &Expr) -> crate::value::LabelSet {
-    let Expr::VectorSelector(vs) = arg else {
-        return crate::value::LabelSet::empty();
-    };
-    let mut labels = crate::value::LabelSet::empty();
-    let mut seen = std::collections::HashSet::new();
-    for m in &vs.matchers.matchers {
-        if m.name == protocols::model::METRIC_NAME_LABEL {
-            continue;
-        }
-        let first = seen.insert(m.name.clone());
-        labels = match m.op {
-            promql_parser::label::MatchOp::Equal if first => labels.with(&m.name, &m.value),
-            _ => labels.with(&m.name, ""),
-        };
-    }
-    labels
 }

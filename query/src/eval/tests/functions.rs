@@ -651,12 +651,3 @@ fn over_time_functions() {
         );
     }
 }
-
-#[test]
-fn range_functions_refuse_subqueries() {
-    let src = MemorySource::default();
-    match instant(&src, "rate(temp[5m:1m])", T) {
-        Err(QueryError::Unsupported(w)) => assert_eq!(w, "subquery"),
-        other => panic!("expected unsupported, got {other:?}"),
-    }
-}

@@ -344,8 +344,7 @@ fn unsupported_constructs_are_named() {
     let src = MemorySource::default();
     for (q, what) in [
         ("limitk(1, temp)", "aggregation `limitk`"),
-        ("deriv(temp[5m])", "function `deriv`"),
-        ("temp[5m:1m]", "subquery"),
+        ("sort_by_label(temp, \"a\")", "function `sort_by_label`"),
     ] {
         match instant(&src, q, T) {
             Err(QueryError::Unsupported(w)) => assert_eq!(w, what, "{q}"),

@@ -1,0 +1,176 @@
+//! `histogram_quantile` over classic histograms: series with an `le` label, one per bucket,
+//! each counting the observations up to its upper bound.
+//!
+//! As Prometheus 3's `BucketQuantile`, at each step and for each group (the labels without
+//! `le` and `__name__`): buckets are sorted by bound, equal bounds merged; without a `+Inf`
+//! bucket, or with fewer than two buckets, the result is NaN. Counts that decrease are
+//! raised to the count before them (a scrape can catch buckets at different moments), and
+//! differences below a relative 1e-12 are ignored. The quantile interpolates linearly within
+//! its bucket, from 0 for the first bucket if its bound is positive; a rank in the `+Inf`
+//! bucket gives the highest finite bound. `q < 0` gives -Inf, `q > 1` +Inf, NaN gives NaN.
+//! A series whose `le` does not parse as a float is ignored.
+
+use super::Evaluator;
+use crate::error::QueryError;
+use crate::value::{LabelSet, Matrix, Series};
+use protocols::Sample;
+use std::collections::BTreeMap;
+
+/// Relative difference of adjacent bucket counts taken as floating-point noise.
+const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    upper_bound: f64,
+    count: f64,
+}
+
+impl Evaluator<'_> {
+    pub(super) fn histogram_quantile(&self, q: &[f64], v: Matrix) -> Result<Matrix, QueryError> {
+        // Group → step → buckets.
+        let steps = self.step_count();
+        let mut groups: BTreeMap<LabelSet, Vec<Vec<Bucket>>> = BTreeMap::new();
+        for series in v {
+            let Some(upper_bound) = series.metric.get("le").and_then(parse_go_float) else {
+                continue;
+            };
+            let key = series
+                .metric
+                .filter(|name| name != "le")
+                .without_metric_name();
+            let group = groups.entry(key).or_insert_with(|| vec![Vec::new(); steps]);
+            for p in series.points {
+                if let Some(buckets) = group.get_mut(self.step_index(p.timestamp_ms)) {
+                    buckets.push(Bucket {
+                        upper_bound,
+                        count: p.value,
+                    });
+                }
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .filter_map(|(metric, steps)| {
+                let points: Vec<Sample> = steps
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, buckets)| !buckets.is_empty())
+                    .map(|(i, mut buckets)| {
+                        let q = q.get(i).copied().unwrap_or(f64::NAN);
+                        Sample::new(self.step_time(i), bucket_quantile(q, &mut buckets))
+                    })
+                    .collect();
+                (!points.is_empty()).then_some(Series { metric, points })
+            })
+            .collect())
+    }
+}
+
+/// Go's `strconv.ParseFloat` for the values an `le` label takes: decimal and exponent
+/// forms, `+Inf`/`-Inf`/`Inf`/`NaN` in any case (hexadecimal floats are not accepted).
+fn parse_go_float(s: &str) -> Option<f64> {
+    let lower = s.to_ascii_lowercase();
+    let unsigned = lower.trim_start_matches(['+', '-']);
+    if matches!(unsigned, "inf" | "infinity" | "nan")
+        || unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    {
+        lower.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    // A total order, so that a NaN bound cannot upset the sort: it sorts after +Inf, which
+    // then is not last, and the result is NaN.
+    buckets.sort_by(|a, b| a.upper_bound.total_cmp(&b.upper_bound));
+    if buckets
+        .last()
+        .is_none_or(|b| b.upper_bound != f64::INFINITY)
+    {
+        return f64::NAN;
+    }
+    coalesce(buckets);
+    ensure_monotonic(buckets);
+    let n = buckets.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let observations = buckets[n - 1].count;
+    if observations == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    // The first bucket (but the last) whose count reaches the rank, as Go's `sort.Search`.
+    let b = buckets[..n - 1].partition_point(|b| b.count < rank);
+    if b == n - 1 {
+        return buckets[n - 2].upper_bound;
+    }
+    if b == 0 && buckets[0].upper_bound <= 0.0 {
+        return buckets[0].upper_bound;
+    }
+    let bucket_end = buckets[b].upper_bound;
+    let mut count = buckets[b].count;
+    let mut bucket_start = 0.0;
+    if b > 0 {
+        bucket_start = buckets[b - 1].upper_bound;
+        count -= buckets[b - 1].count;
+        rank -= buckets[b - 1].count;
+    }
+    bucket_start + (bucket_end - bucket_start) * (rank / count)
+}
+
+/// Merges buckets with equal bounds (sorted input), adding their counts.
+fn coalesce(buckets: &mut Vec<Bucket>) {
+    let mut out: Vec<Bucket> = Vec::with_capacity(buckets.len());
+    for b in buckets.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.upper_bound == b.upper_bound => last.count += b.count,
+            _ => out.push(b),
+        }
+    }
+    *buckets = out;
+}
+
+/// Prometheus 3's `ensureMonotonicAndIgnoreSmallDeltas`: a count that is almost equal to the
+/// previous one, or lower, becomes the previous one.
+fn ensure_monotonic(buckets: &mut [Bucket]) {
+    let Some(first) = buckets.first() else {
+        return;
+    };
+    let mut prev = first.count;
+    for b in buckets.iter_mut().skip(1) {
+        let curr = b.count;
+        if curr == prev {
+            continue;
+        }
+        if almost_equal(prev, curr, SMALL_DELTA_TOLERANCE) || curr < prev {
+            b.count = prev;
+            continue;
+        }
+        prev = curr;
+    }
+}
+
+/// Prometheus' `almostEqual`: relative difference below `epsilon`.
+fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+    const MIN_NORMAL: f64 = 2.2250738585072014e-308;
+    if a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
+        return diff < epsilon * MIN_NORMAL;
+    }
+    diff / abs_sum.min(f64::MAX) < epsilon
+}
