@@ -5,7 +5,7 @@
 use super::*;
 
 /// promqltest's `load <interval>` of one series; `None` is `_` (no sample).
-fn load(
+pub(super) fn load(
     src: &mut MemorySource,
     interval_ms: i64,
     metric: &str,
@@ -21,17 +21,17 @@ fn load(
 }
 
 /// promqltest's `a+bxn` (n + 1 values) followed by further such runs.
-fn runs(runs: &[(f64, f64, usize)]) -> Vec<Option<f64>> {
+pub(super) fn runs(runs: &[(f64, f64, usize)]) -> Vec<Option<f64>> {
     runs.iter()
         .flat_map(|&(start, inc, n)| (0..=n).map(move |i| Some(start + inc * i as f64)))
         .collect()
 }
 
-fn vals(values: &[f64]) -> Vec<Option<f64>> {
+pub(super) fn vals(values: &[f64]) -> Vec<Option<f64>> {
     values.iter().copied().map(Some).collect()
 }
 
-fn check_at(src: &MemorySource, t: i64, cases: &[(&str, &[(&str, f64)])]) {
+pub(super) fn check_at(src: &MemorySource, t: i64, cases: &[(&str, &[(&str, f64)])]) {
     // promqltest compares with a relative tolerance of 1e-6 too.
     check_vectors(src, t, cases, (1e-6, 1e-9, true));
 }

@@ -409,3 +409,4 @@ mod aggregate;
 mod binary;
 mod functions;
 mod instant_functions;
+mod subquery;
