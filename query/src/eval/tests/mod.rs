@@ -409,4 +409,5 @@ mod aggregate;
 mod binary;
 mod functions;
 mod instant_functions;
+mod more_functions;
 mod subquery;
