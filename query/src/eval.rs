@@ -16,7 +16,9 @@
 //!   an instant query.
 //!
 //! Submodules: `aggregate` (aggregation operators), `binary` (binary operators, unary minus),
-//! `functions` (range-vector and instant-vector functions).
+//! `functions` (range-vector functions), `instant` (instant-vector functions), `histogram`
+//! (`histogram_quantile`), `subquery` (subqueries, each evaluated by an evaluator of its own
+//! over its aligned inner steps).
 
 use crate::engine::EngineOptions;
 use crate::error::QueryError;

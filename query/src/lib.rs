@@ -5,18 +5,22 @@
 //! implement it over a `Vec`. It knows nothing of HTTP either: the core's API turns a [`Value`]
 //! into Prometheus' JSON and a [`QueryError`] into an error type and status.
 //!
-//! This version evaluates selectors (`x`, `x{a=~"b"}`, `x[5m]`, `offset`, `@`), literals and
-//! parentheses, aggregations, binary operators and unary minus, the range functions (`rate`,
-//! `increase`, the `*_over_time` family, ...) and the common instant functions (`abs`,
-//! `round`, `clamp`, `time`, `absent`, `sort`, ...); any other construct (other functions,
-//! subqueries, `limitk`) is refused with [`QueryError::Unsupported`]. The evaluator is an AST
-//! walk with one result type per PromQL type, so operators and functions slot in as new match
+//! This version evaluates float PromQL as Prometheus 3 does (left-open windows, stale
+//! markers): selectors (`x`, `x{a=~"b"}`, `x[5m]`, `offset`, `@`), subqueries
+//! (`expr[1h:1m]`), literals and parentheses, every aggregation but `limitk`/`limit_ratio`,
+//! binary operators and unary minus, the range functions (`rate`, `deriv`,
+//! `predict_linear`, the `*_over_time` family, ...) and the instant functions (math, dates,
+//! `label_replace`, `histogram_quantile` over classic buckets, ...). Native histograms, the
+//! experimental functions of Prometheus 3 (`sort_by_label`, `first_over_time`, `info`, ...)
+//! and `limitk` are refused with [`QueryError::Unsupported`]. The evaluator is an AST walk
+//! with one result type per PromQL type, so operators and functions slot in as new match
 //! arms.
 //!
 //! Modules:
 //! - [`engine`]: [`Engine`], the instant and range entry points and their limits.
 //! - [`eval`]: the AST walk, lookback and stale-marker semantics; its private submodules
-//!   `aggregate`, `binary` and `functions` hold the operators and functions.
+//!   hold the operators and functions: `aggregate`, `binary`, `functions` (range vectors),
+//!   `instant` (instant vectors), `histogram` (`histogram_quantile`), `subquery`.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
 //! - [`value`]: [`Value`] and its parts.

@@ -166,7 +166,7 @@ impl Evaluator<'_> {
         input: Matrix,
         modifier: Option<&LabelModifier>,
     ) -> Result<Matrix, QueryError> {
-        if label.is_empty() {
+        if !super::instant::is_label_name(label) {
             return Err(QueryError::Execution(format!(
                 "invalid label name {label:?}"
             )));

@@ -363,7 +363,7 @@ fn relabel(v: Matrix, f: impl Fn(&LabelSet) -> LabelSet) -> Result<Stepped, Quer
 }
 
 /// Whether `name` is a label name in the classic charset, `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn is_label_name(name: &str) -> bool {
+pub(super) fn is_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -202,6 +202,9 @@ fn count_values_formats_values_like_go() {
     );
     let err = instant(&src, r#"count_values("", m)"#, T).expect_err("empty label");
     assert_eq!(err.to_string(), r#"invalid label name """#);
+    // The classic label-name charset, as Prometheus 2.
+    let err = instant(&src, r#"count_values("a-b", m)"#, T).expect_err("bad label");
+    assert_eq!(err.to_string(), r#"invalid label name "a-b""#);
 }
 
 #[test]
