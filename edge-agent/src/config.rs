@@ -5,8 +5,12 @@
 //! given by `--config`, the built-in default. File keys are the flag names without `--`
 //! (`agent-id = "gw-7"`); unknown keys are an error. Relative paths are relative to the working
 //! directory, not to the file. `deploy/edge-agent.toml` lists every option with its default.
+//!
+//! The mapping rules are the exception: they exist only in the file, as `[[rules]]` tables
+//! (see [`RuleConfig`]). The older single-template form (`--topic-template`, or
+//! `topic-template` in the file) still works and means one rule with the `auto` decoder; given
+//! as a flag or environment variable it replaces the file's rules, and a file may not hold both.
 
-use crate::mapping::TemplateError;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use protocols::model::{ModelError, Tenant};
@@ -19,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use crate::mapping::TopicTemplate;
+pub use crate::mapping::{Decoder, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate};
 
 pub const DEFAULT_AGENT_ID: &str = "edge-agent";
 // The three listen addresses and the core endpoint also appear typed in `AgentConfig::default`.
@@ -66,10 +70,18 @@ pub enum ConfigError {
     #[error("at least one --core endpoint is required")]
     NoCore,
     #[error("invalid --topic-template {value:?}: {source}")]
-    TopicTemplate {
-        value: String,
-        source: TemplateError,
+    TopicTemplate { value: String, source: RuleError },
+    #[error("invalid [[rules]] entry {number} (topic {topic:?}): {source}")]
+    Rule {
+        /// 1-based, in file order.
+        number: usize,
+        topic: String,
+        source: RuleError,
     },
+    #[error("the config file has both topic-template and [[rules]]; keep one")]
+    RulesAndTemplate,
+    #[error("at least one mapping rule is required")]
+    NoRules,
     #[error("--{option} must be between {min} and {max}, got {value}")]
     OutOfRange {
         option: &'static str,
@@ -143,7 +155,8 @@ pub struct AgentConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub topic_template: TopicTemplate,
+    /// Mapping rules, tried in order; the first whose topic pattern matches maps the message.
+    pub rules: Vec<Rule>,
     pub max_payload_bytes: usize,
     pub batch_max_samples: usize,
     pub batch_max_delay: Duration,
@@ -168,7 +181,7 @@ impl Default for AgentConfig {
             ca: PathBuf::from(DEFAULT_CA),
             cert: PathBuf::from(DEFAULT_CERT),
             key: PathBuf::from(DEFAULT_KEY),
-            topic_template: TopicTemplate::default(),
+            rules: vec![Rule::default()],
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             batch_max_samples: DEFAULT_BATCH_MAX_SAMPLES,
             batch_max_delay: Duration::from_millis(DEFAULT_BATCH_MAX_DELAY_MS),
@@ -217,8 +230,19 @@ impl AgentConfig {
                 }
             };
         }
+        // `--topic-template` from a flag or the environment replaces the file's rules.
+        let rules = match (
+            from_default("topic_template"),
+            file.rules,
+            &file.topic_template,
+        ) {
+            (false, _, _) => None,
+            (true, Some(_), Some(_)) => return Err(ConfigError::RulesAndTemplate),
+            (true, rules, _) => rules,
+        };
         let raw = Cli {
             config: None,
+            rules,
             agent_id: layer!(agent_id),
             tenant: layer!(tenant),
             mqtt_listen: layer!(mqtt_listen),
@@ -248,6 +272,9 @@ impl AgentConfig {
         }
         if self.core.is_empty() {
             return Err(ConfigError::NoCore);
+        }
+        if self.rules.is_empty() {
+            return Err(ConfigError::NoRules);
         }
         range(
             "max-payload-bytes",
@@ -358,10 +385,17 @@ struct Cli {
     #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_KEY", default_value = DEFAULT_KEY)]
     key: PathBuf,
 
-    /// MQTT topic template: {name} captures a level as label `name`, {metric} the metric name,
-    /// other levels must match literally
+    /// A single mapping rule with the auto decoder (a number or a JSON object): {name} captures
+    /// a topic level as label `name`, {metric} the metric name, + and # are MQTT wildcards,
+    /// other levels must match literally. Several rules and the other decoders (json, influx,
+    /// sparkplug) are configured as [[rules]] in the --config file; this option, given as a
+    /// flag or in the environment, replaces them
     #[arg(long, value_name = "T", env = "UPDRAFT_EDGE_TOPIC_TEMPLATE", default_value = DEFAULT_TOPIC_TEMPLATE)]
     topic_template: String,
+
+    /// The file's [[rules]], when they apply (not a command-line option).
+    #[arg(skip)]
+    rules: Option<Vec<RuleConfig>>,
 
     /// Publishes with a larger payload are dropped and counted
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
@@ -387,13 +421,26 @@ impl Cli {
             .iter()
             .map(|c| c.trim().parse())
             .collect::<Result<Vec<CoreEndpoint>, _>>()?;
-        let topic_template =
-            self.topic_template
-                .parse()
-                .map_err(|source| ConfigError::TopicTemplate {
+        let rules = match self.rules {
+            Some(rules) => rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, rule)| {
+                    let topic = rule.topic.clone();
+                    rule.validate().map_err(|source| ConfigError::Rule {
+                        number: i + 1,
+                        topic,
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<Rule>, _>>()?,
+            None => vec![Rule::from_template(&self.topic_template).map_err(|source| {
+                ConfigError::TopicTemplate {
                     value: self.topic_template.clone(),
                     source,
-                })?;
+                }
+            })?],
+        };
         let config = AgentConfig {
             agent_id: AgentId(self.agent_id),
             tenant: Tenant::new(self.tenant)?,
@@ -405,7 +452,7 @@ impl Cli {
             ca: self.ca,
             cert: self.cert,
             key: self.key,
-            topic_template,
+            rules,
             max_payload_bytes: self.max_payload_bytes,
             batch_max_samples: self.batch_max_samples,
             batch_max_delay: Duration::from_millis(self.batch_max_delay_ms),
@@ -431,6 +478,7 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     topic_template: Option<String>,
+    rules: Option<Vec<RuleConfig>>,
     max_payload_bytes: Option<usize>,
     batch_max_samples: Option<usize>,
     batch_max_delay_ms: Option<u64>,
@@ -466,7 +514,8 @@ mod tests {
         let default = AgentConfig::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
         assert_eq!(parsed.core[0].to_string(), DEFAULT_CORE);
-        assert_eq!(parsed.topic_template.as_str(), DEFAULT_TOPIC_TEMPLATE);
+        assert_eq!(parsed.rules.len(), 1);
+        assert_eq!(parsed.rules[0].topic.as_str(), DEFAULT_TOPIC_TEMPLATE);
         default.validate().expect("default is valid");
     }
 
@@ -500,10 +549,13 @@ mod tests {
         let file: toml::Table = toml::from_str(&text).expect("valid TOML");
         let mut keys: Vec<&str> = file.keys().map(String::as_str).collect();
         keys.sort_unstable();
+        // The file shows the default rule as [[rules]]; topic-template is only mentioned in a
+        // comment because a file may not have both.
         let mut flags: Vec<String> = Cli::command()
             .get_arguments()
             .filter_map(|a| a.get_long().map(str::to_owned))
-            .filter(|f| f != "config")
+            .filter(|f| f != "config" && f != "topic-template")
+            .chain(["rules".to_owned()])
             .collect();
         flags.sort_unstable();
         assert_eq!(
@@ -523,6 +575,62 @@ mod tests {
             parse(&["--config", path]),
             Err(ConfigError::ParseFile { .. })
         ));
+    }
+
+    fn file_with(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn rules_come_from_the_file_unless_a_template_flag_replaces_them() {
+        let file = file_with(
+            r#"
+            [[rules]]
+            topic = "spBv1.0/#"
+            decoder = "sparkplug"
+
+            [[rules]]
+            topic = "plant/{line}/{metric}"
+            "#,
+        );
+        let path = file.path().to_str().expect("utf-8 path");
+        let c = parse(&["--config", path]).expect("valid");
+        let topics: Vec<&str> = c.rules.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["spBv1.0/#", "plant/{line}/{metric}"]);
+        assert_eq!(c.rules[0].decoder, Decoder::Sparkplug);
+        let c = parse(&["--config", path, "--topic-template", "a/{metric}"]).expect("valid");
+        let topics: Vec<&str> = c.rules.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["a/{metric}"]);
+
+        let legacy = file_with("topic-template = \"x/{device}/{metric}\"");
+        let path = legacy.path().to_str().expect("utf-8 path");
+        let c = parse(&["--config", path]).expect("valid");
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules[0].topic.as_str(), "x/{device}/{metric}");
+        assert_eq!(c.rules[0].decoder, Decoder::Auto);
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_number() {
+        let msg = |text: &str| {
+            let file = file_with(text);
+            let path = file.path().to_str().expect("utf-8 path").to_owned();
+            parse(&["--config", &path])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let both = msg("topic-template = \"{metric}\"\n[[rules]]\ntopic = \"{metric}\"");
+        assert!(both.contains("both"), "{both}");
+        let second =
+            msg("[[rules]]\ntopic = \"#\"\ndecoder = \"json\"\n[[rules]]\ntopic = \"{site}\"");
+        assert!(second.contains("entry 2"), "{second}");
+        assert!(second.contains("{metric}"), "{second}");
+        assert!(msg("rules = []").contains("at least one"));
+        let unknown = msg("[[rules]]\ntopic = \"#\"\ndecoder = \"json\"\nincludes = [\"a\"]");
+        assert!(unknown.contains("includes"), "{unknown}");
     }
 
     #[test]

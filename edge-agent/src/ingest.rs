@@ -7,7 +7,7 @@
 
 use crate::buffer::record::{self, RecordError};
 use crate::buffer::{LogError, LogReader, LogWriter, Offset};
-use crate::mapping::{MappedSample, Mapper, RejectReason, Rejection};
+use crate::mapping::{Mapped, MappedSample, Mapper, RejectReason, Rejection, SkipReason, Tally};
 use crate::telemetry;
 use metrics::{Counter, counter, gauge};
 use protocols::model::{Labels, Sample, Tenant};
@@ -75,6 +75,8 @@ pub(crate) fn spawn(
     let (done_tx, done_rx) = oneshot::channel();
     let reject_counters =
         RejectReason::ALL.map(|r| counter!(telemetry::MESSAGES_REJECTED, "reason" => r.as_str()));
+    let skip_counters =
+        SkipReason::ALL.map(|r| counter!(telemetry::VALUES_SKIPPED, "reason" => r.as_str()));
     let mut ingest = Ingest {
         _link_tx: link.0,
         link_rx: link.1,
@@ -94,6 +96,8 @@ pub(crate) fn spawn(
         samples_received: counter!(telemetry::SAMPLES_RECEIVED),
         samples_buffered: counter!(telemetry::SAMPLES_BUFFERED),
         rejected: reject_counters,
+        skipped: skip_counters,
+        seq_gaps: counter!(telemetry::SPARKPLUG_SEQ_GAPS),
     };
     std::thread::Builder::new()
         .name("updraft-ingest".to_owned())
@@ -130,6 +134,8 @@ struct Ingest {
     samples_received: Counter,
     samples_buffered: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
+    skipped: [Counter; SkipReason::ALL.len()],
+    seq_gaps: Counter,
 }
 
 impl Ingest {
@@ -179,7 +185,8 @@ impl Ingest {
     fn on_publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), IngestError> {
         self.received.increment(1);
         match self.settings.mapper.map(topic, payload, now_ms()) {
-            Ok(samples) => {
+            Ok(Mapped { samples, tally }) => {
+                self.tally(topic, &tally);
                 self.samples_received.increment(samples.len() as u64);
                 for MappedSample { labels, sample } in samples {
                     self.push(labels, sample);
@@ -209,6 +216,30 @@ impl Ingest {
         series.push(sample);
         self.pending_samples += 1;
         self.pending_bytes += 16;
+    }
+
+    /// Counts what an accepted message left out; logs it (rate-limited) when it points at a
+    /// problem: a bad line, or Sparkplug B aliases the agent has not learned.
+    fn tally(&mut self, topic: &[u8], tally: &Tally) {
+        for (counter, n) in self.skipped.iter().zip(tally.skipped) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        self.seq_gaps.increment(tally.seq_gaps);
+        let unknown = tally.skipped[SkipReason::UnknownAlias as usize];
+        let limited = tally.skipped[SkipReason::AliasLimit as usize];
+        if (tally.note.is_some() || unknown > 0 || limited > 0) && self.warnings.allow() {
+            let topic = String::from_utf8_lossy(&topic[..topic.len().min(256)]);
+            warn!(
+                %topic,
+                unknown_alias = unknown,
+                alias_limit = limited,
+                invalid_line = tally.skipped[SkipReason::InvalidLine as usize],
+                first_problem = tally.note.as_deref().unwrap_or(""),
+                "skipped values of an MQTT message"
+            );
+        }
     }
 
     fn reject(&mut self, topic: &[u8], rejection: &Rejection) {
@@ -291,8 +322,8 @@ impl LogLimiter {
             if self.suppressed > 0 {
                 warn!(
                     suppressed = self.suppressed,
-                    "more MQTT messages were dropped than logged; see \
-                     updraft_edge_messages_rejected_total"
+                    "more MQTT messages were dropped or cut than logged; see \
+                     updraft_edge_messages_rejected_total and updraft_edge_values_skipped_total"
                 );
             }
             self.window_start = now;

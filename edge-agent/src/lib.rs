@@ -17,7 +17,8 @@
 //!   [`config::AgentConfig`].
 //! - `broker`: the embedded rumqttd broker, one listener for MQTT 3.1.1 and one for MQTT 5, and
 //!   the internal link that receives every publish.
-//! - `mapping`: topic template and payload parsing, publish to samples (pure functions).
+//! - `mapping`: mapping rules (topic patterns, first match wins) and payload decoders (number,
+//!   JSON, InfluxDB line protocol, Sparkplug B with its alias state), publish to samples.
 //! - `ingest`: the dedicated thread that drains the link, maps, and appends to the buffer with
 //!   one fsync per burst.
 //! - `buffer`: the durable segment log, its ack cursor and crash recovery. Its module docs
@@ -173,7 +174,7 @@ impl Agent {
             writer,
             reader.clone(),
             IngestSettings {
-                mapper: Mapper::new(config.topic_template.clone(), config.max_payload_bytes),
+                mapper: Mapper::new(config.rules.clone(), config.max_payload_bytes),
                 tenant: config.tenant.clone(),
                 record_max_samples: config.batch_max_samples,
             },
@@ -195,7 +196,7 @@ impl Agent {
             mqtt5 = %mqtt5_addr,
             http = %http_addr,
             cores = %cores.join(","),
-            topic_template = %config.topic_template,
+            rules = %rule_summary(&config.rules),
             "edge agent started"
         );
         let settings = UplinkSettings {
@@ -287,6 +288,15 @@ impl Agent {
             Some(first) => Err(first),
         }
     }
+}
+
+/// `topic -> decoder` of every rule, in order, for the start-up line.
+fn rule_summary(rules: &[config::Rule]) -> String {
+    let parts: Vec<String> = rules
+        .iter()
+        .map(|r| format!("{} -> {}", r.topic, r.decoder))
+        .collect();
+    parts.join("; ")
 }
 
 /// Resolves once `stop` turns true or its sender is dropped.

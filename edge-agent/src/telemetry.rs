@@ -2,15 +2,17 @@
 //!
 //! The names are part of the agent's interface: dashboards and the cross-process tests read them
 //! from `GET /metrics`, so renaming one is a breaking change. Counters whose label values are
-//! known up front (rejection reasons, drop reasons, core endpoints) are registered at zero on
+//! known up front (rejection and skip reasons, drop reasons, core endpoints) are registered at zero on
 //! start, so a scrape shows every series before the first event.
 
 use crate::config::CoreEndpoint;
-use crate::mapping::RejectReason;
+use crate::mapping::{RejectReason, SkipReason};
 use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 
 pub(crate) const MESSAGES_RECEIVED: &str = "updraft_edge_messages_received_total";
 pub(crate) const MESSAGES_REJECTED: &str = "updraft_edge_messages_rejected_total";
+pub(crate) const VALUES_SKIPPED: &str = "updraft_edge_values_skipped_total";
+pub(crate) const SPARKPLUG_SEQ_GAPS: &str = "updraft_edge_sparkplug_seq_gaps_total";
 pub(crate) const SAMPLES_RECEIVED: &str = "updraft_edge_samples_received_total";
 pub(crate) const SAMPLES_BUFFERED: &str = "updraft_edge_samples_buffered_total";
 pub(crate) const BUFFER_BYTES: &str = "updraft_edge_buffer_bytes";
@@ -50,6 +52,14 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
         MESSAGES_REJECTED,
         "MQTT publishes dropped because topic or payload could not be mapped, by reason"
     );
+    describe_counter!(
+        VALUES_SKIPPED,
+        "values left out of accepted publishes (the rest of the publish is kept), by reason"
+    );
+    describe_counter!(
+        SPARKPLUG_SEQ_GAPS,
+        "Sparkplug B messages whose seq did not follow their edge node's previous message"
+    );
     describe_counter!(SAMPLES_RECEIVED, "samples decoded from accepted publishes");
     describe_counter!(
         SAMPLES_BUFFERED,
@@ -83,6 +93,10 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     for reason in RejectReason::ALL {
         counter!(MESSAGES_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
+    for reason in SkipReason::ALL {
+        counter!(VALUES_SKIPPED, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(SPARKPLUG_SEQ_GAPS).absolute(0);
     counter!(SAMPLES_RECEIVED).absolute(0);
     counter!(SAMPLES_BUFFERED).absolute(0);
     counter!(BUFFER_CORRUPT_BYTES).absolute(0);
