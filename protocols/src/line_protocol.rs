@@ -184,6 +184,7 @@ pub fn parse(body: &str) -> Lines<'_> {
         body,
         pos: 0,
         line: 1,
+        last_start: 0,
     }
 }
 
@@ -210,6 +211,20 @@ pub struct Lines<'a> {
     pos: usize,
     /// Line number at `pos`.
     line: usize,
+    /// Line number where the last item returned starts.
+    last_start: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// The same iterator, each item with the 1-based number of the line it starts on (for
+    /// callers that refuse a parsed line for their own reasons and want to say which).
+    pub fn numbered(self) -> impl Iterator<Item = (usize, Result<Line<'a>, LineError>)> {
+        let mut lines = self;
+        std::iter::from_fn(move || {
+            let item = lines.next()?;
+            Some((lines.last_start, item))
+        })
+    }
 }
 
 impl<'a> Iterator for Lines<'a> {
@@ -239,6 +254,7 @@ impl<'a> Iterator for Lines<'a> {
                 }
                 _ => {}
             }
+            self.last_start = line_no;
             let result = p.line();
             return Some(match result {
                 Ok(line) => {

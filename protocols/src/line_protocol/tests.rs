@@ -123,6 +123,13 @@ fn a_string_may_span_lines() {
     // Line numbers count the string's newline.
     assert_eq!(lines[1].as_ref().expect_err("fails").line, 3);
     assert_eq!(lines[2].as_ref().expect("parses").timestamp, Some(2));
+    let numbers: Vec<_> = parse(body).numbered().map(|(n, _)| n).collect();
+    assert_eq!(numbers, [1, 3, 4]);
+    let numbers: Vec<_> = parse("\n# c\n\nm v=1\n\nm v=2")
+        .numbered()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(numbers, [4, 6]);
 }
 
 #[test]
