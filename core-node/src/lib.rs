@@ -12,7 +12,8 @@
 //! - [`ingest`]: the QUIC listener that turns frames into storage writes and acknowledgements.
 //! - [`storage`]: series index, samples and agent offsets on fjall; implements
 //!   [`query::DataSource`].
-//! - [`http`]: the Prometheus-compatible HTTP API, `/metrics` and `/health`.
+//! - [`http`]: the Prometheus-compatible HTTP API, remote_write and InfluxDB line protocol
+//!   ingest, `/metrics` and `/health`.
 
 pub mod certs;
 pub mod config;
@@ -81,6 +82,7 @@ pub async fn run(
         source: Arc::new(storage.clone()),
         metrics,
         tenant: config.tenant.clone(),
+        ingest: Some(storage.clone()),
     });
     let http_task = tokio::spawn(
         axum::serve(http_listener, app)

@@ -1,6 +1,7 @@
-//! The Prometheus-compatible HTTP API, `/metrics` and `/health`.
+//! The Prometheus-compatible HTTP API, ingest over Prometheus remote_write and InfluxDB line
+//! protocol, `/metrics` and `/health`.
 //!
-//! Routes (Prometheus' semantics and JSON; see `docs/query-api.md` for what differs):
+//! Routes (Prometheus' and InfluxDB's semantics; see `docs/query-api.md` for what differs):
 //!
 //! | route | methods | file |
 //! |---|---|---|
@@ -12,24 +13,36 @@
 //! | `/api/v1/status/buildinfo` | GET | `status.rs` |
 //! | `/api/v1/metadata` | GET | `status.rs` |
 //! | `/api/v1/query_exemplars` | GET, POST | `status.rs` |
+//! | `/api/v1/write` | POST | `remote_write.rs`: Prometheus remote_write 1.0 |
+//! | `/write` | POST | `influx.rs`: InfluxDB 1.x line protocol (`precision`) |
+//! | `/api/v2/write` | POST | `influx.rs`: InfluxDB 2.x line protocol (`precision`) |
 //! | `/metrics` | GET | `metrics.rs` |
 //! | `/health` | GET | `metrics.rs` |
 //!
 //! Beside the handlers: `params` reads and parses parameters, `encode` writes Prometheus'
-//! exact JSON, `response` and `error` are the success and error envelopes.
+//! exact JSON, `response` and `error` are the success and error envelopes; `ingest` is what
+//! the write routes share (bounded bodies, batches of [`protocols::wire::AgentId::UNTRACKED`]
+//! submitted to storage and awaited until durable, per-protocol error bodies, counters).
 //!
 //! Every response is counted in `updraft_core_http_requests_total{handler,code}`, `handler`
 //! being the route pattern (never the raw path, to keep the label bounded). Request bodies
-//! are capped at [`MAX_BODY_BYTES`]. Storage is synchronous: every call into the data source
+//! are capped at [`MAX_BODY_BYTES`], write bodies at [`ingest::MAX_WRITE_BODY_BYTES`] (and
+//! [`ingest::MAX_DECODED_BYTES`] decompressed), with at most
+//! [`ingest::MAX_CONCURRENT_WRITES`] writes decoding at once. Storage is synchronous: every call into the data source
 //! runs on tokio's blocking pool, so a slow disk never stalls the runtime, and at most
 //! [`MAX_CONCURRENT_READS`] run at once.
 
 mod encode;
 mod error;
+mod influx;
+pub mod ingest;
+#[cfg(test)]
+mod ingest_tests;
 mod labels;
 mod metrics;
 mod params;
 mod query;
+mod remote_write;
 mod response;
 mod series;
 mod status;
@@ -41,7 +54,7 @@ pub use error::{ApiError, ErrorType};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocols::Tenant;
 use std::sync::Arc;
@@ -60,20 +73,24 @@ pub struct HttpState {
     pub source: Arc<dyn ::query::DataSource>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// The tenant every request reads until authentication lands (issue 8).
+    /// The tenant every request reads, and writes, until authentication lands (issue 8).
     pub tenant: Tenant,
+    /// Where the write routes submit batches; `None` serves a read-only API (writes answer
+    /// 503).
+    pub ingest: Option<crate::storage::Storage>,
 }
 
 /// Most storage reads (queries, label and series lookups) running at once: Prometheus'
 /// `--query.max-concurrency` default. Each holds a blocking-pool thread and its samples.
 pub const MAX_CONCURRENT_READS: usize = 20;
 
-/// The handlers' state: the shared state, the query engine and the read slots.
+/// The handlers' state: the shared state, the query engine, the read and write slots.
 #[derive(Clone)]
 struct Api {
     state: HttpState,
     engine: ::query::Engine,
     read_slots: Arc<Semaphore>,
+    write_slots: Arc<Semaphore>,
 }
 
 /// All routes of the core's HTTP listener.
@@ -82,6 +99,7 @@ pub fn router(state: HttpState) -> axum::Router {
         state,
         engine: ::query::Engine::default(),
         read_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+        write_slots: Arc::new(Semaphore::new(ingest::MAX_CONCURRENT_WRITES)),
     };
     axum::Router::new()
         .route("/api/v1/query", get(query::instant).post(query::instant))
@@ -95,6 +113,10 @@ pub fn router(state: HttpState) -> axum::Router {
             "/api/v1/query_exemplars",
             get(status::exemplars).post(status::exemplars),
         )
+        // The write routes read their bodies themselves, under their own larger limit.
+        .route("/api/v1/write", post(remote_write::write))
+        .route("/write", post(influx::write_v1))
+        .route("/api/v2/write", post(influx::write_v2))
         .route("/metrics", get(metrics::metrics))
         .route("/health", get(metrics::health))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -114,6 +114,7 @@ fn app_with(src: MemorySource, recorder: &PrometheusRecorder) -> Router {
         source: Arc::new(src),
         metrics: recorder.handle(),
         tenant: Tenant::default(),
+        ingest: None,
     })
 }
 

@@ -375,12 +375,15 @@ impl Writer {
 
     fn apply_write(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, b: &WriteBatch) -> AckOutcome {
         let agent = b.agent_id.0.as_str();
+        // An untracked batch (HTTP ingest, no agent) is applied every time and records no
+        // offset: its sender retries whole requests, and a resent sample only rewrites itself.
+        let tracked = !b.agent_id.is_untracked();
         let last = p
             .offsets
             .get(agent)
             .or_else(|| self.offsets.get(agent))
             .copied();
-        if matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq) {
+        if tracked && matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq) {
             return AckOutcome::Duplicate;
         }
         let mut stored = 0u64;
@@ -476,11 +479,13 @@ impl Writer {
             }
             stored += count as u64;
         }
-        let mut offset = Vec::with_capacity(16);
-        offset.extend_from_slice(&b.epoch.to_be_bytes());
-        offset.extend_from_slice(&b.sequence.to_be_bytes());
-        wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
-        p.offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
+        if tracked {
+            let mut offset = Vec::with_capacity(16);
+            offset.extend_from_slice(&b.epoch.to_be_bytes());
+            offset.extend_from_slice(&b.sequence.to_be_bytes());
+            wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
+            p.offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
+        }
         AckOutcome::Stored {
             samples: stored,
             rejected_series: rejected,

@@ -1,0 +1,519 @@
+//! What the write endpoints (`remote_write.rs`, `influx.rs`) share: reading a bounded body,
+//! turning collected samples into storage batches, submitting them and waiting until they are
+//! durable, and answering errors in each protocol's shape with a counter.
+//!
+//! # From a request to storage
+//!
+//! A handler collects samples per label set ([`Collected`]); [`Collected::into_batches`]
+//! sorts each series' samples (the last of equal timestamps wins), encodes them as codec
+//! chunks of at most [`CHUNK_MAX_SAMPLES`], and packs the chunks into [`WriteBatch`]es of
+//! about [`BATCH_TARGET_BYTES`], far below the WAL's frame limit. Batches carry
+//! [`AgentId::UNTRACKED`]: no agent, no `(epoch, sequence)`, so the writer applies every one
+//! and records no offset. A client that retries a request after a failure (Prometheus does)
+//! rewrites the same samples, which is harmless.
+//!
+//! [`submit`] queues every batch and answers only once all are durable. A full writer queue or
+//! a stopped writer answers 503 with `Retry-After` (retryable in both protocols; Prometheus
+//! 2.x does not retry a 429 unless configured to).
+//!
+//! # Metrics
+//!
+//! - `updraft_core_ingest_samples_total{protocol}`: samples stored.
+//! - `updraft_core_ingest_rejected_total{protocol,reason}`: refusals, one per refused request,
+//!   series or line (see [`Reason`]).
+//! - `updraft_core_ingest_fields_skipped_total{protocol,reason="string"}`: InfluxDB string
+//!   fields, which have no place in a time series of floats.
+
+use super::Api;
+use crate::storage::{Storage, SubmitError};
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocols::wire::{AckOutcome, AgentId, SeriesChunk, WriteBatch};
+use protocols::{Labels, Sample, Tenant};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Largest accepted write body as sent (compressed or not).
+pub const MAX_WRITE_BODY_BYTES: usize = 16 << 20;
+/// Largest accepted write body once decompressed (snappy or gzip); checked before
+/// decompressing where the format announces its size.
+pub const MAX_DECODED_BYTES: usize = 32 << 20;
+/// Write requests decoded at once; more wait for a slot before their body is read, which
+/// bounds the memory of bodies and decoded series.
+pub const MAX_CONCURRENT_WRITES: usize = 4;
+/// Most samples in one chunk a write endpoint builds: even incompressible samples keep a
+/// chunk, and so a batch, far below `protocols::wire::MAX_FRAME_BYTES`.
+pub const CHUNK_MAX_SAMPLES: usize = 65_536;
+/// A batch is closed once its labels and chunks reach about this size.
+pub const BATCH_TARGET_BYTES: usize = 4 << 20;
+
+pub(crate) const INGEST_SAMPLES: &str = "updraft_core_ingest_samples_total";
+pub(crate) const INGEST_REJECTED: &str = "updraft_core_ingest_rejected_total";
+pub(crate) const FIELDS_SKIPPED: &str = "updraft_core_ingest_fields_skipped_total";
+
+/// Which write endpoint; the `protocol` label of the ingest counters and the error body's
+/// shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// `POST /api/v1/write`: errors are plain text, as Prometheus answers.
+    RemoteWrite,
+    /// `POST /write`: errors are `{"error":"..."}`, as InfluxDB 1.x answers.
+    InfluxV1,
+    /// `POST /api/v2/write`: errors are `{"code":"...","message":"..."}`, as InfluxDB 2.x
+    /// answers.
+    InfluxV2,
+}
+
+impl Protocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::RemoteWrite => "remote_write",
+            Self::InfluxV1 => "influx_v1",
+            Self::InfluxV2 => "influx_v2",
+        }
+    }
+}
+
+/// The `reason` label of `updraft_core_ingest_rejected_total`: a small fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reason {
+    /// The body (or its announced decoded size) is over the limit. Per request.
+    BodyTooLarge,
+    /// The body could not be read (the client hung up mid-way). Per request.
+    BodyRead,
+    /// An unsupported `Content-Encoding` or `Content-Type`. Per request.
+    UnsupportedMediaType,
+    /// remote_write: not a snappy block. Per request.
+    BadSnappy,
+    /// remote_write: not a `WriteRequest`. Per request.
+    BadProtobuf,
+    /// InfluxDB: the body is not UTF-8. Per request.
+    BadUtf8,
+    /// A bad query parameter (`precision`). Per request.
+    BadParam,
+    /// A label set that breaks Prometheus' rules (no `__name__`, bad or duplicate names).
+    /// Per series (remote_write) or line (InfluxDB).
+    InvalidLabels,
+    /// InfluxDB: a line that does not parse. Per line.
+    BadLine,
+    /// InfluxDB: a timestamp that does not fit milliseconds in 64 bits. Per line.
+    BadTimestamp,
+    /// Storage refused a series (limits, retention). Per series.
+    SeriesRefused,
+    /// The writer's queue is full (retryable). Per request.
+    Busy,
+    /// Storage is stopping or failed (retryable). Per request.
+    Unavailable,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyRead => "body_read",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadSnappy => "bad_snappy",
+            Self::BadProtobuf => "bad_protobuf",
+            Self::BadUtf8 => "bad_utf8",
+            Self::BadParam => "bad_param",
+            Self::InvalidLabels => "invalid_labels",
+            Self::BadLine => "bad_line",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::SeriesRefused => "series_refused",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Counts `n` refusals. Call it on the request's task, not in the blocking pool, so a
+/// thread-local recorder (tests) sees it.
+pub(crate) fn count_rejected(protocol: Protocol, reason: Reason, n: u64) {
+    if n > 0 {
+        metrics::counter!(INGEST_REJECTED, "protocol" => protocol.as_str(), "reason" => reason.as_str())
+            .increment(n);
+    }
+}
+
+/// A write request's failure (or partial failure), answered in the protocol's shape.
+#[derive(Debug)]
+pub(crate) struct IngestError {
+    protocol: Protocol,
+    status: StatusCode,
+    message: String,
+    /// Counted when the response is built; `None` when the parts were counted already.
+    reason: Option<Reason>,
+}
+
+impl IngestError {
+    pub(crate) fn new(
+        protocol: Protocol,
+        status: StatusCode,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            protocol,
+            status,
+            message: message.into(),
+            reason: Some(reason),
+        }
+    }
+
+    /// 400, counted under `reason`.
+    pub(crate) fn bad(protocol: Protocol, reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(protocol, StatusCode::BAD_REQUEST, reason, message)
+    }
+
+    /// 400 for a request whose refused parts were already counted one by one.
+    pub(crate) fn partial(protocol: Protocol, message: impl Into<String>) -> Self {
+        Self {
+            protocol,
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    fn internal(protocol: Protocol, message: impl Into<String>) -> Self {
+        Self {
+            protocol,
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    pub(crate) fn unavailable(protocol: Protocol, message: impl Into<String>) -> Self {
+        Self::new(
+            protocol,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Unavailable,
+            message,
+        )
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        if let Some(reason) = self.reason {
+            count_rejected(self.protocol, reason, 1);
+        }
+        if self.status.is_server_error() {
+            tracing::warn!(protocol = self.protocol.as_str(), status = %self.status, error = %self.message, "write failed");
+        } else {
+            tracing::debug!(protocol = self.protocol.as_str(), status = %self.status, error = %self.message, "write refused");
+        }
+        let (content_type, body) = match self.protocol {
+            Protocol::RemoteWrite => ("text/plain; charset=utf-8", format!("{}\n", self.message)),
+            Protocol::InfluxV1 => (
+                "application/json",
+                serde_json::json!({ "error": self.message }).to_string(),
+            ),
+            Protocol::InfluxV2 => {
+                let code = match self.status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
+                    StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                    s if s.is_server_error() => "internal error",
+                    _ => "invalid",
+                };
+                (
+                    "application/json",
+                    serde_json::json!({ "code": code, "message": self.message }).to_string(),
+                )
+            }
+        };
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl Api {
+    /// The storage handle and a write slot, or 503 when this router has no storage to write.
+    pub(crate) async fn write_slot(
+        &self,
+        protocol: Protocol,
+    ) -> Result<(Storage, tokio::sync::OwnedSemaphorePermit), IngestError> {
+        let Some(storage) = self.state.ingest.clone() else {
+            return Err(IngestError::unavailable(
+                protocol,
+                "this node does not accept writes",
+            ));
+        };
+        let permit = Arc::clone(&self.write_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| IngestError::unavailable(protocol, "write slots closed"))?;
+        Ok((storage, permit))
+    }
+}
+
+/// Reads the whole body, refusing one over [`MAX_WRITE_BODY_BYTES`] with 413 (from its
+/// `Content-Length` before reading anything, otherwise as soon as it is passed).
+pub(crate) async fn read_body(
+    protocol: Protocol,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> Result<Vec<u8>, IngestError> {
+    let too_large = || {
+        IngestError::new(
+            protocol,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            format!("request body is larger than {MAX_WRITE_BODY_BYTES} bytes"),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_WRITE_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(announced.map_or(0, |n| {
+        usize::try_from(n).unwrap_or(0).min(MAX_WRITE_BODY_BYTES)
+    }));
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| {
+            IngestError::bad(
+                protocol,
+                Reason::BodyRead,
+                format!("reading the request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_WRITE_BODY_BYTES {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+/// Samples gathered from one request, per series, in arrival order.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    series: HashMap<Labels, Vec<Sample>>,
+}
+
+impl Collected {
+    pub(crate) fn push(&mut self, labels: Labels, sample: Sample) {
+        self.series.entry(labels).or_default().push(sample);
+    }
+
+    pub(crate) fn extend(&mut self, labels: Labels, samples: impl IntoIterator<Item = Sample>) {
+        self.series.entry(labels).or_default().extend(samples);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Encodes every series and packs the chunks into batches for `tenant` (CPU work: call it
+    /// on the blocking pool).
+    pub(crate) fn into_batches(
+        self,
+        tenant: &Tenant,
+    ) -> Result<Vec<WriteBatch>, protocols::codec::CodecError> {
+        let mut batches = Vec::new();
+        let mut current: Vec<SeriesChunk> = Vec::new();
+        let mut current_bytes = 0usize;
+        for (labels, samples) in self.series {
+            for chunk in encode_series(labels, samples)? {
+                let bytes = chunk.chunk.len()
+                    + chunk
+                        .labels
+                        .iter()
+                        .map(|l| l.name.len() + l.value.len() + 4)
+                        .sum::<usize>();
+                if current_bytes + bytes > BATCH_TARGET_BYTES && !current.is_empty() {
+                    batches.push(untracked_batch(tenant, std::mem::take(&mut current)));
+                    current_bytes = 0;
+                }
+                current_bytes += bytes;
+                current.push(chunk);
+            }
+        }
+        if !current.is_empty() {
+            batches.push(untracked_batch(tenant, current));
+        }
+        Ok(batches)
+    }
+}
+
+fn untracked_batch(tenant: &Tenant, series: Vec<SeriesChunk>) -> WriteBatch {
+    WriteBatch {
+        agent_id: AgentId::UNTRACKED,
+        epoch: 0,
+        sequence: 0,
+        tenant: tenant.clone(),
+        series,
+    }
+}
+
+/// One series' samples as chunks of at most [`CHUNK_MAX_SAMPLES`], sorted, the last arrival
+/// of a timestamp kept.
+fn encode_series(
+    labels: Labels,
+    mut samples: Vec<Sample>,
+) -> Result<Vec<SeriesChunk>, protocols::codec::CodecError> {
+    if samples.len() <= CHUNK_MAX_SAMPLES {
+        return Ok(vec![SeriesChunk::encode(labels, samples)?]);
+    }
+    // As SeriesChunk::encode does, but before splitting, so no timestamp lands in two chunks.
+    samples.sort_by_key(|s| s.timestamp_ms);
+    samples.reverse();
+    samples.dedup_by_key(|s| s.timestamp_ms);
+    samples.reverse();
+    samples
+        .chunks(CHUNK_MAX_SAMPLES)
+        .map(|part| SeriesChunk::encode(labels.clone(), part.to_vec()))
+        .collect()
+}
+
+/// What storage did with a request's batches.
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    pub samples: u64,
+    /// Series storage refused (limits, retention), already counted.
+    pub refused_series: u64,
+    /// Why the first of them was refused.
+    pub refusal: Option<String>,
+}
+
+/// Queues every batch, then waits until each is durable.
+pub(crate) async fn submit(
+    protocol: Protocol,
+    storage: &Storage,
+    batches: Vec<WriteBatch>,
+) -> Result<Stored, IngestError> {
+    let mut pending = Vec::with_capacity(batches.len());
+    for batch in batches {
+        match storage.submit(batch) {
+            Ok(p) => pending.push(p),
+            // Batches already queued are stored anyway; the client's retry rewrites them.
+            Err(SubmitError::Busy(_)) => {
+                return Err(IngestError::new(
+                    protocol,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::Busy,
+                    "write queue is full, retry later",
+                ));
+            }
+            Err(SubmitError::Stopped(_)) => {
+                return Err(IngestError::unavailable(
+                    protocol,
+                    "storage is shutting down",
+                ));
+            }
+        }
+    }
+    let mut stored = Stored::default();
+    for p in pending {
+        match p.await {
+            Ok(Ok(AckOutcome::Stored {
+                samples,
+                rejected_series,
+                rejection,
+            })) => {
+                stored.samples += samples;
+                stored.refused_series += u64::from(rejected_series);
+                if stored.refusal.is_none() {
+                    stored.refusal = rejection;
+                }
+            }
+            // Untracked batches are never duplicates; nothing to add if one were.
+            Ok(Ok(AckOutcome::Duplicate)) => {}
+            Ok(Ok(AckOutcome::Failed { code, message })) => {
+                return Err(if code.is_retryable() {
+                    IngestError::unavailable(protocol, message)
+                } else {
+                    IngestError::internal(protocol, message)
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(IngestError::internal(
+                    protocol,
+                    format!("storage failed: {e}"),
+                ));
+            }
+            Err(_) => return Err(IngestError::unavailable(protocol, "storage writer stopped")),
+        }
+    }
+    metrics::counter!(INGEST_SAMPLES, "protocol" => protocol.as_str()).increment(stored.samples);
+    count_rejected(protocol, Reason::SeriesRefused, stored.refused_series);
+    Ok(stored)
+}
+
+/// Runs the CPU-bound part of a write on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    protocol: Protocol,
+    f: impl FnOnce() -> Result<T, IngestError> + Send + 'static,
+) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(IngestError::internal(
+            protocol,
+            format!("write task failed: {e}"),
+        ))
+    })
+}
+
+/// Encodes collected series for the node's tenant; an encoding failure is a bug (500).
+pub(crate) fn batches_of(
+    protocol: Protocol,
+    collected: Collected,
+    tenant: &Tenant,
+) -> Result<Vec<WriteBatch>, IngestError> {
+    collected
+        .into_batches(tenant)
+        .map_err(|e| IngestError::internal(protocol, format!("encoding samples: {e}")))
+}
+
+/// `{a="1",b="2"}` of raw labels, at most about 200 bytes, for error messages.
+pub(crate) fn describe_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("{");
+    for (i, (n, v)) in labels.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{n}={v:?}"));
+        if out.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|i| out.is_char_boundary(*i))
+                .unwrap_or(0);
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The success answer of every write endpoint.
+pub(crate) fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The `Content-Encoding` header, lowercased; `None` when absent or `identity`.
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "identity")
+}
