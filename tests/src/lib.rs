@@ -572,3 +572,63 @@ pub fn http_post_form(url: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, 
     let body = resp.body_mut().read_to_string()?;
     Ok((status, body))
 }
+
+impl Agent {
+    /// Starts an edge agent like [`Agent::start`] with `config` (TOML) written to
+    /// `<work>/agent.toml` and passed as `--config`; `extra_args` still win over the file.
+    pub fn start_with_config(
+        work: &Path,
+        certs: &Path,
+        core_quic: SocketAddr,
+        config: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let path = work.join("agent.toml");
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        let path = path.to_str().context("work directory path is not UTF-8")?;
+        let mut args = vec!["--config", path];
+        args.extend_from_slice(extra_args);
+        Self::start(work, certs, core_quic, &args)
+    }
+
+    /// Publishes `payload` as one message by writing it to a file first and sending it with
+    /// `mosquitto_pub -f`, the way a binary payload (a protobuf) is sent from a shell.
+    pub fn publish_file(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), payload)?;
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.mqtt_port.to_string(),
+                "-q",
+                "1",
+            ])
+            .args(["-t", topic, "-f"])
+            .arg(file.path())
+            .stdin(Stdio::null())
+            .output()
+            .context("running mosquitto_pub (apt-get install mosquitto-clients)")?;
+        if !out.status.success() {
+            bail!(
+                "mosquitto_pub -t {topic} -f failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// The raw samples of every series `selector` selects within `range` (a PromQL duration
+    /// such as `1h`) before `at` (Unix seconds): an instant query of `selector[range]`.
+    pub fn raw_samples(
+        &self,
+        selector: &str,
+        range: &str,
+        at: f64,
+    ) -> anyhow::Result<Vec<MatrixSeries>> {
+        matrix_series(&self.query(&format!("{selector}[{range}]"), Some(at))?)
+    }
+}
