@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need, as "command:package".
 needed=(
   "mosquitto_pub:mosquitto-clients"
+  "prometheus:prometheus"
 )
 missing=()
 for pair in "${needed[@]}"; do

@@ -632,3 +632,74 @@ impl Core {
         matrix_series(&self.query(&format!("{selector}[{range}]"), Some(at))?)
     }
 }
+
+/// POST `body` with `content_type` and extra `headers`; returns status and body.
+pub fn http_post(
+    url: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.post(url).header("Content-Type", content_type);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body)?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, body))
+}
+
+/// A real Prometheus server (the Debian package's `prometheus`, 2.42 on bookworm) on a free
+/// loopback port, with its data in `<work>/prometheus-data`.
+pub struct Prometheus {
+    pub process: Process,
+    pub http: SocketAddr,
+}
+
+impl Prometheus {
+    /// Writes `config` (prometheus.yml) to `<work>/prometheus.yml`, starts Prometheus and
+    /// waits until `/-/ready` answers.
+    pub fn start(work: &Path, config: &str) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let config_path = work.join("prometheus.yml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                work.join("prometheus-data").display()
+            ))
+            .arg(format!("--web.listen-address={http}"))
+            .arg("--log.level=info");
+        let process = Process::spawn(
+            "prometheus (apt-get install prometheus)",
+            cmd,
+            work.join("prometheus.log"),
+        )?;
+        let prometheus = Self { process, http };
+        let url = format!("http://{http}/-/ready");
+        wait_for("prometheus /-/ready", Duration::from_secs(60), || {
+            matches!(http_get(&url), Ok((200, _))).then_some(())
+        })?;
+        Ok(prometheus)
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.http, path_and_query)
+    }
+
+    /// `/api/v1/query` at `time` (Unix seconds).
+    pub fn query(&self, promql: &str, time: f64) -> anyhow::Result<serde_json::Value> {
+        get_json(&self.url(&format!(
+            "/api/v1/query?query={}&time={time}",
+            encode(promql)
+        )))
+    }
+}
