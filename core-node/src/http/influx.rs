@@ -13,7 +13,8 @@
 //! `us`, `ms`, `s`) and stored in milliseconds, rounded down.
 //!
 //! `db`, `rp`, `bucket`, `org` and credentials are accepted and ignored: every write goes to
-//! the node's tenant.
+//! the node's tenant. Bodies may be gzip-compressed (`Content-Encoding: gzip`, Telegraf's
+//! default), up to `MAX_DECODED_BYTES` inflated.
 //!
 //! # Partial writes
 //!
@@ -22,7 +23,9 @@
 //! first bad lines by number. 204 when every line was stored.
 
 use super::Api;
-use super::ingest::{self, Collected, FIELDS_SKIPPED, IngestError, Protocol, Reason};
+use super::ingest::{
+    self, Collected, FIELDS_SKIPPED, IngestError, MAX_DECODED_BYTES, Protocol, Reason,
+};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -68,19 +71,24 @@ async fn run(
     body: Body,
 ) -> Result<(), IngestError> {
     let precision = precision(protocol, query.as_deref().unwrap_or_default())?;
-    if let Some(e) = ingest::content_encoding(&headers) {
-        return Err(IngestError::new(
-            protocol,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Reason::UnsupportedMediaType,
-            format!("unsupported Content-Encoding {e:?}: send the body uncompressed"),
-        ));
-    }
+    let gzip = match ingest::content_encoding(&headers) {
+        None => false,
+        Some(e) if e == "gzip" => true,
+        Some(e) => {
+            return Err(IngestError::new(
+                protocol,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Reason::UnsupportedMediaType,
+                format!("unsupported Content-Encoding {e:?}: use gzip or none"),
+            ));
+        }
+    };
     let (storage, _permit) = api.write_slot(protocol).await?;
     let body = ingest::read_body(protocol, &headers, body).await?;
     let tenant = api.state.tenant.clone();
     let now_ms = now_ms();
     let converted = ingest::blocking(protocol, move || {
+        let body = if gzip { gunzip(protocol, &body)? } else { body };
         convert(protocol, &body, precision, now_ms, &tenant)
     })
     .await?;
@@ -125,6 +133,28 @@ async fn run(
         stored.samples
     ));
     Err(IngestError::partial(protocol, message))
+}
+
+/// Decompresses a gzip body (every member, as Go's reader does), refusing one that inflates
+/// past [`MAX_DECODED_BYTES`] as soon as it does.
+fn gunzip(protocol: Protocol, body: &[u8]) -> Result<Vec<u8>, IngestError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(MAX_DECODED_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            IngestError::bad(protocol, Reason::BadGzip, format!("corrupt gzip body: {e}"))
+        })?;
+    if out.len() > MAX_DECODED_BYTES {
+        return Err(IngestError::new(
+            protocol,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            format!("body decompresses to more than {MAX_DECODED_BYTES} bytes"),
+        ));
+    }
+    Ok(out)
 }
 
 fn precision(protocol: Protocol, query: &str) -> Result<Precision, IngestError> {

@@ -89,6 +89,8 @@ pub(crate) enum Reason {
     BadSnappy,
     /// remote_write: not a `WriteRequest`. Per request.
     BadProtobuf,
+    /// InfluxDB: a `Content-Encoding: gzip` body that is not gzip. Per request.
+    BadGzip,
     /// InfluxDB: the body is not UTF-8. Per request.
     BadUtf8,
     /// A bad query parameter (`precision`). Per request.
@@ -116,6 +118,7 @@ impl Reason {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadSnappy => "bad_snappy",
             Self::BadProtobuf => "bad_protobuf",
+            Self::BadGzip => "bad_gzip",
             Self::BadUtf8 => "bad_utf8",
             Self::BadParam => "bad_param",
             Self::InvalidLabels => "invalid_labels",

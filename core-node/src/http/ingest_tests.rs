@@ -454,16 +454,55 @@ async fn influx_bad_lines_are_refused_by_number_and_the_good_ones_stored() {
     let (status, text) = send(&n.app, post("/write", &[], vec![b'm', b' ', 0xff])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(text.contains("not UTF-8"), "{text}");
-    let gzip = post("/write", &[("content-encoding", "gzip")], b"m v=1".to_vec());
+    let zstd = post("/write", &[("content-encoding", "zstd")], b"m v=1".to_vec());
     assert_eq!(
-        send(&n.app, gzip).await.0,
+        send(&n.app, zstd).await.0,
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
+    let gzip = post("/write", &[("content-encoding", "gzip")], b"m v=1".to_vec());
+    let (status, text) = send(&n.app, gzip).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("corrupt gzip body"), "{text}");
     // Only string fields, or nothing at all: nothing to store, nothing wrong.
     for body in ["m s=\"x\"", "", "# just a comment\n"] {
         let (status, text) = send(&n.app, post("/write", &[], body.into())).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}: {text}");
     }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).expect("in memory");
+    e.finish().expect("in memory")
+}
+
+#[tokio::test]
+async fn influx_gzip_bodies_are_inflated_within_the_limit() {
+    let n = node();
+    // Two gzip members back to back, as a concatenating sender makes them.
+    let mut body = gzip(b"z,k=a v=1 1700000000000\n");
+    body.extend(gzip(b"z,k=b v=2 1700000000000\n"));
+    let req = post(
+        "/api/v2/write?bucket=b&precision=ms",
+        &[("content-encoding", "gzip")],
+        body,
+    );
+    assert_eq!(send(&n.app, req).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        stored(&n.storage, "z_v", &[("k", "a")]),
+        [(T, 1f64.to_bits())]
+    );
+    assert_eq!(
+        stored(&n.storage, "z_v", &[("k", "b")]),
+        [(T, 2f64.to_bits())]
+    );
+    // A small body that inflates past the limit is refused, not inflated whole.
+    let bomb = gzip(&vec![b'#'; super::ingest::MAX_DECODED_BYTES + 1]);
+    assert!(bomb.len() < 1 << 20);
+    let req = post("/write", &[("content-encoding", "gzip")], bomb);
+    let (status, text) = send(&n.app, req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
 }
 
 #[test]
