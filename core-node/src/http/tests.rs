@@ -554,7 +554,7 @@ fn requests_and_rejections_are_counted() {
             for uri in [
                 "/api/v1/query?query=temp",
                 "/api/v1/query?query=temp%7B",
-                "/api/v1/query?query=deriv(temp%5B5m%5D)",
+                "/api/v1/query?query=sort_by_label(temp,%22a%22)",
                 "/api/v1/query_range?query=temp&start=0&end=11001&step=1",
                 "/api/v1/query_range?query=temp&start=0&end=1&step=bad",
                 "/api/v1/series",

@@ -14,7 +14,7 @@
 use super::partitions::{self, Retention};
 use super::writer::{Dirty, Replace, Request};
 use super::{CompactionOptions, Keyspaces, StorageError, keys};
-use protocols::{Sample, SeriesId, codec};
+use protocols::{Sample, SeriesId, Tenant, codec};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -48,8 +48,13 @@ pub(super) fn start(
         .map_err(StorageError::Thread)
 }
 
-/// Drops every partition wholly older than its tenant's retention at `now_ms`; returns how
-/// many it dropped.
+/// Series ids per [`Request::ForgetSeries`]: bounds how long one such request holds the
+/// writer (a prefix probe per partition and series).
+const FORGET_BATCH: usize = 4_096;
+
+/// Drops every partition wholly older than its tenant's retention at `now_ms`, then removes
+/// from the index the tenant's series left without any chunk; returns how many partitions it
+/// dropped.
 pub(super) fn enforce_retention(
     ks: &Keyspaces,
     queue: &mpsc::SyncSender<Request>,
@@ -57,6 +62,7 @@ pub(super) fn enforce_retention(
     now_ms: i64,
 ) -> Result<usize, StorageError> {
     let mut dropped = 0;
+    let mut emptied: Vec<Tenant> = Vec::new();
     for (tenant, index) in ks.chunks.all() {
         let Some(cutoff) = retention.cutoff(&tenant, now_ms) else {
             continue;
@@ -66,7 +72,7 @@ pub(super) fn enforce_retention(
         }
         let (tx, rx) = mpsc::channel();
         let request = Request::DropPartition {
-            tenant,
+            tenant: tenant.clone(),
             index,
             reply: tx,
         };
@@ -74,7 +80,12 @@ pub(super) fn enforce_retention(
             break;
         }
         match rx.recv() {
-            Ok(Ok(())) => dropped += 1,
+            Ok(Ok(())) => {
+                dropped += 1;
+                if !emptied.contains(&tenant) {
+                    emptied.push(tenant);
+                }
+            }
             Ok(Err(e)) => {
                 return Err(StorageError::Corrupt {
                     keyspace: "chunks",
@@ -84,7 +95,77 @@ pub(super) fn enforce_retention(
             Err(_) => break,
         }
     }
+    for tenant in emptied {
+        let forgotten = forget_empty_series(ks, queue, &tenant)?;
+        if forgotten > 0 {
+            tracing::info!(%tenant, series = forgotten, "series left without data removed from the index");
+        }
+    }
     Ok(dropped)
+}
+
+/// Finds the series of `tenant` that hold no chunk in any of its partitions (their data went
+/// with dropped partitions) and asks the writer to remove them from the index, which checks
+/// again under its own order of writes. Returns how many were removed.
+pub(super) fn forget_empty_series(
+    ks: &Keyspaces,
+    queue: &mpsc::SyncSender<Request>,
+    tenant: &Tenant,
+) -> Result<usize, StorageError> {
+    let partitions: Vec<_> = ks
+        .chunks
+        .all()
+        .into_iter()
+        .filter(|(t, _)| t == tenant)
+        .filter_map(|(t, index)| ks.chunks.get(&t, index))
+        .collect();
+    let mut candidates = Vec::new();
+    for kv in ks.series.iter() {
+        let (key, value) = kv.into_inner()?;
+        let Ok(id) = <[u8; 8]>::try_from(key.as_ref()) else {
+            continue;
+        };
+        let Ok((owner, _)) = postcard::from_bytes::<(Tenant, protocols::Labels)>(&value) else {
+            continue;
+        };
+        if &owner != tenant {
+            continue;
+        }
+        let mut empty = true;
+        for partition in &partitions {
+            if let Some(kv) = partition.prefix(id).next() {
+                kv.into_inner()?;
+                empty = false;
+                break;
+            }
+        }
+        if empty {
+            candidates.push(SeriesId(u64::from_be_bytes(id)));
+        }
+    }
+    let mut forgotten = 0;
+    for ids in candidates.chunks(FORGET_BATCH) {
+        let (tx, rx) = mpsc::channel();
+        let request = Request::ForgetSeries {
+            tenant: tenant.clone(),
+            ids: ids.to_vec(),
+            reply: tx,
+        };
+        if queue.send(request).is_err() {
+            break;
+        }
+        match rx.recv() {
+            Ok(Ok(n)) => forgotten += n,
+            Ok(Err(e)) => {
+                return Err(StorageError::Corrupt {
+                    keyspace: "series",
+                    detail: format!("removing series without data failed: {e}"),
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(forgotten)
 }
 
 fn now_ms() -> i64 {

@@ -8,11 +8,13 @@
 //! | `postings` | `tenant 0xFF name 0xFF value 0xFF series_id` | empty |
 //! | `chunks~<tenant>~<partition>` | series id (u64 BE) ++ first timestamp (i64, sign bit flipped, BE) ++ write sequence (u64 BE) | a `protocols::codec` chunk |
 //! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
-//! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` | epoch ++ sequence / u64 (all BE) |
+//! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` / `last-flush` | epoch ++ sequence / u64 / ms since the epoch (all BE) |
 //!
 //! Keys are built in [`keys`]. Chunks live in one keyspace per tenant and week
 //! ([`partitions`]); retention drops a tenant's partitions once they are wholly older than
-//! its retention, so old data goes without tombstones. **Shards**: every series belongs to one of
+//! its retention, so old data goes without tombstones; the series it left without any chunk
+//! then leave the index (series, postings) too, so label listings forget them.
+//! **Shards**: every series belongs to one of
 //! `protocols::model::SHARD_COUNT` shards, the top bits of its id. `series`, `chunks` and
 //! `dirty` keys start with the series id, so one shard is one contiguous key range in each:
 //! it can be streamed to another node and dropped here by range. `postings` are derived from
@@ -282,7 +284,8 @@ impl Storage {
             // The request was built two lines below as a write; a replace never comes back here.
             writer::Request::Replace { .. }
             | writer::Request::DropPartition { .. }
-            | writer::Request::Checkpoint { .. } => {
+            | writer::Request::Checkpoint { .. }
+            | writer::Request::ForgetSeries { .. } => {
                 unreachable!("submit only sends writes")
             }
         };

@@ -527,3 +527,95 @@ fn flush_leaves_no_replaced_table_files_behind() {
     let id = SeriesId::of(&Tenant::default(), &l);
     assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 150);
 }
+
+#[test]
+fn series_left_without_data_by_retention_leave_the_index_and_can_come_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = quiet();
+    options.retention = Retention {
+        default: Some(Duration::from_secs(30 * 86_400)),
+        per_tenant: Default::default(),
+    };
+    options.limits.max_series_per_tenant = 2;
+    let s = Storage::open(dir.path(), options.clone()).expect("open");
+    let t = Tenant::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let old = now - 20 * 86_400_000;
+    let gone = labels("m", &[("dev", "gone")]);
+    let kept = labels("m", &[("dev", "kept")]);
+    let out = write(
+        &s,
+        batch(
+            1,
+            vec![
+                (gone.clone(), vec![Sample::new(old, 1.0)]),
+                (
+                    kept.clone(),
+                    vec![Sample::new(old, 1.0), Sample::new(now, 2.0)],
+                ),
+            ],
+        ),
+    );
+    assert!(
+        matches!(out, AckOutcome::Stored { samples: 3, .. }),
+        "{out:?}"
+    );
+    assert_eq!(s.label_values(&t, "dev").expect("values"), ["gone", "kept"]);
+
+    let queue = s.shared.queue.clone().expect("queue");
+    let later = now + 20 * 86_400_000;
+    assert!(
+        compactor::enforce_retention(&s.ks, &queue, &options.retention, later).expect("pass") >= 1
+    );
+    // Only the series that kept a sample stays listed and selectable.
+    assert_eq!(s.label_values(&t, "dev").expect("values"), ["kept"]);
+    let all = s
+        .select_series(&t, &[Matcher::equal("__name__", "m")])
+        .expect("select");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].labels, kept);
+
+    // The tenant's series count went down with it: under the limit of two series, the
+    // removed one comes back (it would be refused if it were still counted), and then a
+    // third is refused.
+    let out = write(
+        &s,
+        batch(2, vec![(gone.clone(), vec![Sample::new(now, 4.0)])]),
+    );
+    assert!(
+        matches!(
+            out,
+            AckOutcome::Stored {
+                samples: 1,
+                rejected_series: 0,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let fresh = labels("m", &[("dev", "fresh")]);
+    let out = write(&s, batch(3, vec![(fresh, vec![Sample::new(now, 3.0)])]));
+    assert!(
+        matches!(
+            out,
+            AckOutcome::Stored {
+                rejected_series: 1,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    drop(queue);
+    drop(s);
+    // Reopened, the index holds exactly the two live series with their postings.
+    let s = Storage::open(dir.path(), options).expect("reopen");
+    assert_eq!(s.label_values(&t, "dev").expect("values"), ["gone", "kept"]);
+    let id = SeriesId::of(&t, &gone);
+    assert_eq!(
+        s.samples(id, i64::MIN, i64::MAX).expect("read"),
+        vec![Sample::new(now, 4.0)]
+    );
+}

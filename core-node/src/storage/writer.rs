@@ -72,6 +72,14 @@ pub(crate) enum Request {
         index: i64,
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
+    /// From the retention pass: remove these series of `tenant` from the index if they still
+    /// hold no chunk. Always committed in a group of its own (see [`Writer::run`]), so no
+    /// write of the same group can depend on the series it removes. Answers how many went.
+    ForgetSeries {
+        tenant: Tenant,
+        ids: Vec<SeriesId>,
+        reply: mpsc::Sender<Result<usize, Arc<StorageError>>>,
+    },
 }
 
 /// A merge the compactor computed from a snapshot of one (series, day).
@@ -282,6 +290,8 @@ fn now_ms() -> i64 {
 #[derive(Default)]
 struct Pending {
     series: HashSet<SeriesId>,
+    /// Series removed from the index in this group, with their tenant.
+    forgotten: Vec<(Tenant, SeriesId)>,
     /// New series per tenant in this group.
     tenant_series: HashMap<Tenant, u64>,
     offsets: HashMap<String, (u64, u64)>,
@@ -291,11 +301,19 @@ struct Pending {
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+        let mut carried = None;
+        while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
+            // A series removal commits alone: writes grouped with it would see the series
+            // as known (its removal is not absorbed yet) and skip re-creating its index entry.
+            let alone = matches!(first, Request::ForgetSeries { .. });
             let mut samples = first.weight();
             let mut group = vec![first];
-            while samples < GROUP_MAX_SAMPLES {
+            while !alone && samples < GROUP_MAX_SAMPLES {
                 match rx.try_recv() {
+                    Ok(r @ Request::ForgetSeries { .. }) => {
+                        carried = Some(r);
+                        break;
+                    }
                     Ok(r) => {
                         samples += r.weight();
                         group.push(r);
@@ -306,6 +324,67 @@ impl Writer {
             self.commit_group(group);
         }
         tracing::info!("storage writer stopped");
+    }
+
+    /// Removes from the index every series of `ids` that holds no chunk in any partition of
+    /// `tenant`: its `series` entry, its postings and its dirty marks. Runs in a group of its
+    /// own, so fjall's committed state is the whole truth about the series' chunks.
+    fn apply_forget(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        p: &mut Pending,
+        tenant: &Tenant,
+        ids: &[SeriesId],
+    ) -> Result<usize, StorageError> {
+        let partitions: Vec<Keyspace> = self
+            .ks
+            .chunks
+            .all()
+            .into_iter()
+            .filter(|(t, _)| t == tenant)
+            .filter_map(|(t, index)| self.ks.chunks.get(&t, index))
+            .collect();
+        let mut forgotten = 0;
+        for &id in ids {
+            if !self.known.contains(&id) {
+                continue;
+            }
+            let prefix = id.0.to_be_bytes();
+            let mut has_chunks = false;
+            for partition in &partitions {
+                if let Some(kv) = partition.prefix(prefix).next() {
+                    kv.into_inner()?;
+                    has_chunks = true;
+                    break;
+                }
+            }
+            if has_chunks {
+                continue;
+            }
+            let Some(value) = self.ks.series.get(keys::series_key(id))? else {
+                continue;
+            };
+            let (owner, labels): (Tenant, Labels) = postcard::from_bytes(&value)
+                .map_err(|e| corrupt("series", format!("entry of {id}: {e}")))?;
+            if &owner != tenant {
+                continue;
+            }
+            wb.remove(&self.ks.series, keys::series_key(id));
+            for l in labels.iter() {
+                let k = keys::posting_key(tenant.as_str(), &l.name, &l.value, id);
+                wb.remove(&self.ks.postings, k);
+            }
+            p.forgotten.push((owner, id));
+            forgotten += 1;
+        }
+        let gone: HashSet<SeriesId> = p.forgotten.iter().map(|(_, id)| *id).collect();
+        for &(series, day) in self.dirty.keys() {
+            if gone.contains(&series) {
+                wb.remove(&self.ks.dirty, keys::dirty_key(series, day));
+                p.dirty.insert((series, day), None);
+            }
+        }
+        Ok(forgotten)
     }
 
     fn dirty_of(&self, p: &Pending, key: (SeriesId, i64)) -> Option<Dirty> {
@@ -627,6 +706,14 @@ impl Writer {
     /// Takes a committed group's changes into the writer's state.
     fn absorb(&mut self, p: Pending) {
         metrics::counter!("updraft_core_series_created_total").increment(p.series.len() as u64);
+        metrics::counter!("updraft_core_series_forgotten_total")
+            .increment(p.forgotten.len() as u64);
+        for (tenant, id) in &p.forgotten {
+            self.known.remove(id);
+            if let Some(n) = self.tenant_series.get_mut(tenant) {
+                *n = n.saturating_sub(1);
+            }
+        }
         self.known.extend(p.series);
         for (tenant, n) in p.tenant_series {
             *self.tenant_series.entry(tenant).or_default() += n;
@@ -677,6 +764,9 @@ impl Writer {
                         | Request::Checkpoint { reply } => {
                             let _ = reply.send(Err(e.clone()));
                         }
+                        Request::ForgetSeries { reply, .. } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
                 }
                 return;
@@ -689,6 +779,8 @@ impl Writer {
             ..Pending::default()
         };
         let mut outcomes = Vec::with_capacity(group.len());
+        // The answer to a `ForgetSeries`, which is always alone in its group.
+        let mut forget: Option<Result<usize, StorageError>> = None;
         for req in &group {
             match req {
                 Request::Write { batch, .. } => {
@@ -716,6 +808,10 @@ impl Writer {
                         tracing::info!(%tenant, partition = index, "dropped a partition past retention");
                     }
                     let _ = reply.send(dropped);
+                    outcomes.push(None);
+                }
+                Request::ForgetSeries { tenant, ids, .. } => {
+                    forget = Some(self.apply_forget(&mut wb, &mut p, tenant, ids));
                     outcomes.push(None);
                 }
             }
@@ -757,6 +853,13 @@ impl Writer {
                         (Request::Checkpoint { reply }, _) => {
                             let _ = reply.send(self.checkpoint().map_err(Arc::new));
                         }
+                        (Request::ForgetSeries { reply, .. }, _) => {
+                            let answer = match forget.take() {
+                                Some(r) => r.map_err(Arc::new),
+                                None => Ok(0),
+                            };
+                            let _ = reply.send(answer);
+                        }
                         (Request::Write { reply, .. }, None) => {
                             let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
                         }
@@ -787,6 +890,9 @@ impl Writer {
                         Request::Checkpoint { reply } => {
                             let _ = reply.send(Err(e.clone()));
                         }
+                        Request::ForgetSeries { reply, .. } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
                 }
             }
@@ -801,6 +907,7 @@ impl Request {
             Self::Write { batch, .. } => batch.sample_count(),
             Self::Replace { plan, .. } => plan.add.iter().map(|(_, v)| v.len()).sum::<usize>() / 2,
             Self::DropPartition { .. } | Self::Checkpoint { .. } => 0,
+            Self::ForgetSeries { ids, .. } => ids.len(),
         }
     }
 }
