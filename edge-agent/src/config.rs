@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use crate::mapping::{Decoder, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate};
+pub use crate::mapping::{
+    Decoder, Overflow, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate,
+};
 
 pub const DEFAULT_AGENT_ID: &str = "edge-agent";
 // The three listen addresses and the core endpoint also appear typed in `AgentConfig::default`.
@@ -40,6 +42,9 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const DEFAULT_BATCH_MAX_SAMPLES: usize = 10_000;
 pub const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 200;
 pub const DEFAULT_BUFFER_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// 0: the backlog is sent as fast as the link allows (fresh data still goes first).
+pub const DEFAULT_BACKLOG_RATE: u64 = 0;
 
 /// Longest accepted agent id, in bytes.
 const MAX_AGENT_ID_BYTES: usize = 128;
@@ -161,6 +166,11 @@ pub struct AgentConfig {
     pub batch_max_samples: usize,
     pub batch_max_delay: Duration,
     pub buffer_segment_bytes: u64,
+    /// Bound of the buffer's unacknowledged bytes; each rule's `overflow` says what happens
+    /// when it is reached.
+    pub buffer_max_bytes: u64,
+    /// Most backlog samples per second sent after an outage (0: no limit).
+    pub backlog_rate: u64,
 }
 
 impl Default for AgentConfig {
@@ -186,6 +196,8 @@ impl Default for AgentConfig {
             batch_max_samples: DEFAULT_BATCH_MAX_SAMPLES,
             batch_max_delay: Duration::from_millis(DEFAULT_BATCH_MAX_DELAY_MS),
             buffer_segment_bytes: DEFAULT_BUFFER_SEGMENT_BYTES,
+            buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
+            backlog_rate: DEFAULT_BACKLOG_RATE,
         }
     }
 }
@@ -258,6 +270,8 @@ impl AgentConfig {
             batch_max_samples: layer!(batch_max_samples),
             batch_max_delay_ms: layer!(batch_max_delay_ms),
             buffer_segment_bytes: layer!(buffer_segment_bytes),
+            buffer_max_bytes: layer!(buffer_max_bytes),
+            backlog_rate: layer!(backlog_rate),
         };
         raw.validate()
     }
@@ -295,6 +309,13 @@ impl AgentConfig {
             self.buffer_segment_bytes,
             64 * 1024,
             1024 * 1024 * 1024,
+        )?;
+        // Room for at least four segments, so eviction always has a sealed one to give up.
+        range(
+            "buffer-max-bytes",
+            self.buffer_max_bytes,
+            self.buffer_segment_bytes.saturating_mul(4),
+            u64::MAX,
         )?;
         let listeners = [
             ("mqtt-listen", self.mqtt_listen),
@@ -412,6 +433,16 @@ struct Cli {
     /// Size at which the buffer starts a new segment file
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BUFFER_SEGMENT_BYTES", default_value_t = DEFAULT_BUFFER_SEGMENT_BYTES)]
     buffer_segment_bytes: u64,
+
+    /// Bound of the buffer's unacknowledged bytes (at least 4 segments); each rule's
+    /// `overflow` (reject_new, drop_oldest, downsample_backlog) says what happens when full
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BUFFER_MAX_BYTES", default_value_t = DEFAULT_BUFFER_MAX_BYTES)]
+    buffer_max_bytes: u64,
+
+    /// After an outage, fresh data is sent first and the backlog behind it at most this many
+    /// samples per second (0: no limit)
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BACKLOG_RATE", default_value_t = DEFAULT_BACKLOG_RATE)]
+    backlog_rate: u64,
 }
 
 impl Cli {
@@ -457,6 +488,8 @@ impl Cli {
             batch_max_samples: self.batch_max_samples,
             batch_max_delay: Duration::from_millis(self.batch_max_delay_ms),
             buffer_segment_bytes: self.buffer_segment_bytes,
+            buffer_max_bytes: self.buffer_max_bytes,
+            backlog_rate: self.backlog_rate,
         };
         config.validate()?;
         Ok(config)
@@ -483,6 +516,8 @@ struct FileConfig {
     batch_max_samples: Option<usize>,
     batch_max_delay_ms: Option<u64>,
     buffer_segment_bytes: Option<u64>,
+    buffer_max_bytes: Option<u64>,
+    backlog_rate: Option<u64>,
 }
 
 impl FileConfig {

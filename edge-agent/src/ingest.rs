@@ -60,6 +60,8 @@ pub(crate) struct IngestSettings {
     pub tenant: Tenant,
     /// Most samples per buffer record (= the batch limit, so one record always fits a batch).
     pub record_max_samples: usize,
+    /// The buffer's byte bound and overflow policies.
+    pub bound: crate::buffer::overflow::Bound,
 }
 
 /// Starts the ingest thread. It stops after one last drain and fsync once `stop` turns true
@@ -185,9 +187,24 @@ impl Ingest {
     fn on_publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), IngestError> {
         self.received.increment(1);
         match self.settings.mapper.map(topic, payload, now_ms()) {
-            Ok(Mapped { samples, tally }) => {
+            Ok(Mapped {
+                samples,
+                tally,
+                overflow,
+            }) => {
                 self.tally(topic, &tally);
                 self.samples_received.increment(samples.len() as u64);
+                // Bytes of the record encoding, an upper bound (labels are shared per series).
+                let bytes: usize = samples.iter().map(|s| 16 + label_bytes(&s.labels)).sum();
+                let (pending, n) = (self.pending_bytes as u64, samples.len() as u64);
+                let (writer, reader) = (&mut self.writer, &self.reader);
+                if !self
+                    .settings
+                    .bound
+                    .admit(overflow, n, bytes as u64, pending, writer, reader)?
+                {
+                    return Ok(());
+                }
                 for MappedSample { labels, sample } in samples {
                     self.push(labels, sample);
                 }
@@ -206,10 +223,7 @@ impl Ingest {
         let series = match self.pending.get_mut(&labels) {
             Some(series) => series,
             None => {
-                self.pending_bytes += labels
-                    .iter()
-                    .map(|l| 4 + l.name.len() + l.value.len())
-                    .sum::<usize>();
+                self.pending_bytes += label_bytes(&labels);
                 self.pending.entry(labels).or_default()
             }
         };
@@ -287,6 +301,13 @@ impl Ingest {
         });
         Ok(())
     }
+}
+
+fn label_bytes(labels: &Labels) -> usize {
+    labels
+        .iter()
+        .map(|l| 4 + l.name.len() + l.value.len())
+        .sum()
 }
 
 fn now_ms() -> i64 {

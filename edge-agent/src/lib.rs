@@ -177,6 +177,7 @@ impl Agent {
                 mapper: Mapper::new(config.rules.clone(), config.max_payload_bytes),
                 tenant: config.tenant.clone(),
                 record_max_samples: config.batch_max_samples,
+                bound: buffer::overflow::Bound::new(config.buffer_max_bytes),
             },
             progress_tx,
             stop_rx.clone(),

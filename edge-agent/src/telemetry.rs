@@ -29,15 +29,32 @@ pub(crate) enum DropReason {
     RejectedByCore,
     /// A single buffered record encodes to a frame larger than the wire allows.
     FrameTooLarge,
+    /// The buffer was full and the message's rule says `reject_new` (or nothing could be
+    /// evicted): the new samples were not buffered.
+    BufferFullRejectNew,
+    /// The buffer was full and a `drop_oldest` rule's message evicted the oldest segment.
+    BufferFullDropOldest,
+    /// The buffer was full and a `downsample_backlog` rule's message replaced the oldest
+    /// segment's raw samples by per-minute aggregates.
+    BufferFullDownsample,
 }
 
 impl DropReason {
-    pub(crate) const ALL: [Self; 2] = [Self::RejectedByCore, Self::FrameTooLarge];
+    pub(crate) const ALL: [Self; 5] = [
+        Self::RejectedByCore,
+        Self::FrameTooLarge,
+        Self::BufferFullRejectNew,
+        Self::BufferFullDropOldest,
+        Self::BufferFullDownsample,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::RejectedByCore => "rejected_by_core",
             Self::FrameTooLarge => "frame_too_large",
+            Self::BufferFullRejectNew => "buffer_full_reject_new",
+            Self::BufferFullDropOldest => "buffer_full_drop_oldest",
+            Self::BufferFullDownsample => "buffer_full_downsample",
         }
     }
 }

@@ -49,6 +49,11 @@ impl LogReader {
         self.shared.durable_end()
     }
 
+    /// Start offsets of the live segments, oldest first; the last one is being written.
+    pub fn segment_starts(&self) -> Vec<Offset> {
+        self.shared.segments().clone()
+    }
+
     /// Bytes on disk a core has not acknowledged yet.
     pub fn unacked_bytes(&self) -> u64 {
         self.durable_end().0.saturating_sub(self.acked().0)

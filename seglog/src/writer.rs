@@ -54,6 +54,12 @@ impl LogWriter {
         })
     }
 
+    /// End of the last appended record, durable or not (the durable end trails it until the
+    /// next [`LogWriter::sync`]).
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
     /// Appends one record and returns its end offset. Readers see it after the next
     /// [`LogWriter::sync`]. The payload is borrowed, so on error the caller still has it.
     pub fn append(&mut self, payload: &[u8]) -> Result<Offset, LogError> {

@@ -39,7 +39,7 @@ mod rules;
 mod sparkplug;
 mod topic;
 
-pub use rules::{Decoder, Rule, RuleConfig, RuleError};
+pub use rules::{Decoder, Overflow, Rule, RuleConfig, RuleError};
 pub use topic::{TemplateError, TopicTemplate};
 
 use protocols::model::{Labels, ModelError, Sample, sanitize_metric_name};
@@ -208,6 +208,8 @@ pub struct MappedSample {
 pub struct Mapped {
     pub samples: Vec<MappedSample>,
     pub tally: Tally,
+    /// The matching rule's policy for a full buffer.
+    pub overflow: Overflow,
 }
 
 /// Maps publishes with fixed rules and payload limit. Holds the Sparkplug B state, so one
@@ -275,7 +277,11 @@ impl Mapper {
                 sample: Sample::new(value.timestamp_ms, value.value),
             });
         }
-        Ok(Mapped { samples, tally })
+        Ok(Mapped {
+            samples,
+            tally,
+            overflow: rule.overflow,
+        })
     }
 }
 

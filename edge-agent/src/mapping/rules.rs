@@ -5,6 +5,7 @@
 //! the message; `docs/edge-agent.md` holds the user-facing description and the defaults.
 
 use super::topic::{TemplateError, TopicTemplate};
+pub use crate::buffer::overflow::Overflow;
 use protocols::model::{is_valid_label_name, sanitize_metric_name};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -166,6 +167,8 @@ pub struct Rule {
     pub fields: FieldFilter,
     pub timestamp_field: TimestampField,
     pub timestamp_format: TimestampFormat,
+    /// What happens to this rule's new messages while the buffer is full.
+    pub overflow: Overflow,
 }
 
 impl Default for Rule {
@@ -179,6 +182,7 @@ impl Default for Rule {
             fields: FieldFilter::default(),
             timestamp_field: TimestampField::Default,
             timestamp_format: TimestampFormat::Auto,
+            overflow: Overflow::default(),
         }
     }
 }
@@ -242,6 +246,8 @@ pub struct RuleConfig {
     pub rename: BTreeMap<String, String>,
     pub timestamp_field: Option<String>,
     pub timestamp_format: Option<String>,
+    #[serde(default)]
+    pub overflow: Overflow,
 }
 
 impl RuleConfig {
@@ -352,6 +358,7 @@ impl RuleConfig {
             fields,
             timestamp_field,
             timestamp_format,
+            overflow: self.overflow,
         })
     }
 }
