@@ -102,6 +102,7 @@ pub(crate) struct Bound {
 
 impl Bound {
     pub(crate) fn new(max_bytes: u64) -> Self {
+        metrics::gauge!(telemetry::BUFFER_MAX_BYTES).set(max_bytes as f64);
         let reason = |r: DropReason| counter!(telemetry::SAMPLES_DROPPED, "reason" => r.as_str());
         Self {
             max_bytes,

@@ -38,11 +38,13 @@ pub(crate) enum Prepared {
 }
 
 /// Reads from `from` and builds one batch of at most `max_samples` samples of one tenant
-/// (always at least one whole record, which the ingest thread caps at `max_samples`).
+/// (always at least one whole record, which the ingest thread caps at `max_samples`) from
+/// records that start below `limit`, sent as `epoch`.
 pub(crate) fn prepare(
     reader: &LogReader,
     agent_id: &AgentId,
-    from: Offset,
+    epoch: Epoch,
+    (from, limit): (Offset, Offset),
     max_samples: usize,
 ) -> Result<Prepared, LogError> {
     let chunk = reader.read(from, READ_BUDGET_BYTES)?;
@@ -53,6 +55,10 @@ pub(crate) fn prepare(
     // it was taken (so skipped bytes at the end are covered as well).
     let mut end = chunk.next;
     for rec in &chunk.records {
+        if rec.start >= limit {
+            end = rec.start;
+            break;
+        }
         let body = match record::decode(&rec.payload) {
             Ok(body) => body,
             Err(e) => {
@@ -87,11 +93,10 @@ pub(crate) fn prepare(
             Prepared::Empty
         });
     }
-    let epoch = reader.epoch();
     let frame = encode(agent_id, epoch, end, taken);
     if frame.len() > MAX_FRAME_BYTES && records > 1 {
         // Try again with the first record alone (the limit then admits nothing more).
-        return prepare(reader, agent_id, from, first_samples);
+        return prepare(reader, agent_id, epoch, (from, limit), first_samples);
     }
     if frame.len() > MAX_FRAME_BYTES {
         // Unreachable for records within the ingest caps (the read budget keeps batches near

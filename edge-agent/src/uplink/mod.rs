@@ -1,7 +1,10 @@
 //! Shipping buffered samples to a core node and advancing the buffer's cursor on acknowledgement.
 //!
-//! One batch is in flight at a time, in buffer order: `(epoch, sequence)` then only grows and a
-//! resend always covers the same records. Per batch:
+//! One batch is in flight at a time. Normally batches go in buffer order; after an outage the
+//! uplink sends fresh data first and drains the backlog behind it at `--backlog-rate` ([`lanes`]
+//! explains the two lanes, the shared cursor and why sequences still only grow per epoch). A
+//! resend always covers the same records. The core is the one with the lowest round-trip time
+//! among those the transport considers healthy ([`Transport::preferred`]). Per batch:
 //!
 //! - `Stored` / `Duplicate`: acknowledge the buffer up to the batch's end.
 //! - `Failed` with a non-retryable code: log, count the samples as dropped, acknowledge anyway
@@ -13,6 +16,7 @@
 //! a scripted core in its place and inject faults.
 
 mod batch;
+mod lanes;
 pub(crate) mod quic;
 
 use crate::buffer::{LogError, LogReader, Offset};
@@ -21,6 +25,7 @@ use crate::ingest::Progress;
 use crate::telemetry::{self, DropReason};
 use batch::{Batch, Prepared};
 use bytes::Bytes;
+use lanes::{Lane, Lanes};
 use metrics::{counter, gauge};
 use protocols::wire::{
     AckOutcome, AgentId, BatchAck, Message, ResumePoint, ResumeQuery, WireError,
@@ -36,6 +41,8 @@ pub(crate) use quic::TransportError;
 /// How long an in-flight batch may still finish after shutdown was requested. Its samples are
 /// durable either way; finishing only saves a resend.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the buffer gauges are refreshed while idle.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// One request/response exchange with a core.
 pub(crate) trait Transport: Send + 'static {
@@ -48,6 +55,12 @@ pub(crate) trait Transport: Send + 'static {
 
     /// Closes connections politely; called once on shutdown.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The index in `endpoints` of the healthy core with the lowest round-trip time, if the
+    /// transport measures that; `None` keeps the current choice.
+    fn preferred(&mut self, _endpoints: &[CoreEndpoint]) -> Option<usize> {
+        None
+    }
 }
 
 /// Exponential backoff with "equal jitter": attempt `n` waits a random time between half and
@@ -103,6 +116,8 @@ pub(crate) struct UplinkSettings {
     pub batch_max_samples: usize,
     pub batch_max_delay: Duration,
     pub backoff: Backoff,
+    /// Most backlog samples per second after an outage (0: no limit).
+    pub backlog_rate: u64,
 }
 
 pub(crate) struct Uplink<T> {
@@ -113,6 +128,8 @@ pub(crate) struct Uplink<T> {
     stop: watch::Receiver<bool>,
     /// Index into `settings.endpoints` of the core currently used.
     current: usize,
+    /// The last delivery needed retries: what piled up meanwhile becomes backlog.
+    outage_over: bool,
 }
 
 impl<T: Transport> Uplink<T> {
@@ -130,6 +147,7 @@ impl<T: Transport> Uplink<T> {
             progress,
             stop,
             current: 0,
+            outage_over: false,
         }
     }
 
@@ -142,46 +160,141 @@ impl<T: Transport> Uplink<T> {
     }
 
     async fn ship(&mut self) -> Result<(), UplinkError> {
-        let mut next = self.reader.acked();
+        let mut start = self.reader.acked();
         if let Some(resumed) = self.resume_point().await {
             self.ack(resumed).await?;
-            next = resumed;
+            start = resumed;
         }
+        let mut lanes = Lanes::new(start, self.reader.epoch());
+        // When the fresh lane's batch is due, and the progress count when it began to fill.
+        let mut linger: Option<(Instant, u64)> = None;
+        let mut backlog_due = Instant::now();
         loop {
-            let Some(waited) = self.wait_for_data(next).await else {
-                return Ok(());
-            };
-            if waited && !self.linger().await {
+            if self.stopping() {
                 return Ok(());
             }
-            let (reader, agent_id) = (self.reader.clone(), self.settings.agent_id.clone());
-            let max = self.settings.batch_max_samples;
-            let prepared =
-                tokio::task::spawn_blocking(move || batch::prepare(&reader, &agent_id, next, max))
-                    .await??;
-            match prepared {
-                // Only if the files end before the durable end (changed behind our back):
-                // pause instead of spinning.
-                Prepared::Empty => tokio::time::sleep(Duration::from_millis(100)).await,
-                Prepared::Skip {
-                    next: skip_to,
-                    corrupt_bytes,
-                    dropped_samples,
-                } => {
-                    counter!(telemetry::BUFFER_CORRUPT_BYTES).increment(corrupt_bytes);
-                    counter!(telemetry::SAMPLES_DROPPED, "reason" => DropReason::FrameTooLarge.as_str())
-                        .increment(dropped_samples);
-                    self.ack(skip_to).await?;
-                    next = skip_to;
-                }
-                Prepared::Batch(batch) => {
-                    if !self.deliver(&batch).await? {
+            self.progress.mark_unchanged();
+            lanes.clamp(self.reader.acked());
+            let end = self.reader.durable_end();
+            let unsent = end.0.saturating_sub(lanes.fresh().0);
+            if unsent > lanes::SPLIT_BYTES || (self.outage_over && unsent > 0) {
+                info!(
+                    from = lanes.fresh().0,
+                    to = end.0,
+                    "backlog after an outage; fresh data goes first"
+                );
+                lanes.split(end);
+                linger = None;
+            }
+            self.outage_over = false;
+            self.update_gauges(&lanes);
+            let now = Instant::now();
+            if end > lanes.fresh() {
+                let samples = self.progress.borrow().samples;
+                let (due, base) =
+                    *linger.get_or_insert((now + self.settings.batch_max_delay, samples));
+                let arrived = samples.saturating_sub(base);
+                if now >= due || arrived >= self.settings.batch_max_samples as u64 {
+                    if self.send(&mut lanes, Lane::Fresh).await?.is_none() {
                         return Ok(());
                     }
-                    next = batch.end;
+                    // More is already waiting: no reason to linger for it.
+                    linger =
+                        (self.reader.durable_end() > lanes.fresh()).then(|| (Instant::now(), 0));
+                    continue;
                 }
             }
+            if lanes.backlog().is_some() && now >= backlog_due {
+                let Some(samples) = self.send(&mut lanes, Lane::Backlog).await? else {
+                    return Ok(());
+                };
+                if self.settings.backlog_rate > 0 {
+                    let secs = samples as f64 / self.settings.backlog_rate as f64;
+                    backlog_due = Instant::now() + Duration::from_secs_f64(secs);
+                }
+                continue;
+            }
+            let mut wake = linger.map(|(due, _)| due);
+            if lanes.backlog().is_some() {
+                wake = Some(wake.map_or(backlog_due, |w| w.min(backlog_due)));
+            }
+            let wake = wake.unwrap_or_else(|| now + GAUGE_REFRESH);
+            tokio::select! {
+                changed = self.progress.changed() => {
+                    // The ingest thread is gone (shutdown or failure): nothing more will come.
+                    if changed.is_err() { return Ok(()); }
+                }
+                () = tokio::time::sleep_until(wake.min(now + GAUGE_REFRESH)) => {}
+                _ = self.stop.changed() => {}
+            }
         }
+    }
+
+    /// Prepares and delivers one batch of `lane`, then moves the cursor. The batch's sample
+    /// count, or `None` if stopped first.
+    async fn send(&mut self, lanes: &mut Lanes, lane: Lane) -> Result<Option<u64>, UplinkError> {
+        let max = self.settings.batch_max_samples;
+        let (range, max) = match (lane, lanes.backlog()) {
+            (Lane::Backlog, Some(range)) => {
+                let rate = usize::try_from(self.settings.backlog_rate).unwrap_or(usize::MAX);
+                (range, if rate > 0 { max.min(rate) } else { max })
+            }
+            _ => ((lanes.fresh(), Offset(u64::MAX)), max),
+        };
+        let (reader, agent_id) = (self.reader.clone(), self.settings.agent_id.clone());
+        let epoch = lanes.epoch(lane);
+        let prepared = tokio::task::spawn_blocking(move || {
+            batch::prepare(&reader, &agent_id, epoch, range, max.max(1))
+        })
+        .await??;
+        let samples = match prepared {
+            // Only if the files end before the durable end (changed behind our back):
+            // pause instead of spinning.
+            Prepared::Empty => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                0
+            }
+            Prepared::Skip {
+                next: skip_to,
+                corrupt_bytes,
+                dropped_samples,
+            } => {
+                counter!(telemetry::BUFFER_CORRUPT_BYTES).increment(corrupt_bytes);
+                counter!(telemetry::SAMPLES_DROPPED, "reason" => DropReason::FrameTooLarge.as_str())
+                    .increment(dropped_samples);
+                lanes.delivered(lane, skip_to);
+                0
+            }
+            Prepared::Batch(batch) => {
+                if !self.deliver(&batch).await? {
+                    return Ok(None);
+                }
+                lanes.delivered(lane, batch.end);
+                batch.samples
+            }
+        };
+        lanes.clamp(self.reader.acked());
+        self.ack(lanes.cursor().min(self.reader.durable_end()))
+            .await?;
+        self.update_gauges(lanes);
+        Ok(Some(samples))
+    }
+
+    /// Buffer gauges: backlog bytes, and the age of the oldest sample not yet acknowledged.
+    fn update_gauges(&self, lanes: &Lanes) {
+        gauge!(telemetry::UPLINK_BACKLOG_BYTES).set(lanes.backlog_bytes() as f64);
+        let acked = self.reader.acked();
+        let age = if acked < self.reader.durable_end() {
+            oldest_timestamp_ms(&self.reader, acked).map_or(0.0, |ts| {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                (now_ms - ts).max(0) as f64 / 1000.0
+            })
+        } else {
+            0.0
+        };
+        gauge!(telemetry::OLDEST_UNSENT_AGE).set(age);
     }
 
     /// Asks the current core how far it has applied this agent's batches. After a crash
@@ -216,49 +329,12 @@ impl<T: Transport> Uplink<T> {
         Some(Offset(sequence))
     }
 
-    /// Waits until records beyond `next` are durable. `Some(true)` if it had to wait (the
-    /// buffer was drained), `Some(false)` if a backlog was already there, `None` on stop.
-    async fn wait_for_data(&mut self, next: Offset) -> Option<bool> {
-        let mut waited = false;
-        loop {
-            if self.stopping() {
-                return None;
-            }
-            self.progress.mark_unchanged();
-            if self.reader.durable_end() > next {
-                return Some(waited);
-            }
-            waited = true;
-            tokio::select! {
-                changed = self.progress.changed() => {
-                    // The ingest thread is gone (shutdown or failure): nothing more will come.
-                    if changed.is_err() { return None; }
-                }
-                _ = self.stop.changed() => {}
-            }
-        }
-    }
-
-    /// Gives a batch up to `batch_max_delay` to fill. False on stop.
-    async fn linger(&mut self) -> bool {
-        let deadline = Instant::now() + self.settings.batch_max_delay;
-        let base = self.progress.borrow().samples;
-        loop {
-            let arrived = self.progress.borrow().samples.saturating_sub(base);
-            if arrived >= self.settings.batch_max_samples as u64 {
-                return true;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return true,
-                changed = self.progress.changed() => if changed.is_err() { return true },
-                _ = self.stop.changed() => return !self.stopping(),
-            }
-        }
-    }
-
     /// Sends `batch` until a core gives a final answer. False if stopped before that.
     async fn deliver(&mut self, batch: &Batch) -> Result<bool, UplinkError> {
         let mut attempt = 0u32;
+        if let Some(best) = self.transport.preferred(&self.settings.endpoints) {
+            self.current = best;
+        }
         loop {
             let endpoint = self.settings.endpoints[self.current].clone();
             let Some(answer) = self.exchange(&endpoint, batch.frame.clone()).await else {
@@ -320,8 +396,8 @@ impl<T: Transport> Uplink<T> {
             }
             if attempt > 0 {
                 info!(core = %endpoint, attempts = attempt + 1, "batch delivered after retries");
+                self.outage_over = true;
             }
-            self.ack(batch.end).await?;
             return Ok(true);
         }
     }
@@ -378,6 +454,17 @@ impl<T: Transport> Uplink<T> {
     fn stopping(&self) -> bool {
         *self.stop.borrow() || self.stop.has_changed().is_err()
     }
+}
+
+/// The smallest sample timestamp of the record at `at` (reads one record; blocking, but
+/// one small read of a page the ingest thread just wrote or the uplink just read).
+fn oldest_timestamp_ms(reader: &LogReader, at: Offset) -> Option<i64> {
+    let chunk = reader.read(at, 1).ok()?;
+    let body = crate::buffer::record::decode(&chunk.records.first()?.payload).ok()?;
+    body.series
+        .iter()
+        .flat_map(|s| s.samples.iter().map(|x| x.timestamp_ms))
+        .min()
 }
 
 /// Resolves once stop is requested or its sender is gone. The guard `wait_for` returns is

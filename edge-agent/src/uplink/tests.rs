@@ -127,6 +127,7 @@ impl Harness {
                 base: Duration::from_millis(1),
                 max: Duration::from_millis(2),
             },
+            backlog_rate: 0,
         };
         let uplink = Uplink::new(
             core,
