@@ -168,6 +168,21 @@ async fn serve_stream(
         }
     };
     let (epoch, sequence) = (batch.epoch, batch.sequence);
+    if batch.agent_id.is_untracked() {
+        // The empty id is how HTTP ingest says "no agent": over QUIC it would turn off the
+        // duplicate check, so a resent batch could be stored twice.
+        reject(
+            &mut send,
+            remote,
+            epoch,
+            sequence,
+            "no_agent_id",
+            ErrorCode::BadData,
+            "a batch over QUIC needs a non-empty agent id".into(),
+        )
+        .await;
+        return;
+    }
     let samples = batch.sample_count() as u64;
     metrics::counter!("updraft_core_samples_received_total").increment(samples);
     let outcome = apply(&storage, batch).await;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use crate::bridge::BridgeConfig;
 pub use crate::mapping::{
     Decoder, Overflow, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate,
 };
@@ -94,6 +95,10 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
+    #[error("--{0} needs --{1}")]
+    Requires(&'static str, &'static str),
+    #[error("invalid --bridge-broker {value:?}: {reason}")]
+    BridgeBroker { value: String, reason: &'static str },
     #[error("--{0} and --{1} use the same address {2}")]
     SameAddress(&'static str, &'static str, SocketAddr),
 }
@@ -171,6 +176,13 @@ pub struct AgentConfig {
     pub buffer_max_bytes: u64,
     /// Most backlog samples per second sent after an outage (0: no limit).
     pub backlog_rate: u64,
+    /// `USERNAME:PASSWORD` lines; when set, MQTT clients must log in with one of them.
+    pub mqtt_users_file: Option<PathBuf>,
+    /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
+    pub mqtt_tls_cert: Option<PathBuf>,
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// Bridge mode: also subscribe to an existing broker.
+    pub bridge: Option<BridgeConfig>,
 }
 
 impl Default for AgentConfig {
@@ -198,6 +210,10 @@ impl Default for AgentConfig {
             buffer_segment_bytes: DEFAULT_BUFFER_SEGMENT_BYTES,
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             backlog_rate: DEFAULT_BACKLOG_RATE,
+            mqtt_users_file: None,
+            mqtt_tls_cert: None,
+            mqtt_tls_key: None,
+            bridge: None,
         }
     }
 }
@@ -272,6 +288,15 @@ impl AgentConfig {
             buffer_segment_bytes: layer!(buffer_segment_bytes),
             buffer_max_bytes: layer!(buffer_max_bytes),
             backlog_rate: layer!(backlog_rate),
+            mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
+            mqtt_tls_cert: cli.mqtt_tls_cert.or(file.mqtt_tls_cert),
+            mqtt_tls_key: cli.mqtt_tls_key.or(file.mqtt_tls_key),
+            bridge_broker: cli.bridge_broker.or(file.bridge_broker),
+            bridge_topic: layer!(bridge_topic),
+            bridge_client_id: cli.bridge_client_id.or(file.bridge_client_id),
+            bridge_username: cli.bridge_username.or(file.bridge_username),
+            bridge_password: cli.bridge_password.or(file.bridge_password),
+            bridge_ca: cli.bridge_ca.or(file.bridge_ca),
         };
         raw.validate()
     }
@@ -317,6 +342,11 @@ impl AgentConfig {
             self.buffer_segment_bytes.saturating_mul(4),
             u64::MAX,
         )?;
+        match (&self.mqtt_tls_cert, &self.mqtt_tls_key) {
+            (Some(_), None) => return Err(ConfigError::Requires("mqtt-tls-cert", "mqtt-tls-key")),
+            (None, Some(_)) => return Err(ConfigError::Requires("mqtt-tls-key", "mqtt-tls-cert")),
+            _ => {}
+        }
         let listeners = [
             ("mqtt-listen", self.mqtt_listen),
             ("mqtt5-listen", self.mqtt5_listen),
@@ -443,6 +473,55 @@ struct Cli {
     /// samples per second (0: no limit)
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BACKLOG_RATE", default_value_t = DEFAULT_BACKLOG_RATE)]
     backlog_rate: u64,
+
+    /// File of USERNAME:PASSWORD lines; when given, MQTT clients must log in with one of them
+    /// (others get CONNACK "bad username or password", counted and logged)
+    #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MQTT_USERS_FILE")]
+    mqtt_users_file: Option<PathBuf>,
+
+    /// Server certificate chain (PEM) for TLS on both MQTT listeners (needs --mqtt-tls-key)
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_MQTT_TLS_CERT")]
+    mqtt_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --mqtt-tls-cert
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_MQTT_TLS_KEY")]
+    mqtt_tls_key: Option<PathBuf>,
+
+    /// Bridge mode: also subscribe to this existing MQTT broker (HOST:PORT, MQTT 3.1.1,
+    /// persistent session, QoS 1, acknowledged only after the buffer's fsync)
+    #[arg(long, value_name = "HOST:PORT", env = "UPDRAFT_EDGE_BRIDGE_BROKER")]
+    bridge_broker: Option<String>,
+
+    /// Topic filter the bridge subscribes to at QoS 1; repeat (or comma-separate) for several
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "UPDRAFT_EDGE_BRIDGE_TOPIC",
+        value_delimiter = ',',
+        default_value = crate::bridge::DEFAULT_TOPIC
+    )]
+    bridge_topic: Vec<String>,
+
+    /// Client id of the bridge's persistent session [default: updraft-<agent id>]
+    #[arg(long, value_name = "ID", env = "UPDRAFT_EDGE_BRIDGE_CLIENT_ID")]
+    bridge_client_id: Option<String>,
+
+    /// Username for the bridged broker
+    #[arg(long, value_name = "USER", env = "UPDRAFT_EDGE_BRIDGE_USERNAME")]
+    bridge_username: Option<String>,
+
+    /// Password for the bridged broker (prefer the environment or the file over a flag)
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "UPDRAFT_EDGE_BRIDGE_PASSWORD",
+        hide_env_values = true
+    )]
+    bridge_password: Option<String>,
+
+    /// CA certificate (PEM): connect to the bridged broker over TLS, trusting only this CA
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_BRIDGE_CA")]
+    bridge_ca: Option<PathBuf>,
 }
 
 impl Cli {
@@ -472,6 +551,17 @@ impl Cli {
                 }
             })?],
         };
+        let bridge = match &self.bridge_broker {
+            None => None,
+            Some(broker) => Some(BridgeConfig::new(
+                broker,
+                self.bridge_topic.clone(),
+                self.bridge_client_id.clone(),
+                (self.bridge_username.clone(), self.bridge_password.clone()),
+                self.bridge_ca.clone(),
+                &self.agent_id,
+            )?),
+        };
         let config = AgentConfig {
             agent_id: AgentId(self.agent_id),
             tenant: Tenant::new(self.tenant)?,
@@ -490,6 +580,10 @@ impl Cli {
             buffer_segment_bytes: self.buffer_segment_bytes,
             buffer_max_bytes: self.buffer_max_bytes,
             backlog_rate: self.backlog_rate,
+            mqtt_users_file: self.mqtt_users_file,
+            mqtt_tls_cert: self.mqtt_tls_cert,
+            mqtt_tls_key: self.mqtt_tls_key,
+            bridge,
         };
         config.validate()?;
         Ok(config)
@@ -518,6 +612,15 @@ struct FileConfig {
     buffer_segment_bytes: Option<u64>,
     buffer_max_bytes: Option<u64>,
     backlog_rate: Option<u64>,
+    mqtt_users_file: Option<PathBuf>,
+    mqtt_tls_cert: Option<PathBuf>,
+    mqtt_tls_key: Option<PathBuf>,
+    bridge_broker: Option<String>,
+    bridge_topic: Option<Vec<String>>,
+    bridge_client_id: Option<String>,
+    bridge_username: Option<String>,
+    bridge_password: Option<String>,
+    bridge_ca: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -590,6 +693,12 @@ mod tests {
             .get_arguments()
             .filter_map(|a| a.get_long().map(str::to_owned))
             .filter(|f| f != "config" && f != "topic-template")
+            // Options without a default (TLS, users, bridge) are described in comments.
+            .filter(|f| {
+                Cli::command()
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(f.as_str()) && !a.get_default_values().is_empty())
+            })
             .chain(["rules".to_owned()])
             .collect();
         flags.sort_unstable();

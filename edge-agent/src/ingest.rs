@@ -1,28 +1,54 @@
-//! The ingest thread: drains the broker link, maps publishes to samples and appends them to the
-//! buffer with one fsync per burst (group commit).
+//! The ingest thread: drains the queue of MQTT messages (from the embedded listener and the
+//! bridge), maps them to samples and appends them to the buffer with one fsync per burst
+//! (group commit). Only after that fsync does it release the burst's [`AckTicket`]s, which send
+//! the PUBACK (listener) or the manual acknowledgement (bridge).
 //!
-//! It runs on a dedicated OS thread because both of its waits block: `LinkRx::recv_deadline`
-//! parks on a channel and `LogWriter::sync` waits for the disk. Neither may run on the async
-//! runtime.
+//! It runs on a dedicated OS thread because `LogWriter::sync` waits for the disk, which may not
+//! happen on the async runtime.
 
 use crate::buffer::record::{self, RecordError};
 use crate::buffer::{LogError, LogReader, LogWriter, Offset};
 use crate::mapping::{Mapped, MappedSample, Mapper, RejectReason, Rejection, SkipReason, Tally};
 use crate::telemetry;
+use bytes::Bytes;
 use metrics::{Counter, counter, gauge};
 use protocols::model::{Labels, Sample, Tenant};
 use protocols::wire::SeriesSamples;
-use rumqttd::Notification;
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 /// How often an idle ingest thread checks for shutdown.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Most publishes in one burst: bounds how long a sample waits for its fsync under load.
 const MAX_BURST_MESSAGES: usize = 4096;
+/// Messages queued between the MQTT connections and the ingest thread. When it is full, the
+/// connections stop reading their sockets (TCP back-pressure), so nothing is dropped.
+pub(crate) const QUEUE_MESSAGES: usize = 2 * MAX_BURST_MESSAGES;
+
+/// One MQTT message for the ingest thread.
+pub(crate) struct Incoming {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// Released once the message's samples are fsynced (or the message was refused).
+    pub ack: Option<AckTicket>,
+}
+
+/// What to do once a message is durable: send its PUBACK, or acknowledge it to the bridged
+/// broker. Dropping a ticket without [`AckTicket::durable`] acknowledges nothing, so the
+/// client resends.
+pub(crate) struct AckTicket(Box<dyn FnOnce() + Send>);
+
+impl AckTicket {
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+
+    fn durable(self) {
+        (self.0)();
+    }
+}
 /// A record is closed once its encoding reaches about this size, so that one batch of records
 /// stays far below the wire's frame limit.
 const RECORD_SOFT_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -44,15 +70,6 @@ pub(crate) enum IngestError {
     Buffer(#[from] LogError),
     #[error("cannot encode buffer record: {0}")]
     Record(#[from] RecordError),
-    #[error("broker link closed: {0}")]
-    Link(#[source] Box<LinkError>),
-}
-
-impl From<LinkError> for IngestError {
-    fn from(e: LinkError) -> Self {
-        // Boxed: rumqttd's error carries a whole router event (over 800 bytes).
-        Self::Link(Box::new(e))
-    }
 }
 
 pub(crate) struct IngestSettings {
@@ -67,7 +84,7 @@ pub(crate) struct IngestSettings {
 /// Starts the ingest thread. It stops after one last drain and fsync once `stop` turns true
 /// (or its sender is dropped), and reports how it ended on the returned channel.
 pub(crate) fn spawn(
-    link: (LinkTx, LinkRx),
+    queue: mpsc::Receiver<Incoming>,
     writer: LogWriter,
     reader: LogReader,
     settings: IngestSettings,
@@ -80,8 +97,9 @@ pub(crate) fn spawn(
     let skip_counters =
         SkipReason::ALL.map(|r| counter!(telemetry::VALUES_SKIPPED, "reason" => r.as_str()));
     let mut ingest = Ingest {
-        _link_tx: link.0,
-        link_rx: link.1,
+        queue,
+        runtime: tokio::runtime::Handle::current(),
+        tickets: Vec::new(),
         writer,
         reader,
         settings,
@@ -92,7 +110,6 @@ pub(crate) fn spawn(
         pending_bytes: 0,
         burst_samples: 0,
         appended: false,
-        unscheduled: false,
         warnings: LogLimiter::new(WARNINGS_PER_WINDOW, WARNING_WINDOW),
         received: counter!(telemetry::MESSAGES_RECEIVED),
         samples_received: counter!(telemetry::SAMPLES_RECEIVED),
@@ -114,9 +131,11 @@ pub(crate) fn spawn(
 }
 
 struct Ingest {
-    /// Kept alive so the router keeps the link's subscription.
-    _link_tx: LinkTx,
-    link_rx: LinkRx,
+    queue: mpsc::Receiver<Incoming>,
+    /// To wait on the queue with a timeout from this (non-runtime) thread.
+    runtime: tokio::runtime::Handle,
+    /// Acknowledgements of the current burst, released after its fsync.
+    tickets: Vec<AckTicket>,
     writer: LogWriter,
     reader: LogReader,
     settings: IngestSettings,
@@ -129,8 +148,6 @@ struct Ingest {
     /// Samples appended since the last fsync.
     burst_samples: u64,
     appended: bool,
-    /// The router paused us because our queue filled up; it resumes after `ready()`.
-    unscheduled: bool,
     warnings: LogLimiter,
     received: Counter,
     samples_received: Counter,
@@ -155,9 +172,9 @@ impl Ingest {
                 }
             }
             self.commit()?;
-            if self.unscheduled {
-                self.unscheduled = false;
-                self.link_rx.ready()?;
+            // In order: a connection's PUBACKs must follow its PUBLISH order.
+            for ticket in self.tickets.drain(..) {
+                ticket.durable();
             }
             if stopping {
                 debug!("ingest thread stopped after a final drain");
@@ -166,22 +183,39 @@ impl Ingest {
         }
     }
 
-    /// Handles at most one notification; false when none arrived before `deadline`.
+    /// Handles at most one message; false when none arrived before `deadline`.
     fn recv(&mut self, deadline: Instant) -> Result<bool, IngestError> {
-        match self.link_rx.recv_deadline(deadline) {
-            Ok(Some(Notification::Forward(forward))) => {
-                self.on_publish(&forward.publish.topic, &forward.publish.payload)?;
-                Ok(true)
+        let message = match self.queue.try_recv() {
+            Ok(m) => Some(m),
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                // Every producer is gone (the agent is stopping): wait for the stop signal.
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                None
             }
-            Ok(Some(Notification::Unschedule)) => {
-                self.unscheduled = true;
-                Ok(true)
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    None
+                } else {
+                    let queue = &mut self.queue;
+                    self.runtime
+                        .block_on(async { tokio::time::timeout(wait, queue.recv()).await })
+                        .ok()
+                        .flatten()
+                }
             }
-            // Acks for our own subscribe and other bookkeeping.
-            Ok(Some(_)) | Ok(None) => Ok(true),
-            Err(LinkError::RecvTimeout(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        };
+        let Some(Incoming {
+            topic,
+            payload,
+            ack,
+        }) = message
+        else {
+            return Ok(false);
+        };
+        self.on_publish(&topic, &payload)?;
+        self.tickets.extend(ack);
+        Ok(true)
     }
 
     fn on_publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), IngestError> {

@@ -2,25 +2,27 @@
 //! samples safe on local disk and ships them to a core node over QUIC with mutual TLS.
 //!
 //! ```text
-//! devices --MQTT--> [broker] --link--> [ingest thread] --append+fsync--> [buffer]
-//!                                       mapping                            |
+//! devices --MQTT--> [listener] --queue--> [ingest thread] --append+fsync--> [buffer]
+//! broker <--bridge-- [bridge]  --queue-->   mapping, acks after fsync       |
 //!        core node <--QUIC/mTLS-- [uplink task] <--read records, ack-------+
 //! ```
 //!
-//! What it is not: a general MQTT broker (no TLS or authentication on the MQTT listeners yet, no
-//! bridging), a storage engine (samples only wait here until a core acknowledges them) or a
+//! What it is not: a general MQTT broker (its listeners take publishes and forward nothing to
+//! subscribers), a storage engine (samples only wait here until a core acknowledges them) or a
 //! query endpoint (`/metrics` and `/health` describe the agent itself).
 //!
 //! # Modules
 //!
 //! - [`config`]: command line, environment and TOML file, layered into a validated
 //!   [`config::AgentConfig`].
-//! - `broker`: the embedded rumqttd broker, one listener for MQTT 3.1.1 and one for MQTT 5, and
-//!   the internal link that receives every publish.
+//! - `broker`: the embedded MQTT 3.1.1/5 listeners (rumqttc's packet codecs), with optional
+//!   users file and TLS; a QoS 1 PUBACK goes out only after the fsync.
+//! - `bridge`: bridge mode, a persistent rumqttc session on another broker, acknowledged
+//!   manually after the fsync.
 //! - `mapping`: mapping rules (topic patterns, first match wins) and payload decoders (number,
 //!   JSON, InfluxDB line protocol, Sparkplug B with its alias state), publish to samples.
-//! - `ingest`: the dedicated thread that drains the link, maps, and appends to the buffer with
-//!   one fsync per burst.
+//! - `ingest`: the dedicated thread that drains the message queue, maps, and appends to the
+//!   buffer with one fsync per burst, then releases the burst's acknowledgements.
 //! - `buffer`: the durable segment log, its ack cursor and crash recovery. Its module docs
 //!   hold the on-disk format.
 //! - `uplink`: batching, delivery to the cores with retries and fail-over, acknowledgement;
@@ -32,12 +34,14 @@
 //!
 //! A sample is fsynced to the buffer before it is sent, and leaves the buffer only once a core
 //! has acknowledged it (or refused it for good, which is counted). Resends after a crash carry
-//! the same `(epoch, sequence)` so the core stores them once. The embedded broker acknowledges
-//! a QoS 1 publish when the message enters its in-memory log, which is before our fsync: a crash
-//! in between loses messages the device considers delivered (see `docs/edge-agent.md`).
+//! the same `(epoch, sequence)` so the core stores them once. A QoS 1/2 MQTT message is
+//! acknowledged (PUBACK/PUBREC to a device, manual PUBACK to a bridged broker) only after its
+//! samples are fsynced, or after the mapper refused it; a full queue slows the publishers down
+//! through TCP instead of dropping messages (see `docs/edge-agent.md`).
 
 pub mod config;
 
+mod bridge;
 mod broker;
 mod buffer;
 mod http;
@@ -63,8 +67,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uplink::{Uplink, UplinkError, UplinkSettings};
 
-/// How long the broker may take to accept its first MQTT connection.
-const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each part may take to stop once shutdown was requested.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,9 +77,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// cannot be bound or a buffer that cannot be opened, and later if the buffer fails (a failed
 /// fsync is not retried: restart and let recovery decide what is on disk).
 ///
-/// The embedded broker has no shutdown: its threads and MQTT ports stay until the process
-/// exits (irrelevant for the binary; an in-process launcher should not call `run` twice with
-/// the same MQTT ports).
+/// The MQTT listeners close with the rest; `run` may be called again in the same process.
 pub async fn run(
     config: AgentConfig,
     metrics: PrometheusHandle,
@@ -118,8 +118,8 @@ impl Agent {
             .await
             .with_context(|| format!("cannot bind --http-listen {}", config.http_listen))?;
         let http_addr = http_listener.local_addr()?;
-        let (mqtt_hold, mqtt_addr) = broker::reserve("mqtt-listen", config.mqtt_listen)?;
-        let (mqtt5_hold, mqtt5_addr) = broker::reserve("mqtt5-listen", config.mqtt5_listen)?;
+        let mqtt = broker::Listeners::bind(&config).await?;
+        let (mqtt_addr, mqtt5_addr) = (mqtt.mqtt, mqtt.mqtt5);
 
         let dir = config.data_dir.join("buffer");
         let options = LogOptions {
@@ -160,17 +160,13 @@ impl Agent {
             stopped(stop_rx.clone()),
         ));
 
-        drop((mqtt_hold, mqtt5_hold));
-        let max_payload = config.max_payload_bytes;
-        let started =
-            tokio::task::spawn_blocking(move || broker::start(mqtt_addr, mqtt5_addr, max_payload))
-                .await??;
+        let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(ingest::QUEUE_MESSAGES);
         let (progress_tx, progress_rx) = watch::channel(Progress {
             durable_end: recovery.end,
             samples: 0,
         });
         let ingest = ingest::spawn(
-            (started.link_tx, started.link_rx),
+            queue_rx,
             writer,
             reader.clone(),
             IngestSettings {
@@ -183,10 +179,11 @@ impl Agent {
             stop_rx.clone(),
         )
         .context("cannot start the ingest thread")?;
-        broker::wait_until_accepting(mqtt_addr, broker::MqttVersion::V311, BROKER_READY_TIMEOUT)
-            .await?;
-        broker::wait_until_accepting(mqtt5_addr, broker::MqttVersion::V5, BROKER_READY_TIMEOUT)
-            .await?;
+        let mqtt_mode = mqtt.describe();
+        mqtt.serve(config.max_payload_bytes, queue_tx.clone(), &stop_rx);
+        if let Some(bridge) = config.bridge.clone() {
+            drop(bridge::spawn(bridge, queue_tx, stop_rx.clone())?);
+        }
         ready.store(true, Ordering::Release);
 
         let cores: Vec<String> = config.core.iter().map(ToString::to_string).collect();
@@ -195,6 +192,8 @@ impl Agent {
             tenant = %config.tenant,
             mqtt = %mqtt_addr,
             mqtt5 = %mqtt5_addr,
+            mqtt_mode,
+            bridge = %config.bridge.as_ref().map(|b| b.broker.to_string()).unwrap_or_default(),
             http = %http_addr,
             cores = %cores.join(","),
             rules = %rule_summary(&config.rules),

@@ -21,11 +21,14 @@ pub(crate) const SAMPLES_SHIPPED: &str = "updraft_edge_samples_shipped_total";
 pub(crate) const SAMPLES_ACKED: &str = "updraft_edge_samples_acked_total";
 pub(crate) const SAMPLES_DROPPED: &str = "updraft_edge_samples_dropped_total";
 pub(crate) const UPLINK_ERRORS: &str = "updraft_edge_uplink_errors_total";
+pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
 pub(crate) const UPLINK_RTT: &str = "updraft_edge_uplink_rtt_seconds";
 pub(crate) const UPLINK_UP: &str = "updraft_edge_uplink_endpoint_up";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
 pub(crate) const BUFFER_MAX_BYTES: &str = "updraft_edge_buffer_max_bytes";
+pub(crate) const BRIDGE_REDELIVERED: &str = "updraft_edge_bridge_redelivered_total";
+pub(crate) const BRIDGE_ERRORS: &str = "updraft_edge_bridge_connection_errors_total";
 
 /// Why shipped samples were given up on. Label values of [`SAMPLES_DROPPED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,21 @@ impl DropReason {
 
 /// Registers descriptions and zero-valued label sets. Harmless to call more than once.
 pub(crate) fn register(endpoints: &[CoreEndpoint]) {
+    describe_counter!(
+        MQTT_AUTH_FAILURES,
+        "MQTT CONNECTs refused for an unknown username or a wrong password"
+    );
+    describe_counter!(
+        BRIDGE_REDELIVERED,
+        "messages the bridged broker delivered again (DUP flag): sent before but not acknowledged"
+    );
+    describe_counter!(
+        BRIDGE_ERRORS,
+        "bridge connection failures (each is followed by a reconnect attempt)"
+    );
+    counter!(MQTT_AUTH_FAILURES).absolute(0);
+    counter!(BRIDGE_REDELIVERED).absolute(0);
+    counter!(BRIDGE_ERRORS).absolute(0);
     describe_counter!(
         MESSAGES_RECEIVED,
         "MQTT publishes received from the embedded broker"
