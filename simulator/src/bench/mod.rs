@@ -7,7 +7,8 @@
 //!
 //! Scenarios: [`codec`] (bytes/sample and encode/decode speed of the chunk codec against
 //! Prometheus' XOR chunks), [`billion`] (a billion samples into one core node over QUIC:
-//! samples/s, bytes/sample on disk, memory, query times). Shared parts: [`figure`] (the JSON
+//! samples/s, bytes/sample on disk, memory, query times), [`query`] (range-query latency and
+//! remote_write ingest CPU against a real Prometheus process). Shared parts: [`figure`] (the JSON
 //! line), [`table`] (markdown), [`machine`] (cores, memory, CPU), [`timing`] (best and median of
 //! rounds), [`chunking`] (how each system cuts series into chunks), [`quic_client`] (batches to
 //! a core node over QUIC), and [`DatasetArgs`] (which datasets, how large).
@@ -17,6 +18,7 @@ pub mod chunking;
 pub mod codec;
 pub mod figure;
 pub mod machine;
+pub mod query;
 pub mod quic_client;
 pub mod table;
 pub mod timing;
@@ -44,6 +46,9 @@ pub enum Scenario {
     /// A billion iot-trucks samples into one core node over QUIC: samples/s, bytes/sample on
     /// disk, peak RSS, query times (`--samples N` to scale down).
     Billion(billion::BillionArgs),
+    /// Range-query latency (five shapes) and remote_write ingest CPU per sample, a core-node
+    /// process against Prometheus 2.42 on the same data.
+    Query(query::QueryArgs),
 }
 
 /// Runs one scenario; its figures go to stdout as a table or JSON lines.
@@ -52,6 +57,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Codec(a) => codec::run(&a, &mut reporter)?,
         Scenario::Billion(a) => billion::run(&a, &mut reporter)?,
+        Scenario::Query(a) => query::run(&a, &mut reporter)?,
     }
     Ok(())
 }
@@ -233,6 +239,52 @@ mod tests {
         };
         assert_eq!(d.samples, 1_000_000_000);
         assert_eq!(d.durability, core_node::storage::Durability::Fsync);
+    }
+
+    #[test]
+    fn query_takes_its_scale_durability_and_binaries() {
+        let b = parse(&[
+            "x",
+            "bench",
+            "query",
+            "--long-duration",
+            "7d",
+            "--hosts",
+            "10",
+            "--duration",
+            "90m",
+            "--rounds",
+            "7",
+            "--samples-per-series",
+            "20",
+            "--durability",
+            "buffered",
+            "--prometheus",
+            "/opt/prom",
+            "--json",
+        ]);
+        assert!(b.json);
+        let Scenario::Query(a) = b.scenario else {
+            panic!("parsed as query")
+        };
+        assert_eq!(a.long_duration, 7 * datasets::DAY_MS);
+        assert_eq!((a.hosts, a.duration), (10, 90 * 60_000));
+        assert_eq!((a.rounds, a.samples_per_series), (7, 20));
+        assert_eq!(a.durability, core_node::storage::Durability::Buffered);
+        assert_eq!(a.prometheus, std::path::PathBuf::from("/opt/prom"));
+        let Scenario::Query(d) = parse(&["x", "bench", "query"]).scenario else {
+            panic!("parsed as query")
+        };
+        assert_eq!((d.long_trucks, d.long_duration), (1, 30 * datasets::DAY_MS));
+        assert_eq!((d.hosts, d.duration), (313, 2 * 3_600_000));
+        assert_eq!(
+            (d.rounds, d.series_per_request, d.samples_per_series),
+            (5, 1000, 10)
+        );
+        assert_eq!(d.durability, core_node::storage::Durability::Fsync);
+        assert_eq!(d.promtool, std::path::PathBuf::from("/usr/bin/promtool"));
+        assert!(d.core_node.is_none() && d.data_dir.is_none());
+        assert!(Cli::try_parse_from(["x", "bench", "query", "--rounds", "0"]).is_err());
     }
 
     #[test]
