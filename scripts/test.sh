@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need, as "command:package".
 needed=(
   "mosquitto_pub:mosquitto-clients"
+  "mosquitto:mosquitto"
   "prometheus:prometheus"
 )
+# mosquitto lives in /usr/sbin, outside a normal user's PATH.
+export PATH="$PATH:/usr/sbin"
 missing=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -703,3 +703,92 @@ impl Prometheus {
         )))
     }
 }
+
+impl Process {
+    /// The operating-system process id (for `kill -STOP` and the like).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Sends a signal (`"STOP"`, `"CONT"`, ...) to `pid` with the `kill` command.
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed with {status}");
+    }
+    Ok(())
+}
+
+/// A real `mosquitto` broker (Debian's /usr/sbin/mosquitto) on a free loopback port, with a
+/// temporary config: anonymous clients, in-memory persistence only, queues large enough that
+/// it never drops a QoS 1 message for an offline persistent session.
+pub struct Mosquitto {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(work: &Path) -> anyhow::Result<Self> {
+        let port = free_tcp_port();
+        let config = work.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nmax_inflight_messages 20\nlog_dest stdout\n\
+                 log_type error\nlog_type warning\nlog_type notice\n"
+            ),
+        )?;
+        let program = if Path::new("/usr/sbin/mosquitto").exists() {
+            PathBuf::from("/usr/sbin/mosquitto")
+        } else {
+            PathBuf::from("mosquitto")
+        };
+        let mut cmd = Command::new(program);
+        cmd.arg("-c").arg(&config);
+        let process = Process::spawn(
+            "mosquitto (apt-get install mosquitto)",
+            cmd,
+            work.join("mosquitto.log"),
+        )?;
+        wait_for("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })?;
+        Ok(Self { process, port })
+    }
+}
+
+/// Publishes every line of `lines` as one message with one `mosquitto_pub -l` process
+/// (`extra` adds options such as `-q 1 -M 1000`); returns when the client has exited
+/// successfully.
+pub fn mosquitto_pub_lines(
+    port: u16,
+    topic: &str,
+    lines: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-l"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running mosquitto_pub (apt-get install mosquitto-clients)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(lines.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "mosquitto_pub -l -t {topic} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
