@@ -196,6 +196,7 @@ async fn run(
                     .iter()
                     .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                     .count();
+                info!(topics = ?config.topics, refused, "bridge subscribed");
                 if refused > 0 {
                     warn!(refused, topics = ?config.topics, "the bridged broker refused subscriptions");
                 }
