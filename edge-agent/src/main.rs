@@ -7,13 +7,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-/// Without `RUST_LOG`: our info lines, and only warnings from the broker (which logs every
-/// connection at info).
-// rumqttd logs an ERROR ("no-connection id N is already gone") for every clean client
-// DISCONNECT; its router target is silenced so real problems stay visible. fjall and lsm-tree
-// log routine maintenance at info.
-const DEFAULT_LOG_FILTER: &str =
-    "info,rumqttd=warn,rumqttd::router::routing=off,fjall=warn,lsm_tree=warn";
+/// Without `RUST_LOG`: our info lines (MQTT connections are logged at debug). fjall and
+/// lsm-tree log routine maintenance at info.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
 /// Exit status for a configuration the agent refuses (clap uses the same for usage errors).
 const EXIT_CONFIG: u8 = 2;
