@@ -22,8 +22,6 @@ pub(crate) const SAMPLES_ACKED: &str = "updraft_edge_samples_acked_total";
 pub(crate) const SAMPLES_DROPPED: &str = "updraft_edge_samples_dropped_total";
 pub(crate) const UPLINK_ERRORS: &str = "updraft_edge_uplink_errors_total";
 pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
-pub(crate) const UPLINK_RTT: &str = "updraft_edge_uplink_rtt_seconds";
-pub(crate) const UPLINK_UP: &str = "updraft_edge_uplink_endpoint_up";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
 pub(crate) const BUFFER_MAX_BYTES: &str = "updraft_edge_buffer_max_bytes";
@@ -129,15 +127,6 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     );
     describe_counter!(UPLINK_ERRORS, "failed batch deliveries, by core endpoint");
     describe_gauge!(
-        UPLINK_RTT,
-        Unit::Seconds,
-        "QUIC round-trip time to each core endpoint (last measured)"
-    );
-    describe_gauge!(
-        UPLINK_UP,
-        "1 while a QUIC connection to the core endpoint is up, else 0"
-    );
-    describe_gauge!(
         UPLINK_BACKLOG_BYTES,
         Unit::Bytes,
         "buffer bytes waiting in the backlog lane after an outage (fresh data goes first)"
@@ -171,7 +160,6 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     }
     for endpoint in endpoints {
         counter!(UPLINK_ERRORS, "endpoint" => endpoint.to_string()).absolute(0);
-        gauge!(UPLINK_UP, "endpoint" => endpoint.to_string()).set(0.0);
     }
     gauge!(UPLINK_BACKLOG_BYTES).set(0.0);
     gauge!(OLDEST_UNSENT_AGE).set(0.0);

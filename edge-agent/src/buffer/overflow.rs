@@ -34,7 +34,7 @@
 //! segments) are both kept rather than overwriting each other. Aggregates are ordinary
 //! records (`record.rs`): the on-disk format does not change. Series that already are
 //! aggregates are not aggregated again: when their segment becomes the oldest, they are
-//! dropped and counted (`buffer_full_downsample`).
+//! dropped and counted as `buffer_full_drop_oldest`.
 //!
 //! # Crash safety
 //!
@@ -168,7 +168,8 @@ impl Bound {
         let (bodies, corrupt) = read_range(reader, from, cut)?;
         self.corrupt.increment(corrupt);
         let raw: u64 = bodies.iter().map(|b| b.sample_count() as u64).sum();
-        let mut counter = &self.dropped;
+        // Raw samples replaced by aggregates; the rest of `raw` is dropped.
+        let mut replaced = 0;
         if policy == Overflow::DownsampleBacklog {
             let payloads = downsample(&bodies);
             let agg_bytes: u64 = payloads.iter().map(|p| p.len() as u64 + 8).sum();
@@ -177,11 +178,18 @@ impl Bound {
                     writer.append(p)?;
                 }
                 writer.sync()?;
-                counter = &self.downsampled;
+                // Aggregates found here are dropped, not aggregated again.
+                replaced = bodies
+                    .iter()
+                    .flat_map(|b| &b.series)
+                    .filter(|s| !is_aggregate(&s.labels))
+                    .map(|s| s.samples.len() as u64)
+                    .sum();
             }
         }
         reader.ack(cut)?;
-        counter.increment(raw);
+        self.downsampled.increment(replaced);
+        self.dropped.increment(raw - replaced);
         warn!(from = %from, to = %cut, samples = raw, policy = %policy,
             "buffer full: gave up the oldest segment");
         Ok(true)

@@ -19,6 +19,8 @@ pub(crate) struct Batch {
     pub epoch: Epoch,
     /// End offset of the last record in the batch; also its sequence number.
     pub end: Offset,
+    /// Offset of the batch's first record.
+    pub start: Offset,
     pub samples: u64,
 }
 
@@ -115,6 +117,7 @@ pub(crate) fn prepare(
         });
     }
     Ok(Prepared::Batch(Batch {
+        start: from,
         frame: Bytes::from(frame),
         epoch,
         end,

@@ -91,6 +91,16 @@ pub(crate) enum UplinkError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How [`Uplink::deliver`] ended.
+enum Delivery {
+    /// A core gave a final answer.
+    Done,
+    /// Stop was requested first.
+    Stopped,
+    /// The buffer evicted (part of) the batch while it could not be delivered.
+    Evicted,
+}
+
 /// Why one delivery attempt did not produce an acknowledgement.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
@@ -266,11 +276,15 @@ impl<T: Transport> Uplink<T> {
                 0
             }
             Prepared::Batch(batch) => {
-                if !self.deliver(&batch).await? {
-                    return Ok(None);
+                match self.deliver(&batch).await? {
+                    Delivery::Stopped => return Ok(None),
+                    // Re-read from the new cursor: the part that is left gets a new batch.
+                    Delivery::Evicted => 0,
+                    Delivery::Done => {
+                        lanes.delivered(lane, batch.end);
+                        batch.samples
+                    }
                 }
-                lanes.delivered(lane, batch.end);
-                batch.samples
             }
         };
         lanes.clamp(self.reader.acked());
@@ -330,15 +344,24 @@ impl<T: Transport> Uplink<T> {
     }
 
     /// Sends `batch` until a core gives a final answer. False if stopped before that.
-    async fn deliver(&mut self, batch: &Batch) -> Result<bool, UplinkError> {
+    async fn deliver(&mut self, batch: &Batch) -> Result<Delivery, UplinkError> {
         let mut attempt = 0u32;
         if let Some(best) = self.transport.preferred(&self.settings.endpoints) {
             self.current = best;
         }
         loop {
+            // A full buffer gave up (part of) this batch while no core answered: its samples
+            // are counted as dropped there, so they must not arrive after all.
+            if attempt > 0 && self.reader.acked() > batch.start {
+                warn!(
+                    sequence = batch.end.0,
+                    "undelivered batch evicted from the full buffer"
+                );
+                return Ok(Delivery::Evicted);
+            }
             let endpoint = self.settings.endpoints[self.current].clone();
             let Some(answer) = self.exchange(&endpoint, batch.frame.clone()).await else {
-                return Ok(false);
+                return Ok(Delivery::Stopped);
             };
             if answer.is_ok() {
                 // The core has seen the batch, whatever it answered.
@@ -383,13 +406,13 @@ impl<T: Transport> Uplink<T> {
                         message,
                     };
                     if !self.fail_over(&endpoint, &e, &mut attempt).await {
-                        return Ok(false);
+                        return Ok(Delivery::Stopped);
                     }
                     continue;
                 }
                 Err(e) => {
                     if !self.fail_over(&endpoint, &e, &mut attempt).await {
-                        return Ok(false);
+                        return Ok(Delivery::Stopped);
                     }
                     continue;
                 }
@@ -398,7 +421,7 @@ impl<T: Transport> Uplink<T> {
                 info!(core = %endpoint, attempts = attempt + 1, "batch delivered after retries");
                 self.outage_over = true;
             }
-            return Ok(true);
+            return Ok(Delivery::Done);
         }
     }
 
