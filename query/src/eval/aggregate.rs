@@ -103,25 +103,22 @@ impl Evaluator<'_> {
         input: Matrix,
         modifier: Option<&LabelModifier>,
     ) -> Result<Matrix, QueryError> {
+        if !check_k(k)? {
+            return Ok(Vec::new());
+        }
+        // Prometheus reads a selector's series in label order; with the same order here,
+        // its heap (below) keeps the same series among equal values.
+        let mut input = input;
+        input.sort_by(|a, b| a.metric.cmp(&b.metric));
         let mut chosen: Vec<Vec<Sample>> = vec![Vec::new(); input.len()];
         for steps in self.groups(&input, modifier).into_values() {
-            for (i, mut members) in steps.into_iter().enumerate() {
+            for (i, members) in steps.into_iter().enumerate() {
                 if members.is_empty() {
                     continue;
                 }
-                let k = k_param(k.get(i).copied().unwrap_or(f64::NAN))?;
-                // NaN ranks below every number for both topk and bottomk; ties keep input
-                // order, as a stable sort does.
-                members.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
-                    (true, true) => std::cmp::Ordering::Equal,
-                    (true, false) => std::cmp::Ordering::Greater,
-                    (false, true) => std::cmp::Ordering::Less,
-                    (false, false) if top => {
-                        b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal)
-                    }
-                    (false, false) => a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal),
-                });
-                for &(series, value) in members.iter().take(k) {
+                // Checked above: a number in int64's range; `as` truncates toward zero.
+                let k = usize::try_from(k.get(i).copied().unwrap_or(0.0) as i64).unwrap_or(0);
+                for (series, value) in heap_select(&members, k, top) {
                     chosen[series].push(Sample::new(self.step_time(i), value));
                 }
             }
@@ -231,16 +228,105 @@ pub(crate) fn group_labels(metric: &LabelSet, modifier: Option<&LabelModifier>) 
     }
 }
 
-/// `k` of `topk`/`bottomk` at one step: truncated toward zero, below 1 selects nothing.
-fn k_param(k: f64) -> Result<usize, QueryError> {
-    // NaN fails the range check too, as in Prometheus; `as` below cannot saturate then.
-    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&k) {
+/// The members `topk` (`top`) or `bottomk` keeps, chosen as Prometheus does, so that ties
+/// go the same way: the members in input order through a heap of at most `k` (Go's
+/// `container/heap` on `vectorByValueHeap`, or `vectorByReverseValueHeap` for `bottomk`,
+/// whose `Less` puts NaN first), a member replacing the heap's root only when strictly
+/// better. Which of equal values survives depends on the heap's shape, not on a sort.
+fn heap_select(members: &[(usize, f64)], k: usize, top: bool) -> Vec<(usize, f64)> {
+    let less = |heap: &[(usize, f64)], i: usize, j: usize| {
+        let (a, b) = (heap[i].1, heap[j].1);
+        a.is_nan() || if top { a < b } else { a > b }
+    };
+    let up = |heap: &mut Vec<(usize, f64)>, mut j: usize| {
+        while j > 0 {
+            let parent = (j - 1) / 2;
+            if !less(heap, j, parent) {
+                break;
+            }
+            heap.swap(parent, j);
+            j = parent;
+        }
+    };
+    let down = |heap: &mut Vec<(usize, f64)>, mut i: usize| {
+        loop {
+            let left = 2 * i + 1;
+            if left >= heap.len() {
+                break;
+            }
+            let mut j = left;
+            if left + 1 < heap.len() && less(heap, left + 1, left) {
+                j = left + 1;
+            }
+            if !less(heap, j, i) {
+                break;
+            }
+            heap.swap(i, j);
+            i = j;
+        }
+    };
+    let mut heap: Vec<(usize, f64)> = Vec::with_capacity(k.min(members.len()));
+    if k == 0 {
+        return heap;
+    }
+    for &(series, value) in members {
+        if heap.len() < k {
+            heap.push((series, value));
+            let last = heap.len() - 1;
+            up(&mut heap, last);
+            continue;
+        }
+        let root = heap[0].1;
+        let better = if top { root < value } else { root > value };
+        if better || (root.is_nan() && !value.is_nan()) {
+            heap[0] = (series, value);
+            // Go's `heap.Fix(h, 0)`: the root can only move down.
+            down(&mut heap, 0);
+        }
+    }
+    heap
+}
+
+/// Checks `k` of `topk`/`bottomk` at every step of the query, before and whatever the input
+/// (an empty input fails too), as Prometheus 3's `rangeEvalAgg`: `false` when `k < 1` at
+/// every step (the result is empty), an error when `k` is NaN at any step or out of int64's
+/// range.
+fn check_k(k: &[f64]) -> Result<bool, QueryError> {
+    // Go's `math.Max`/`math.Min`: NaN wins.
+    let max = k.iter().fold(f64::NEG_INFINITY, |m, &v| {
+        if v.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    });
+    let min = k.iter().fold(f64::INFINITY, |m, &v| {
+        if v.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.min(v)
+        }
+    });
+    if max < 1.0 {
+        return Ok(false);
+    }
+    if k.iter().any(|v| v.is_nan()) {
+        return Err(QueryError::Execution("Parameter value is NaN".into()));
+    }
+    // Prometheus' bounds: the extreme floats that convert to an int64.
+    if min <= -9_223_372_036_854_775_808.0 {
         return Err(QueryError::Execution(format!(
-            "Scalar value {} overflows int64",
-            format_value(k)
+            "Scalar value {} underflows int64",
+            format_value(min)
         )));
     }
-    Ok(usize::try_from(k as i64).unwrap_or(0))
+    if max >= 9_223_372_036_854_774_784.0 {
+        return Err(QueryError::Execution(format!(
+            "Scalar value {} overflows int64",
+            format_value(max)
+        )));
+    }
+    Ok(true)
 }
 
 /// One simple aggregation over the values of a group at one step (at least one value).

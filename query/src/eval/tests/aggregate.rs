@@ -281,11 +281,73 @@ fn aggregations_in_range_queries_group_per_step() {
 fn topk_parameter_errors_use_prometheus_words() {
     let src = http_requests();
     let err = instant(&src, "topk(NaN, http_requests)", T).expect_err("NaN k");
-    assert_eq!(err.to_string(), "Scalar value NaN overflows int64");
+    assert_eq!(err.to_string(), "Parameter value is NaN");
     let err = instant(&src, "topk(1e20, http_requests)", T).expect_err("huge k");
     assert_eq!(
         err.to_string(),
         "Scalar value 100000000000000000000 overflows int64"
+    );
+}
+
+#[test]
+fn topk_parameter_is_checked_even_without_input() {
+    // Found against Prometheus 2.42: the parameter fails the query at every step, also
+    // where the input vector is empty.
+    let src = http_requests();
+    for q in ["topk(NaN, nonexistent)", "bottomk(1e20, nonexistent)"] {
+        assert!(
+            matches!(instant(&src, q, T), Err(QueryError::Execution(_))),
+            "{q}"
+        );
+    }
+    let err = range(
+        &src,
+        "topk(scalar(nonexistent), http_requests)",
+        T,
+        T + MIN,
+        MIN,
+    )
+    .expect_err("NaN k at every step");
+    assert_eq!(err.to_string(), "Parameter value is NaN");
+    // Below 1 at every step: nothing, and no error even far below int64's range.
+    let m = matrix(range(&src, "topk(-1e30, http_requests)", T, T + MIN, MIN).expect("empty"));
+    assert!(m.is_empty(), "{m:?}");
+}
+
+#[test]
+fn topk_breaks_ties_like_prometheus_heap() {
+    // Found against Prometheus 2.42: among equal values Prometheus keeps what its heap keeps,
+    // reading the input in label order, not the first k of a stable sort.
+    let mut src = MemorySource::default();
+    for (name, v) in [("a", 5.0), ("b", 5.0), ("c", 7.0), ("d", 1.0)] {
+        src.add("m", &[("x", name)], &[(T, v)]);
+    }
+    let picked = |q: &str| -> Vec<String> {
+        let mut labels: Vec<String> = vector(instant(&src, q, T).expect("runs"))
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        labels.sort();
+        labels
+    };
+    // k=1: the first of equal values stays.
+    assert_eq!(
+        picked(r#"bottomk(1, m{x!="d"})"#),
+        [r#"{__name__="m", x="a"}"#]
+    );
+    assert_eq!(
+        picked(r#"topk(1, m{x!="c"})"#),
+        [r#"{__name__="m", x="a"}"#]
+    );
+    // k=2 over a, b, c: the heap's root is a, which c replaces; b stays.
+    assert_eq!(
+        picked("topk(2, m)"),
+        [r#"{__name__="m", x="b"}"#, r#"{__name__="m", x="c"}"#]
+    );
+    // bottomk(2) over a, b, c, d: the root (largest kept) is a, which d replaces.
+    assert_eq!(
+        picked("bottomk(2, m)"),
+        [r#"{__name__="m", x="b"}"#, r#"{__name__="m", x="d"}"#]
     );
 }
 
