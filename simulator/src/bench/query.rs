@@ -250,18 +250,60 @@ fn send_all(server: &Server, bodies: &[Vec<u8>], settle: bool) -> anyhow::Result
     })
 }
 
-/// Series and points of a `query_range` answer.
-fn count_result(server: &Server, body: &[u8]) -> anyhow::Result<(usize, usize)> {
+/// A `query_range` answer: each series (its labels as JSON text; `serde_json` keeps keys
+/// sorted) with its points.
+type Answer = std::collections::BTreeMap<String, Vec<(f64, f64)>>;
+
+fn parse_answer(server: &Server, body: &[u8]) -> anyhow::Result<Answer> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .with_context(|| format!("{} answered with something other than JSON", server.name))?;
     let result = v["data"]["result"]
         .as_array()
         .with_context(|| format!("no data.result in {}'s answer", server.name))?;
-    let points = result
-        .iter()
-        .map(|s| s["values"].as_array().map_or(0, Vec::len))
-        .sum();
-    Ok((result.len(), points))
+    let mut answer = Answer::new();
+    for s in result {
+        let points = s["values"]
+            .as_array()
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|p| {
+                        let t = p[0].as_f64().unwrap_or(f64::NAN);
+                        let v = p[1].as_str().and_then(|v| v.parse().ok());
+                        (t, v.unwrap_or(f64::NAN))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        answer.insert(s["metric"].to_string(), points);
+    }
+    Ok(answer)
+}
+
+fn points(a: &Answer) -> usize {
+    a.values().map(Vec::len).sum()
+}
+
+/// Points of `a` that `b` lacks (same series, same timestamp) or holds with another value
+/// (relative difference over 1e-9; NaN equals NaN).
+fn differing_points(a: &Answer, b: &Answer) -> usize {
+    a.iter()
+        .map(|(series, pa)| {
+            let Some(pb) = b.get(series) else {
+                return pa.len();
+            };
+            let pb: std::collections::HashMap<u64, f64> =
+                pb.iter().map(|(t, v)| (t.to_bits(), *v)).collect();
+            pa.iter()
+                .filter(|(t, va)| {
+                    pb.get(&t.to_bits()).is_none_or(|vb| {
+                        !(va.is_nan() && vb.is_nan()
+                            || (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()))
+                    })
+                })
+                .count()
+        })
+        .sum()
 }
 
 fn query_once(server: &Server, path: &str) -> anyhow::Result<(Duration, Vec<u8>)> {
@@ -459,18 +501,28 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
 
     // Queries: counts compared on the warm-up answers, then alternating timed rounds.
     let mut rows = Vec::new();
+    let mut mismatches = Vec::new();
     for shape in shapes(&long_spec, &short_spec) {
         let path = shape.path();
-        let mut counts = Vec::new();
+        let mut answers = Vec::new();
         for server in [&updraft, &prometheus] {
             let (_, body) = query_once(server, &path)?;
-            counts.push(count_result(server, &body)?);
+            answers.push(parse_answer(server, &body)?);
         }
+        let counts: Vec<(usize, usize)> = answers.iter().map(|a| (a.len(), points(a))).collect();
         if counts[0] != counts[1] {
             reporter.note(&format!(
                 "WARNING query {}: updraft returned {} series / {} points, prometheus {} / {}",
                 shape.key, counts[0].0, counts[0].1, counts[1].0, counts[1].1
             ));
+        }
+        let differing = differing_points(&answers[1], &answers[0]);
+        if differing > 0 {
+            reporter.note(&format!(
+                "WARNING query {}: {differing} of prometheus' {} points are missing or differ in updraft's answer",
+                shape.key, counts[1].1
+            ));
+            mismatches.push(format!("{} ({differing} points)", shape.key));
         }
         let mut times = [Vec::new(), Vec::new()];
         for round in 0..args.rounds as usize {
@@ -560,6 +612,13 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             Durability::Buffered => "WAL handed to the OS before each 204, no fsync",
         }
     ));
+    if !mismatches.is_empty() {
+        notes.push(format!(
+            "Answers differ from Prometheus' (missing points or values off by more than 1e-9 \
+             relative): {}.",
+            mismatches.join(", ")
+        ));
+    }
     notes.push(format!(
         "On disk after the run: Updraft {:.1} MB, Prometheus {:.1} MB (blocks + WAL, head not compacted).",
         dir_bytes(&root.join("core")) as f64 / 1e6,
@@ -626,6 +685,23 @@ mod tests {
             .map(|s| s.timestamp)
             .min();
         assert!(max_first < min_second, "windows overlap");
+    }
+
+    #[test]
+    fn answers_compare_by_series_timestamp_and_value() {
+        let a: Answer = [(
+            "{\"a\":\"1\"}".to_owned(),
+            vec![(1.0, 2.0), (2.0, f64::NAN)],
+        )]
+        .into();
+        assert_eq!(differing_points(&a, &a), 0);
+        let mut b = a.clone();
+        if let Some(p) = b.values_mut().next() {
+            p[0].1 = 2.0 + 1e-6;
+        }
+        assert_eq!(differing_points(&a, &b), 1);
+        assert_eq!(differing_points(&a, &Answer::new()), 2);
+        assert_eq!(points(&a), 2);
     }
 
     #[test]
