@@ -21,6 +21,8 @@
 //! range 15s: <promql>               with another step
 //! range 30s +10m13s +30m13s: <promql>   step, start and end
 //! ledger(<id>) instant: <promql>    a ledgered difference
+//! instant empty: <promql>           empty at every evaluation on purpose (any other line must
+//!                                   answer something somewhere)
 //! ```
 //!
 //! Times are relative to the data's start (`base`); `${25m13s}` inside a query becomes the
@@ -335,6 +337,20 @@ fn generate(base_ms: i64) -> Vec<GenSeries> {
         );
         out.push(series(l, 14_000, &mut |k| (k < SAMPLES).then_some(1.0)));
     }
+    // Ordinary NaN (not the stale marker) and infinities among numbers: n1 is NaN every 7th
+    // sample, n2 +Inf every 11th and -Inf every 13th, n3 plain.
+    for (i, instance) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let l = labels("odd_value", &[("job", "odd"), ("instance", instance)]);
+        out.push(series(l, 11_000 + 1000 * i as i64, &mut |k| {
+            let v = match (instance, k % 7, k % 11, k % 13) {
+                ("n1", 3, _, _) => f64::NAN,
+                ("n2", _, 5, _) => f64::INFINITY,
+                ("n2", _, _, 6) => f64::NEG_INFINITY,
+                _ => (k % 9) as f64 - 2.5,
+            };
+            (k < SAMPLES).then_some(v)
+        }));
+    }
     out
 }
 
@@ -344,6 +360,10 @@ struct Case {
     line: usize,
     section: String,
     ledger: Option<String>,
+    /// Marked `empty`: the answer is empty at every evaluation, on purpose (a selector that
+    /// matches nothing, `topk(0, ...)`). Any other line must answer something somewhere, so
+    /// that no line passes by comparing nothing with nothing.
+    empty: bool,
     kind: Kind,
     query: String,
 }
@@ -415,6 +435,10 @@ fn parse_corpus(text: &str) -> anyhow::Result<Vec<Case>> {
             ledger = Some(id.to_owned());
             words.remove(0);
         }
+        let empty = words.last() == Some(&"empty");
+        if empty {
+            words.pop();
+        }
         let kind = match words.as_slice() {
             ["instant"] => Kind::Instant,
             ["range", rest @ ..] => {
@@ -444,6 +468,7 @@ fn parse_corpus(text: &str) -> anyhow::Result<Vec<Case>> {
             line: i + 1,
             section: section.clone(),
             ledger,
+            empty,
             kind,
             query: query.trim().to_owned(),
         });
@@ -575,6 +600,16 @@ fn parse_answer(body: &str) -> anyhow::Result<Answer> {
         }
         other => anyhow::bail!("unknown resultType {other:?}: {}", shorten(body, 300)),
     })
+}
+
+/// Whether an answer holds nothing: an empty vector or matrix (an error, a scalar or a
+/// string is an answer).
+fn is_empty(a: &Answer) -> bool {
+    match a {
+        Answer::Vector(v) => v.is_empty(),
+        Answer::Matrix(m) => m.is_empty(),
+        _ => false,
+    }
 }
 
 /// Within 1e-6 relative; NaN equals NaN, infinities only themselves.
@@ -877,14 +912,33 @@ fn corpus_answers_like_prometheus_2_42() -> anyhow::Result<()> {
         );
         raw.push(m);
     }
-    assert_eq!(
-        raw[0], raw[1],
-        "the core and Prometheus hold different raw samples"
+    // Bit for bit, NaN included; named by the series that differ.
+    let same = |a: &[(i64, f64)], b: &[(i64, f64)]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
+    };
+    let differing: Vec<String> = raw[0]
+        .keys()
+        .chain(raw[1].keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|l| match (raw[0].get(*l), raw[1].get(*l)) {
+            (Some(a), Some(b)) => !same(a, b),
+            _ => true,
+        })
+        .map(show_labels)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "the core and Prometheus hold different raw samples for {differing:?}"
     );
 
     let mut mismatches = Vec::new();
     let mut ledgered = Vec::new();
     let mut stale_marks = Vec::new();
+    let mut vacuous = Vec::new();
     let mut evaluations = 0usize;
     let mut passed_cases = 0usize;
     for case in &cases {
@@ -915,12 +969,16 @@ fn corpus_answers_like_prometheus_2_42() -> anyhow::Result<()> {
         };
         let mut case_ok = true;
         let mut differed = false;
+        let mut answered = false;
         for (at, path) in requests {
             evaluations += 1;
             let ours = ask(&core.http.to_string(), &path)?;
             let theirs = ask(&prometheus.http.to_string(), &path)?;
             let reason = match (parse_answer(&ours), parse_answer(&theirs)) {
-                (Ok(a), Ok(b)) => compare(&query, &a, &b),
+                (Ok(a), Ok(b)) => {
+                    answered |= !is_empty(&b);
+                    compare(&query, &a, &b)
+                }
                 (Err(e), _) => Some(format!("our answer does not parse: {e}")),
                 (_, Err(e)) => Some(format!("Prometheus' answer does not parse: {e}")),
             };
@@ -949,6 +1007,16 @@ fn corpus_answers_like_prometheus_2_42() -> anyhow::Result<()> {
                 case.line, case.query
             ));
         }
+        if case.ledger.is_none() && answered == case.empty {
+            vacuous.push(if case.empty {
+                format!("line {} `{}` is marked empty but answers", case.line, case.query)
+            } else {
+                format!(
+                    "line {} `{}` answers nothing at any time: it tests nothing (mark it `empty` if that is the point)",
+                    case.line, case.query
+                )
+            });
+        }
         if case_ok && case.ledger.is_none() {
             passed_cases += 1;
         }
@@ -974,6 +1042,9 @@ fn corpus_answers_like_prometheus_2_42() -> anyhow::Result<()> {
     for s in &stale_marks {
         eprintln!("STALE LEDGER MARK {s}");
     }
+    for v in &vacuous {
+        eprintln!("EMPTINESS {v}");
+    }
     let ledgered_cases = cases.iter().filter(|c| c.ledger.is_some()).count();
     let failing_cases: BTreeSet<usize> = mismatches.iter().map(|m| m.case.line).collect();
     eprintln!(
@@ -991,10 +1062,11 @@ fn corpus_answers_like_prometheus_2_42() -> anyhow::Result<()> {
         "the corpus should hold at least 300 queries"
     );
     assert!(
-        mismatches.is_empty() && stale_marks.is_empty(),
-        "{} corpus queries disagree with Prometheus (lines {failing_cases:?}), {} stale ledger marks; diffs above",
+        mismatches.is_empty() && stale_marks.is_empty() && vacuous.is_empty(),
+        "{} corpus queries disagree with Prometheus (lines {failing_cases:?}), {} stale ledger marks, {} lines wrongly empty or not; details above",
         failing_cases.len(),
-        stale_marks.len()
+        stale_marks.len(),
+        vacuous.len()
     );
     Ok(())
 }
