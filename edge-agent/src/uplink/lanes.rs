@@ -1,9 +1,10 @@
 //! Fresh data first: the two lanes of the uplink and the acknowledgement cursor they share.
 //!
 //! Normally there is one lane, the fresh lane, sending the buffer in order from the cursor.
-//! When a stretch of unsent data builds up (an outage ended, or more than [`SPLIT_BYTES`]
-//! waits), the stretch `[fresh, durable end)` becomes a backlog range and the fresh lane jumps
-//! to the durable end: what arrives from now on is sent at once, and the backlog ranges are
+//! When a stretch of unsent data builds up (an outage ended: up to where the buffer ended when
+//! the last failed attempt began; or more than [`SPLIT_BYTES`] waits: up to the durable end),
+//! `[fresh, split)` becomes a backlog range and the fresh lane jumps to the split: what
+//! arrived since is sent at once, and the backlog ranges are
 //! sent oldest first, behind it, at the configured rate.
 //!
 //! Invariants:

@@ -140,6 +140,9 @@ pub(crate) struct Uplink<T> {
     current: usize,
     /// The last delivery needed retries: what piled up meanwhile becomes backlog.
     outage_over: bool,
+    /// The durable end when the last failed delivery attempt began: data beyond it arrived
+    /// during that attempt or after it (about when the core came back) and counts as fresh.
+    failed_at_end: Offset,
 }
 
 impl<T: Transport> Uplink<T> {
@@ -158,6 +161,7 @@ impl<T: Transport> Uplink<T> {
             stop,
             current: 0,
             outage_over: false,
+            failed_at_end: Offset(0),
         }
     }
 
@@ -187,11 +191,20 @@ impl<T: Transport> Uplink<T> {
             lanes.clamp(self.reader.acked());
             let end = self.reader.durable_end();
             let unsent = end.0.saturating_sub(lanes.fresh().0);
-            if unsent > lanes::SPLIT_BYTES || (self.outage_over && unsent > 0) {
+            if self.outage_over && unsent > 0 {
+                let at = self.failed_at_end.clamp(lanes.fresh(), end);
+                info!(
+                    from = lanes.fresh().0,
+                    to = at.0,
+                    "backlog after an outage; fresh data goes first"
+                );
+                lanes.split(at);
+                linger = None;
+            } else if unsent > lanes::SPLIT_BYTES {
                 info!(
                     from = lanes.fresh().0,
                     to = end.0,
-                    "backlog after an outage; fresh data goes first"
+                    "backlog; fresh data goes first"
                 );
                 lanes.split(end);
                 linger = None;
@@ -360,7 +373,12 @@ impl<T: Transport> Uplink<T> {
                 return Ok(Delivery::Evicted);
             }
             let endpoint = self.settings.endpoints[self.current].clone();
-            let Some(answer) = self.exchange(&endpoint, batch.frame.clone()).await else {
+            let end_at_start = self.reader.durable_end();
+            let answer = self.exchange(&endpoint, batch.frame.clone()).await;
+            if !matches!(answer, Some(Ok(_))) {
+                self.failed_at_end = end_at_start;
+            }
+            let Some(answer) = answer else {
                 return Ok(Delivery::Stopped);
             };
             if answer.is_ok() {

@@ -22,8 +22,10 @@ use tracing::info;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// From opening the stream to the complete answer; the core answers after its fsync.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT_MS: u32 = 20_000;
+/// Keep-alives every second and a 5 s idle timeout: a core that stops answering (killed,
+/// unplugged) is noticed within about 5 s, even mid-exchange, and the next one is tried.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT_MS: u32 = 5_000;
 
 /// Why the TLS or QUIC client could not be set up (a configuration problem).
 #[derive(Debug, thiserror::Error)]
