@@ -197,13 +197,15 @@ impl Evaluator<'_> {
         match self.eval(&u.expr)? {
             Stepped::Scalar(values) => Ok(Stepped::Scalar(values.iter().map(|v| -v).collect())),
             Stepped::Vector(matrix) => {
-                let items = matrix.into_iter().flat_map(|s| {
-                    let metric = s.metric.without_metric_name();
-                    s.points
+                let negated = matrix.into_iter().map(|s| Series {
+                    metric: s.metric.without_metric_name(),
+                    points: s
+                        .points
                         .into_iter()
-                        .map(move |p| (metric.clone(), Sample::new(p.timestamp_ms, -p.value)))
+                        .map(|p| Sample::new(p.timestamp_ms, -p.value))
+                        .collect(),
                 });
-                collect(items).map(Stepped::Vector)
+                collect_series(negated).map(Stepped::Vector)
             }
             other => Err(type_mismatch("scalar or instant vector", &other)),
         }
@@ -218,13 +220,14 @@ impl Evaluator<'_> {
         return_bool: bool,
     ) -> Result<Stepped, QueryError> {
         let drop_name = return_bool || !op.is_comparison();
-        let mut items = Vec::new();
+        let mut out = Vec::with_capacity(vector.len());
         for series in vector {
             let metric = if drop_name {
                 series.metric.without_metric_name()
             } else {
                 series.metric
             };
+            let mut points = Vec::with_capacity(series.points.len());
             for p in series.points {
                 let s = scalar
                     .get(self.step_index(p.timestamp_ms))
@@ -246,10 +249,11 @@ impl Evaluator<'_> {
                 } else {
                     value
                 };
-                items.push((metric.clone(), Sample::new(p.timestamp_ms, value)));
+                points.push(Sample::new(p.timestamp_ms, value));
             }
+            out.push(Series { metric, points });
         }
-        collect(items).map(Stepped::Vector)
+        collect_series(out).map(Stepped::Vector)
     }
 
     fn vector_vector(
@@ -368,6 +372,46 @@ impl Evaluator<'_> {
 
 /// Groups result points into series; two points of one label set at one step are
 /// Prometheus' "vector cannot contain metrics with the same labelset".
+/// Like [`collect`], for results built a whole series at a time (each series' points
+/// ascending, one per step): label sets are hashed once per series instead of once per point.
+/// Series that end up with one label set are merged; a step they share fails the query, as
+/// in [`collect`]. Series without points are dropped.
+pub(super) fn collect_series(
+    series: impl IntoIterator<Item = Series>,
+) -> Result<Matrix, QueryError> {
+    let mut out: Vec<Series> = Vec::new();
+    let mut index: HashMap<LabelSet, usize> = HashMap::new();
+    let mut merged: HashSet<usize> = HashSet::new();
+    for s in series {
+        if s.points.is_empty() {
+            continue;
+        }
+        match index.get(&s.metric) {
+            Some(&i) => {
+                out[i].points.extend(s.points);
+                merged.insert(i);
+            }
+            None => {
+                index.insert(s.metric.clone(), out.len());
+                out.push(s);
+            }
+        }
+    }
+    for i in merged {
+        let points = &mut out[i].points;
+        points.sort_unstable_by_key(|p| p.timestamp_ms);
+        if points
+            .windows(2)
+            .any(|w| w[0].timestamp_ms == w[1].timestamp_ms)
+        {
+            return Err(QueryError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn collect(
     items: impl IntoIterator<Item = (LabelSet, Sample)>,
 ) -> Result<Matrix, QueryError> {

@@ -12,7 +12,7 @@
 //! `__name__`.
 
 use super::aggregate::{KahanSum, average, format_go_f, quantile};
-use super::binary::collect;
+use super::binary::collect_series;
 use super::instant::absent_labels;
 use super::{Evaluator, Stepped, is_stale_marker, millis, unsupported};
 use crate::error::QueryError;
@@ -95,7 +95,7 @@ struct Window<'s> {
 
 /// What every series' windows add to the result.
 struct Output {
-    items: Vec<(LabelSet, Sample)>,
+    items: Vec<Series>,
     /// Whether any series has a sample in its window, per step (`absent_over_time`).
     present: Vec<bool>,
 }
@@ -202,7 +202,7 @@ impl Evaluator<'_> {
                 }]
             });
         }
-        collect(out.items)
+        collect_series(out.items)
     }
 }
 
@@ -233,7 +233,7 @@ impl Slider<'_> {
             metric.without_metric_name()
         };
         let (mut lo, mut hi) = (0, 0);
-        let mut points = 0;
+        let mut points = Vec::new();
         for (i, (&eval_ms, &end_ms)) in self.times.iter().zip(self.ends).enumerate() {
             while samples.get(hi).is_some_and(|s| s.timestamp_ms <= end_ms) {
                 hi += 1;
@@ -264,12 +264,14 @@ impl Slider<'_> {
                 params: [param(0), param(1)],
             };
             if let Some(value) = apply(self.name, &window)? {
-                out.items
-                    .push((metric.clone(), Sample::new(eval_ms, value)));
-                points += 1;
+                points.push(Sample::new(eval_ms, value));
             }
         }
-        Ok(points)
+        let produced = points.len();
+        if produced > 0 {
+            out.items.push(Series { metric, points });
+        }
+        Ok(produced)
     }
 }
 

@@ -6,7 +6,7 @@
 //! Math and date functions drop `__name__`, as in Prometheus 2 (Prometheus 3 drops it too,
 //! only later in the evaluation); `label_replace`, `label_join` and `sort*` keep it.
 
-use super::binary::collect;
+use super::binary::collect_series;
 use super::{Evaluator, Stepped, unsupported};
 use crate::error::QueryError;
 use crate::value::{LabelSet, Matrix, Series};
@@ -296,17 +296,15 @@ impl Evaluator<'_> {
 /// Applies `f(step time, value)` to every point, dropping `__name__` as every math function
 /// does in Prometheus.
 fn map_values(v: Matrix, f: impl Fn(i64, f64) -> f64) -> Result<Stepped, QueryError> {
-    let items = v.into_iter().flat_map(|s| {
-        let metric = s.metric.without_metric_name();
-        let f = &f;
-        s.points.into_iter().map(move |p| {
-            (
-                metric.clone(),
-                Sample::new(p.timestamp_ms, f(p.timestamp_ms, p.value)),
-            )
-        })
+    let mapped = v.into_iter().map(|s| Series {
+        metric: s.metric.without_metric_name(),
+        points: s
+            .points
+            .into_iter()
+            .map(|p| Sample::new(p.timestamp_ms, f(p.timestamp_ms, p.value)))
+            .collect(),
     });
-    collect(items).map(Stepped::Vector)
+    collect_series(mapped).map(Stepped::Vector)
 }
 
 /// Go's `math.Max`: NaN if either is NaN.
@@ -355,11 +353,11 @@ pub(super) fn absent_labels(selector: Option<&VectorSelector>) -> LabelSet {
 /// Applies `f` to the labels of every series, keeping the values (and `__name__` unless `f`
 /// changes it); two series that end up with one label set at one step fail the query.
 fn relabel(v: Matrix, f: impl Fn(&LabelSet) -> LabelSet) -> Result<Stepped, QueryError> {
-    let items = v.into_iter().flat_map(|s| {
-        let metric = f(&s.metric);
-        s.points.into_iter().map(move |p| (metric.clone(), p))
+    let relabelled = v.into_iter().map(|s| Series {
+        metric: f(&s.metric),
+        points: s.points,
     });
-    collect(items).map(Stepped::Vector)
+    collect_series(relabelled).map(Stepped::Vector)
 }
 
 /// Whether `name` is a label name in the classic charset, `[a-zA-Z_][a-zA-Z0-9_]*`.
