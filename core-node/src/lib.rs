@@ -15,6 +15,7 @@
 //! - [`http`]: the Prometheus-compatible HTTP API, remote_write and InfluxDB line protocol
 //!   ingest, `/metrics` and `/health`.
 
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod http;
