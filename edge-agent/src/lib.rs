@@ -111,7 +111,7 @@ impl Agent {
         config.validate().context("invalid configuration")?;
         let tls = uplink::quic::client_tls(&config.ca, &config.cert, &config.key)
             .context("cannot set up TLS for the uplink")?;
-        let transport = uplink::quic::QuicTransport::new(tls)?;
+        let transport = uplink::quic::QuicTransport::new(tls, &config.core)?;
         telemetry::register(&config.core);
 
         let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -206,6 +206,7 @@ impl Agent {
             batch_max_delay: config.batch_max_delay,
             backoff: uplink::Backoff::DEFAULT,
             backlog_rate: config.backlog_rate,
+            failover_hold: uplink::FAILOVER_HOLD,
         };
         let uplink = Uplink::new(transport, reader, settings, progress_rx, stop_rx);
         Ok(Self {

@@ -21,6 +21,8 @@ pub(crate) const SAMPLES_SHIPPED: &str = "updraft_edge_samples_shipped_total";
 pub(crate) const SAMPLES_ACKED: &str = "updraft_edge_samples_acked_total";
 pub(crate) const SAMPLES_DROPPED: &str = "updraft_edge_samples_dropped_total";
 pub(crate) const UPLINK_ERRORS: &str = "updraft_edge_uplink_errors_total";
+pub(crate) const UPLINK_RTT: &str = "updraft_edge_uplink_rtt_seconds";
+pub(crate) const UPLINK_ACTIVE: &str = "updraft_edge_uplink_active";
 pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
@@ -127,6 +129,15 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     );
     describe_counter!(UPLINK_ERRORS, "failed batch deliveries, by core endpoint");
     describe_gauge!(
+        UPLINK_RTT,
+        Unit::Seconds,
+        "smoothed round-trip time of the QUIC connection to each core endpoint; NaN while none is up"
+    );
+    describe_gauge!(
+        UPLINK_ACTIVE,
+        "1 for the core endpoint batches are sent to, 0 for the others"
+    );
+    describe_gauge!(
         UPLINK_BACKLOG_BYTES,
         Unit::Bytes,
         "buffer bytes waiting in the backlog lane after an outage (fresh data goes first)"
@@ -158,8 +169,14 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     for reason in DropReason::ALL {
         counter!(SAMPLES_DROPPED, "reason" => reason.as_str()).absolute(0);
     }
-    for endpoint in endpoints {
+    for (i, endpoint) in endpoints.iter().enumerate() {
         counter!(UPLINK_ERRORS, "endpoint" => endpoint.to_string()).absolute(0);
+        gauge!(UPLINK_RTT, "endpoint" => endpoint.to_string()).set(f64::NAN);
+        gauge!(UPLINK_ACTIVE, "endpoint" => endpoint.to_string()).set(if i == 0 {
+            1.0
+        } else {
+            0.0
+        });
     }
     gauge!(UPLINK_BACKLOG_BYTES).set(0.0);
     gauge!(OLDEST_UNSENT_AGE).set(0.0);

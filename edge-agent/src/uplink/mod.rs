@@ -3,14 +3,17 @@
 //! One batch is in flight at a time. Normally batches go in buffer order; after an outage the
 //! uplink sends fresh data first and drains the backlog behind it at `--backlog-rate` ([`lanes`]
 //! explains the two lanes, the shared cursor and why sequences still only grow per epoch). A
-//! resend always covers the same records. The core is the one with the lowest round-trip time
-//! among those the transport considers healthy ([`Transport::preferred`]). Per batch:
+//! resend always covers the same records. The core is the healthy one with the lowest
+//! round-trip time the transport measures ([`Transport::rtts`]; [`select`] has the rules: a
+//! core whose delivery failed is held off for [`FAILOVER_HOLD`], small differences do not
+//! make the uplink switch). Per batch:
 //!
 //! - `Stored` / `Duplicate`: acknowledge the buffer up to the batch's end.
 //! - `Failed` with a non-retryable code: log, count the samples as dropped, acknowledge anyway
 //!   (a batch the core will never take must not wedge everything behind it).
 //! - transport error, timeout or retryable code: count an error for the endpoint, move to the
-//!   next `--core` endpoint, back off exponentially with jitter (capped), resend the same frame.
+//!   fastest other healthy endpoint (the next `--core` in order when none is measured), back
+//!   off exponentially with jitter (capped), resend the same frame.
 //!
 //! The network sits behind [`Transport`] (production: [`quic::QuicTransport`]) so tests can put
 //! a scripted core in its place and inject faults.
@@ -18,6 +21,7 @@
 mod batch;
 mod lanes;
 pub(crate) mod quic;
+mod select;
 
 use crate::buffer::{LogError, LogReader, Offset};
 use crate::config::CoreEndpoint;
@@ -30,6 +34,7 @@ use metrics::{counter, gauge};
 use protocols::wire::{
     AckOutcome, AgentId, BatchAck, Message, ResumePoint, ResumeQuery, WireError,
 };
+use select::Selector;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,6 +48,8 @@ pub(crate) use quic::TransportError;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the buffer gauges are refreshed while idle.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+/// How long a core whose delivery failed is passed over while another one is healthy.
+pub(crate) const FAILOVER_HOLD: Duration = Duration::from_secs(10);
 
 /// One request/response exchange with a core.
 pub(crate) trait Transport: Send + 'static {
@@ -56,10 +63,12 @@ pub(crate) trait Transport: Send + 'static {
     /// Closes connections politely; called once on shutdown.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 
-    /// The index in `endpoints` of the healthy core with the lowest round-trip time, if the
-    /// transport measures that; `None` keeps the current choice.
-    fn preferred(&mut self, _endpoints: &[CoreEndpoint]) -> Option<usize> {
-        None
+    /// The round-trip time to each of `endpoints` (same order) over a live connection, `None`
+    /// for an endpoint without one (not connected yet, or not answering). Cheap: called before
+    /// every batch and every second. A transport that does not measure answers `None`
+    /// everywhere, and the endpoints are used in configuration order.
+    fn rtts(&mut self, endpoints: &[CoreEndpoint]) -> Vec<Option<Duration>> {
+        vec![None; endpoints.len()]
     }
 }
 
@@ -128,6 +137,8 @@ pub(crate) struct UplinkSettings {
     pub backoff: Backoff,
     /// Most backlog samples per second after an outage (0: no limit).
     pub backlog_rate: u64,
+    /// How long a core whose delivery failed is passed over ([`FAILOVER_HOLD`]).
+    pub failover_hold: Duration,
 }
 
 pub(crate) struct Uplink<T> {
@@ -136,8 +147,10 @@ pub(crate) struct Uplink<T> {
     settings: UplinkSettings,
     progress: watch::Receiver<Progress>,
     stop: watch::Receiver<bool>,
-    /// Index into `settings.endpoints` of the core currently used.
-    current: usize,
+    /// Which core is used, by index into `settings.endpoints`.
+    selector: Selector,
+    /// The transport's last round-trip times, per endpoint.
+    rtts: Vec<Option<Duration>>,
     /// The last delivery needed retries: what piled up meanwhile becomes backlog.
     outage_over: bool,
     /// The durable end when the last failed delivery attempt began: data beyond it arrived
@@ -153,13 +166,15 @@ impl<T: Transport> Uplink<T> {
         progress: watch::Receiver<Progress>,
         stop: watch::Receiver<bool>,
     ) -> Self {
+        let selector = Selector::new(settings.endpoints.len(), settings.failover_hold);
         Self {
             transport,
             reader,
+            selector,
+            rtts: vec![None; settings.endpoints.len()],
             settings,
             progress,
             stop,
-            current: 0,
             outage_over: false,
             failed_at_end: Offset(0),
         }
@@ -211,6 +226,7 @@ impl<T: Transport> Uplink<T> {
             }
             self.outage_over = false;
             self.update_gauges(&lanes);
+            self.refresh_endpoints();
             let now = Instant::now();
             if end > lanes.fresh() {
                 let samples = self.progress.borrow().samples;
@@ -331,7 +347,11 @@ impl<T: Transport> Uplink<T> {
     /// cursor". Only an answer in this buffer's epoch, at or below its durable end, is used;
     /// it is a record boundary because sequences are batch end offsets.
     async fn resume_point(&mut self) -> Option<Offset> {
-        let endpoint = self.settings.endpoints.get(self.current)?.clone();
+        let endpoint = self
+            .settings
+            .endpoints
+            .get(self.selector.current())?
+            .clone();
         let query = Message::ResumeQuery(ResumeQuery {
             agent_id: self.settings.agent_id.clone(),
         })
@@ -359,9 +379,7 @@ impl<T: Transport> Uplink<T> {
     /// Sends `batch` until a core gives a final answer. False if stopped before that.
     async fn deliver(&mut self, batch: &Batch) -> Result<Delivery, UplinkError> {
         let mut attempt = 0u32;
-        if let Some(best) = self.transport.preferred(&self.settings.endpoints) {
-            self.current = best;
-        }
+        self.refresh_endpoints();
         loop {
             // A full buffer gave up (part of) this batch while no core answered: its samples
             // are counted as dropped there, so they must not arrive after all.
@@ -372,7 +390,8 @@ impl<T: Transport> Uplink<T> {
                 );
                 return Ok(Delivery::Evicted);
             }
-            let endpoint = self.settings.endpoints[self.current].clone();
+            let current = self.selector.current();
+            let endpoint = self.settings.endpoints[current].clone();
             let end_at_start = self.reader.durable_end();
             let answer = self.exchange(&endpoint, batch.frame.clone()).await;
             if !matches!(answer, Some(Ok(_))) {
@@ -423,13 +442,13 @@ impl<T: Transport> Uplink<T> {
                         code: code.as_str(),
                         message,
                     };
-                    if !self.fail_over(&endpoint, &e, &mut attempt).await {
+                    if !self.fail_over(current, &e, &mut attempt).await {
                         return Ok(Delivery::Stopped);
                     }
                     continue;
                 }
                 Err(e) => {
-                    if !self.fail_over(&endpoint, &e, &mut attempt).await {
+                    if !self.fail_over(current, &e, &mut attempt).await {
                         return Ok(Delivery::Stopped);
                     }
                     continue;
@@ -460,22 +479,52 @@ impl<T: Transport> Uplink<T> {
         }
     }
 
-    /// Counts the failure, switches to the next endpoint and backs off. False on stop.
-    async fn fail_over(
-        &mut self,
-        endpoint: &CoreEndpoint,
-        e: &AttemptError,
-        attempt: &mut u32,
-    ) -> bool {
+    /// Counts the failure, switches to another endpoint and backs off. False on stop.
+    async fn fail_over(&mut self, failed: usize, e: &AttemptError, attempt: &mut u32) -> bool {
+        let endpoint = &self.settings.endpoints[failed];
         counter!(telemetry::UPLINK_ERRORS, "endpoint" => endpoint.to_string()).increment(1);
         let delay = self.settings.backoff.delay(*attempt);
         *attempt = attempt.saturating_add(1);
-        self.current = (self.current + 1) % self.settings.endpoints.len();
+        self.rtts = self.transport.rtts(&self.settings.endpoints);
+        let next = self.selector.failed(failed, &self.rtts, Instant::now());
+        self.publish_endpoints();
+        let endpoint = &self.settings.endpoints[failed];
         warn!(core = %endpoint, error = %e, retry_in = ?delay,
-            next_core = %self.settings.endpoints[self.current], "batch delivery failed");
+            next_core = %self.settings.endpoints[next], "batch delivery failed");
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = stop_requested(&mut self.stop) => false,
+        }
+    }
+
+    /// Asks the transport for fresh round-trip times, chooses the core, updates the gauges.
+    fn refresh_endpoints(&mut self) {
+        self.rtts = self.transport.rtts(&self.settings.endpoints);
+        let before = self.selector.current();
+        let now = self.selector.choose(&self.rtts, Instant::now());
+        if now != before {
+            let ms = |i: usize| self.rtts[i].map(|r| r.as_secs_f64() * 1000.0);
+            info!(from = %self.settings.endpoints[before], from_rtt_ms = ?ms(before),
+                to = %self.settings.endpoints[now], to_rtt_ms = ?ms(now),
+                "switching core");
+        }
+        self.publish_endpoints();
+    }
+
+    /// `updraft_edge_uplink_rtt_seconds` (NaN without a live connection) and
+    /// `updraft_edge_uplink_active` per endpoint.
+    fn publish_endpoints(&self) {
+        let current = self.selector.current();
+        for (i, endpoint) in self.settings.endpoints.iter().enumerate() {
+            let label = endpoint.to_string();
+            let rtt = self.rtts.get(i).copied().flatten();
+            gauge!(telemetry::UPLINK_RTT, "endpoint" => label.clone())
+                .set(rtt.map_or(f64::NAN, |r| r.as_secs_f64()));
+            gauge!(telemetry::UPLINK_ACTIVE, "endpoint" => label).set(if i == current {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 

@@ -1,8 +1,13 @@
-//! The production [`Transport`]: QUIC with mutual TLS 1.3 to a core node.
+//! The production [`Transport`]: QUIC with mutual TLS 1.3 to the core nodes.
 //!
-//! One connection is kept to the current core and reused for every batch, one bidirectional
-//! stream per batch. Keep-alives keep NAT bindings open and let a dead core be noticed by the
-//! idle timeout; a closed or failed connection is replaced on the next exchange.
+//! One connection is kept open to *every* configured core, each watched by a keeper task that
+//! reconnects it when it closes (after a failed attempt: backoff from 1 s to 10 s). Batches go
+//! over the connection of the core the uplink chose, one bidirectional stream per batch; the
+//! others only carry keep-alives, which is what measures them: QUIC acknowledges every
+//! keep-alive, so quinn's smoothed round-trip time of each connection stays current (read by
+//! [`Transport::rtts`]). Keep-alives also keep NAT bindings open and let a dead core be noticed
+//! by the idle timeout, within about 5 s, whether or not it is in use. All connections share
+//! one UDP socket per address family.
 
 use super::Transport;
 use crate::config::CoreEndpoint;
@@ -15,9 +20,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tracing::info;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// From opening the stream to the complete answer; the core answers after its fsync.
@@ -121,37 +127,30 @@ fn read_certs(
     Ok(certs)
 }
 
-pub(crate) struct QuicTransport {
+/// After a connection closed, the keeper waits this long before reconnecting (the data path
+/// connects at once when it needs the core).
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// The keeper's backoff after failed connection attempts: doubled from the first to the last.
+const PROBE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// TLS client configuration and the client sockets, shared by the data path and the keepers.
+struct Connector {
     client: ClientConfig,
     /// Client sockets, created on first use per address family.
-    v4: Option<Endpoint>,
-    v6: Option<Endpoint>,
-    conn: Option<(CoreEndpoint, Connection)>,
+    v4: Mutex<Option<Endpoint>>,
+    v6: Mutex<Option<Endpoint>>,
 }
 
-impl QuicTransport {
-    pub(crate) fn new(tls: rustls::ClientConfig) -> Result<Self, TlsSetupError> {
-        let mut transport = TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(KEEP_ALIVE))
-            .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
-        let mut client = ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-        client.transport_config(Arc::new(transport));
-        Ok(Self {
-            client,
-            v4: None,
-            v6: None,
-            conn: None,
-        })
-    }
-
-    fn endpoint_for(&mut self, remote: SocketAddr) -> Result<Endpoint, TlsSetupError> {
+impl Connector {
+    fn socket_for(&self, remote: SocketAddr) -> Result<Endpoint, TlsSetupError> {
         let (slot, bind) = if remote.is_ipv4() {
-            (&mut self.v4, SocketAddr::from(([0, 0, 0, 0], 0)))
+            (&self.v4, SocketAddr::from(([0, 0, 0, 0], 0)))
         } else {
-            (&mut self.v6, SocketAddr::from(([0u16; 8], 0)))
+            (&self.v6, SocketAddr::from(([0u16; 8], 0)))
         };
-        if let Some(e) = slot {
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = slot.as_ref() {
             return Ok(e.clone());
         }
         let mut endpoint = Endpoint::client(bind).map_err(TlsSetupError::Socket)?;
@@ -160,14 +159,7 @@ impl QuicTransport {
         Ok(endpoint)
     }
 
-    async fn connection(&mut self, core: &CoreEndpoint) -> Result<Connection, TransportError> {
-        if let Some((current, conn)) = &self.conn
-            && current == core
-            && conn.close_reason().is_none()
-        {
-            return Ok(conn.clone());
-        }
-        self.drop_connection(b"switching core");
+    async fn connect(&self, core: &CoreEndpoint) -> Result<Connection, TransportError> {
         let lookup = tokio::net::lookup_host((core.host.as_str(), core.port));
         let addrs: Vec<SocketAddr> = tokio::time::timeout(CONNECT_TIMEOUT, lookup)
             .await
@@ -181,19 +173,152 @@ impl QuicTransport {
             .first()
             .ok_or_else(|| TransportError::NoAddress(core.clone()))?;
         // The host part is the TLS server name: a DNS name or an IP address SAN.
-        let connecting = self.endpoint_for(addr)?.connect(addr, &core.host)?;
+        let connecting = self.socket_for(addr)?.connect(addr, &core.host)?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| TransportError::Timeout("connecting"))??;
-        info!(core = %core, remote = %addr, "connected to core");
-        self.conn = Some((core.clone(), conn.clone()));
+        info!(core = %core, remote = %addr, rtt_ms = conn.rtt().as_secs_f64() * 1000.0,
+            "connected to core");
         Ok(conn)
     }
 
-    fn drop_connection(&mut self, reason: &[u8]) {
-        if let Some((_, conn)) = self.conn.take() {
+    fn close_sockets(&self) -> Vec<Endpoint> {
+        [&self.v4, &self.v6]
+            .into_iter()
+            .filter_map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).take())
+            .collect()
+    }
+}
+
+/// The connection to one core, if one is open. The lock is never held across an await.
+struct Link {
+    endpoint: CoreEndpoint,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl Link {
+    fn new(endpoint: CoreEndpoint) -> Arc<Self> {
+        Arc::new(Self {
+            endpoint,
+            conn: Mutex::new(None),
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open connection, if any.
+    fn live(&self) -> Option<Connection> {
+        self.slot()
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Keeps `conn` unless another open connection got there first (the data path and the
+    /// keeper may connect at the same time); the one not kept is closed. Returns the one kept.
+    fn offer(&self, conn: Connection) -> Connection {
+        let mut slot = self.slot();
+        if let Some(current) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            conn.close(VarInt::from_u32(0), b"duplicate connection");
+            return current.clone();
+        }
+        *slot = Some(conn.clone());
+        conn
+    }
+
+    fn drop_connection(&self, reason: &[u8]) {
+        if let Some(conn) = self.slot().take() {
             conn.close(VarInt::from_u32(0), reason);
         }
+    }
+}
+
+/// Keeps a connection to `link`'s core open for as long as the transport lives.
+async fn keep(link: Arc<Link>, connector: Arc<Connector>) {
+    let mut failures = 0u32;
+    loop {
+        if let Some(conn) = link.live() {
+            failures = 0;
+            let reason = conn.closed().await;
+            debug!(core = %link.endpoint, %reason, "connection to core closed");
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            continue;
+        }
+        match connector.connect(&link.endpoint).await {
+            Ok(conn) => {
+                link.offer(conn);
+            }
+            Err(e) => {
+                let wait = PROBE_BACKOFF_FIRST
+                    .saturating_mul(1 << failures.min(8))
+                    .min(PROBE_BACKOFF_MAX);
+                failures = failures.saturating_add(1);
+                debug!(core = %link.endpoint, error = %e, retry_in = ?wait,
+                    "core not reachable");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+pub(crate) struct QuicTransport {
+    connector: Arc<Connector>,
+    /// One per core endpoint.
+    links: Vec<Arc<Link>>,
+    keepers: Vec<JoinHandle<()>>,
+}
+
+impl QuicTransport {
+    /// Starts a keeper task per endpoint (so it must be called within a Tokio runtime): the
+    /// connections open in the background, and their round-trip times are known before long.
+    pub(crate) fn new(
+        tls: rustls::ClientConfig,
+        endpoints: &[CoreEndpoint],
+    ) -> Result<Self, TlsSetupError> {
+        let mut transport = TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(KEEP_ALIVE))
+            .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+        let mut client = ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+        client.transport_config(Arc::new(transport));
+        let connector = Arc::new(Connector {
+            client,
+            v4: Mutex::new(None),
+            v6: Mutex::new(None),
+        });
+        let mut this = Self {
+            connector,
+            links: Vec::new(),
+            keepers: Vec::new(),
+        };
+        for endpoint in endpoints {
+            if this.find(endpoint).is_none() {
+                let link = Link::new(endpoint.clone());
+                this.keepers.push(tokio::spawn(keep(
+                    Arc::clone(&link),
+                    Arc::clone(&this.connector),
+                )));
+                this.links.push(link);
+            }
+        }
+        Ok(this)
+    }
+
+    fn find(&self, endpoint: &CoreEndpoint) -> Option<&Arc<Link>> {
+        self.links.iter().find(|l| &l.endpoint == endpoint)
+    }
+
+    /// The link to `endpoint`; one not given to [`QuicTransport::new`] gets a link without a
+    /// keeper (connected on demand only).
+    fn link(&mut self, endpoint: &CoreEndpoint) -> Arc<Link> {
+        if let Some(link) = self.find(endpoint) {
+            return Arc::clone(link);
+        }
+        let link = Link::new(endpoint.clone());
+        self.links.push(Arc::clone(&link));
+        link
     }
 }
 
@@ -203,7 +328,11 @@ impl Transport for QuicTransport {
         endpoint: &CoreEndpoint,
         frame: Bytes,
     ) -> Result<Vec<u8>, TransportError> {
-        let conn = self.connection(endpoint).await?;
+        let link = self.link(endpoint);
+        let conn = match link.live() {
+            Some(conn) => conn,
+            None => link.offer(self.connector.connect(endpoint).await?),
+        };
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             send.write_all(&frame).await?;
@@ -215,19 +344,40 @@ impl Transport for QuicTransport {
             Err(_) => Err(TransportError::Timeout("waiting for the answer")),
         };
         if result.is_err() {
-            // Start from a fresh connection next time: the next attempt may go elsewhere, and a
-            // half-broken connection is cheaper to replace than to diagnose.
-            self.drop_connection(b"exchange failed");
+            // Start from a fresh connection next time (the keeper reconnects): a half-broken
+            // connection is cheaper to replace than to diagnose, and until it is replaced the
+            // core has no round-trip time, so the uplink looks elsewhere.
+            link.drop_connection(b"exchange failed");
         }
         result
     }
 
+    fn rtts(&mut self, endpoints: &[CoreEndpoint]) -> Vec<Option<Duration>> {
+        endpoints
+            .iter()
+            .map(|e| self.find(e).and_then(|l| l.live()).map(|c| c.rtt()))
+            .collect()
+    }
+
     async fn close(&mut self) {
-        self.drop_connection(b"shutdown");
-        for endpoint in [self.v4.take(), self.v6.take()].into_iter().flatten() {
+        for keeper in self.keepers.drain(..) {
+            keeper.abort();
+        }
+        for link in &self.links {
+            link.drop_connection(b"shutdown");
+        }
+        for endpoint in self.connector.close_sockets() {
             endpoint.close(VarInt::from_u32(0), b"shutdown");
             // Bounded: an unreachable core must not hold up shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        for keeper in &self.keepers {
+            keeper.abort();
         }
     }
 }

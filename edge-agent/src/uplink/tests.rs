@@ -4,7 +4,7 @@ use super::*;
 use crate::buffer::{self, LogOptions, LogWriter, record};
 use protocols::model::{Labels, Sample, Tenant};
 use protocols::wire::{ErrorCode, ResumePoint, SeriesSamples, WriteBatch};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// What the scripted core does with the next request.
@@ -20,6 +20,10 @@ struct ScriptedCore {
     seen: Arc<Mutex<Vec<(String, WriteBatch)>>>,
     /// The answer to a resume query.
     applied: Arc<Mutex<Option<(u64, u64)>>>,
+    /// Measured round-trip time per endpoint (unlisted: not measured).
+    rtts: Arc<Mutex<HashMap<String, Duration>>>,
+    /// Endpoints that do not answer at all: no round-trip time, every exchange fails.
+    down: Arc<Mutex<HashSet<String>>>,
 }
 
 impl ScriptedCore {
@@ -28,7 +32,28 @@ impl ScriptedCore {
             script: Arc::new(Mutex::new(script.into_iter().collect())),
             seen: Arc::default(),
             applied: Arc::default(),
+            rtts: Arc::default(),
+            down: Arc::default(),
         }
+    }
+
+    fn set_rtt(&self, endpoint: &str, ms: u64) {
+        let rtt = Duration::from_millis(ms);
+        self.rtts.lock().expect("lock").insert(endpoint.into(), rtt);
+    }
+
+    fn set_down(&self, endpoint: &str, down: bool) {
+        let mut set = self.down.lock().expect("lock");
+        if down {
+            set.insert(endpoint.into());
+        } else {
+            set.remove(endpoint);
+        }
+    }
+
+    /// The endpoint of every batch seen, in order.
+    fn endpoints_seen(&self) -> Vec<String> {
+        self.seen().into_iter().map(|(e, _)| e).collect()
     }
 
     fn seen(&self) -> Vec<(String, WriteBatch)> {
@@ -51,10 +76,18 @@ impl Transport for ScriptedCore {
             _ => panic!("the uplink sent something other than a WriteBatch or ResumeQuery"),
         };
         let (epoch, sequence) = (batch.epoch, batch.sequence);
+        let down = self
+            .down
+            .lock()
+            .expect("lock")
+            .contains(&endpoint.to_string());
         self.seen
             .lock()
             .expect("lock")
             .push((endpoint.to_string(), batch));
+        if down {
+            return Err(TransportError::Timeout("connecting"));
+        }
         // An exhausted script stores everything.
         let reply = self.script.lock().expect("lock").pop_front();
         match reply.unwrap_or(Reply::Answer(AckOutcome::Duplicate)) {
@@ -69,6 +102,22 @@ impl Transport for ScriptedCore {
     }
 
     async fn close(&mut self) {}
+
+    fn rtts(&mut self, endpoints: &[CoreEndpoint]) -> Vec<Option<Duration>> {
+        let (rtts, down) = (
+            self.rtts.lock().expect("lock"),
+            self.down.lock().expect("lock"),
+        );
+        endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .map(|e| {
+                (!down.contains(&e))
+                    .then(|| rtts.get(&e).copied())
+                    .flatten()
+            })
+            .collect()
+    }
 }
 
 struct Harness {
@@ -115,6 +164,15 @@ impl Harness {
     }
 
     fn start(&self, core: ScriptedCore, endpoints: &[&str]) -> tokio::task::JoinHandle<()> {
+        self.start_with_hold(core, endpoints, FAILOVER_HOLD)
+    }
+
+    fn start_with_hold(
+        &self,
+        core: ScriptedCore,
+        endpoints: &[&str],
+        failover_hold: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let settings = UplinkSettings {
             agent_id: AgentId("edge-test".into()),
             endpoints: endpoints
@@ -128,6 +186,7 @@ impl Harness {
                 max: Duration::from_millis(2),
             },
             backlog_rate: 0,
+            failover_hold,
         };
         let uplink = Uplink::new(
             core,
@@ -279,4 +338,64 @@ async fn a_resume_point_from_another_epoch_is_ignored() {
     h.wait_acked(ends[1]).await;
     h.shut_down(task).await;
     assert_eq!(core.seen().len(), 1, "everything is sent");
+}
+
+#[tokio::test]
+async fn batches_go_to_the_core_with_the_lowest_round_trip_time() {
+    let mut h = Harness::new();
+    let core = ScriptedCore::new([]);
+    core.set_rtt("core-a:4433", 80);
+    core.set_rtt("core-b:4433", 3);
+    core.set_rtt("core-c:4433", 20);
+    let task = h.start(core.clone(), &["core-a:4433", "core-b:4433", "core-c:4433"]);
+    let first = h.append(3);
+    h.wait_acked(first).await;
+    // The fast core slows down: the next batch goes to the one now fastest.
+    core.set_rtt("core-b:4433", 200);
+    let second = h.append(3);
+    h.wait_acked(second).await;
+    h.shut_down(task).await;
+    assert_eq!(core.endpoints_seen(), ["core-b:4433", "core-c:4433"]);
+}
+
+#[tokio::test]
+async fn a_dead_fastest_core_is_left_for_the_next_fastest_then_used_again_once_back() {
+    let mut h = Harness::new();
+    let core = ScriptedCore::new([]);
+    let (a, b, c) = ("core-a:4433", "core-b:4433", "core-c:4433");
+    core.set_rtt(a, 40);
+    core.set_rtt(b, 2);
+    core.set_rtt(c, 15);
+    let hold = Duration::from_millis(300);
+    let task = h.start_with_hold(core.clone(), &[a, b, c], hold);
+    let first = h.append(2);
+    h.wait_acked(first).await;
+
+    // b stops answering while it still looks alive (its connection has not timed out yet):
+    // one failed attempt, then the batch goes to c, the next fastest, not to a, the next in
+    // the list.
+    core.script
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Unreachable);
+    let second = h.append(2);
+    h.wait_acked(second).await;
+    // Its connection is gone now: it is passed over even after the hold.
+    core.set_down(b, true);
+    tokio::time::sleep(hold * 2).await;
+    let third = h.append(2);
+    h.wait_acked(third).await;
+    // Back, and fastest again.
+    core.set_down(b, false);
+    let fourth = h.append(2);
+    h.wait_acked(fourth).await;
+    h.shut_down(task).await;
+
+    assert_eq!(core.endpoints_seen(), [b, b, c, c, b]);
+    let sequences: Vec<u64> = core.seen().iter().map(|(_, x)| x.sequence).collect();
+    assert_eq!(
+        sequences,
+        [first.0, second.0, second.0, third.0, fourth.0],
+        "the failed batch is resent unchanged"
+    );
 }

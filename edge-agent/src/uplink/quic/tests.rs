@@ -121,7 +121,7 @@ fn transport(dir: &Path, ca: &Ca, client_ca: &Ca) -> QuicTransport {
         &write(dir, "agent-key.pem", &key),
     )
     .expect("client tls");
-    QuicTransport::new(tls).expect("transport")
+    QuicTransport::new(tls, &[]).expect("transport")
 }
 
 #[tokio::test]
@@ -181,4 +181,43 @@ fn missing_or_empty_pem_files_name_the_option() {
         .err()
         .map(|e| e.to_string());
     assert!(err.is_some_and(|m| m.contains("--ca") && m.contains("no certificate")));
+}
+
+#[tokio::test]
+async fn every_configured_core_is_measured_before_any_batch_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new();
+    let (addr, core) = start_core(&ca, &ca);
+    let (cert, key) = ca.leaf(&["edge-test"]);
+    let tls = client_tls(
+        &write(dir.path(), "ca.pem", &ca.pem),
+        &write(dir.path(), "agent.pem", &cert),
+        &write(dir.path(), "agent-key.pem", &key),
+    )
+    .expect("client tls");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let endpoints: Vec<CoreEndpoint> = [addr, silent.local_addr().expect("addr")]
+        .iter()
+        .map(|a| format!("127.0.0.1:{}", a.port()).parse().expect("endpoint"))
+        .collect();
+    let mut t = QuicTransport::new(tls, &endpoints).expect("transport");
+    let measured = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let [Some(rtt), None] = t.rtts(&endpoints)[..] {
+                return rtt;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the live core gets a round-trip time, the silent one none");
+    assert!(
+        measured < Duration::from_secs(1),
+        "loopback rtt {measured:?}"
+    );
+    t.close().await;
+    assert!(
+        core.await.expect("core task"),
+        "client certificate presented"
+    );
 }
