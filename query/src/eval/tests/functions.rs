@@ -651,3 +651,57 @@ fn over_time_functions() {
         );
     }
 }
+
+#[test]
+fn series_that_meet_at_different_steps_merge_into_one() {
+    // Dropping the name makes both series `{src="a"}`; they never share a step, so a range
+    // query merges them into one series, as Prometheus does, while an instant query at a
+    // step where both have a value fails.
+    let mut src = MemorySource::default();
+    let early: Vec<(i64, f64)> = (0..6).map(|i| (i * MIN, i as f64)).collect();
+    let late: Vec<(i64, f64)> = (20..26).map(|i| (i * MIN, 10.0 * i as f64)).collect();
+    src.add("early", &[("src", "a")], &early);
+    src.add("late", &[("src", "a")], &late);
+    let got =
+        matrix(range(&src, "-{__name__=~'early|late'}", 0, 25 * MIN, 5 * MIN).expect("range"));
+    assert_eq!(
+        got,
+        vec![(
+            r#"{src="a"}"#.to_string(),
+            vec![
+                (0, -0.0),
+                (5 * MIN, -5.0),
+                // At 10m the last sample (5m) is exactly the lookback old: out.
+                (20 * MIN, -200.0),
+                (25 * MIN, -250.0)
+            ]
+        )]
+    );
+    let got = matrix(
+        range(
+            &src,
+            "delta({__name__=~'early|late'}[3m])",
+            0,
+            25 * MIN,
+            5 * MIN,
+        )
+        .expect("range"),
+    );
+    // Windows with two samples or more: 5m (early) and 25m (late).
+    assert_eq!(
+        got,
+        vec![(
+            r#"{src="a"}"#.to_string(),
+            vec![(5 * MIN, 3.0), (25 * MIN, 30.0)]
+        )]
+    );
+    let mut both = src;
+    both.add("late", &[("src", "b")], &early);
+    both.add("early", &[("src", "b")], &early);
+    let err = range(&both, "-{__name__=~'early|late'}", 0, 25 * MIN, 5 * MIN)
+        .expect_err("two series of one label set at one step");
+    assert_eq!(
+        err.to_string(),
+        "vector cannot contain metrics with the same labelset"
+    );
+}
