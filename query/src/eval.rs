@@ -144,7 +144,7 @@ impl Evaluator<'_> {
         let mut out = Vec::new();
         for series in self.source.select_series(self.tenant, &matchers)? {
             self.check_deadline()?;
-            let samples = self.source.samples(series.id, from, last)?;
+            let samples = self.source.samples_of(self.tenant, series.id, from, last)?;
             self.hold(samples.len())?;
 
             let mut points = Vec::new();
@@ -193,7 +193,7 @@ impl Evaluator<'_> {
         let mut out = Vec::new();
         for series in self.source.select_series(self.tenant, &matchers)? {
             self.check_deadline()?;
-            let mut points = self.source.samples(series.id, from, at)?;
+            let mut points = self.source.samples_of(self.tenant, series.id, from, at)?;
             self.hold(points.len())?;
             points.retain(|s| !is_stale_marker(s.value));
             if !points.is_empty() {

@@ -41,6 +41,20 @@ pub trait DataSource: Send + Sync {
         end_ms: i64,
     ) -> Result<Vec<Sample>, DataSourceError>;
 
+    /// [`Self::samples`] of a series known to belong to `tenant` (it came from
+    /// [`Self::select_series`] for that tenant): lets a source skip finding the owner again.
+    /// The default ignores the hint.
+    fn samples_of(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Sample>, DataSourceError> {
+        let _ = tenant;
+        self.samples(series, start_ms, end_ms)
+    }
+
     /// Every label name used by any series of `tenant`, sorted, including `__name__`.
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError>;
 

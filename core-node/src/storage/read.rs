@@ -145,6 +145,21 @@ impl DataSource for Storage {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Sample>, DataSourceError> {
+        let Some(tenant) = self.ks.tenant_of(series).map_err(unavailable)? else {
+            return Ok(Vec::new());
+        };
+        self.samples_of(&tenant, series, start_ms, end_ms)
+    }
+
+    /// Reads only `tenant`'s partitions: a series id of another tenant finds nothing there
+    /// (ids are hashed from tenant and labels, partitions are per tenant).
+    fn samples_of(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Sample>, DataSourceError> {
         if start_ms > end_ms {
             return Ok(Vec::new());
         }
@@ -153,11 +168,8 @@ impl DataSource for Storage {
         let first_day = keys::day_start(start_ms);
         let from = keys::chunk_key(series, first_day, 0);
         let to = keys::chunk_key(series, end_ms, u64::MAX);
-        let Some(tenant) = self.ks.tenant_of(series).map_err(unavailable)? else {
-            return Ok(Vec::new());
-        };
         let mut tagged = Vec::new();
-        for partition in self.ks.chunks.overlapping(&tenant, first_day, end_ms) {
+        for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
             for kv in partition.range(from..=to) {
                 let (k, v) = kv.into_inner().map_err(unavailable)?;
                 let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };

@@ -159,7 +159,7 @@ impl Evaluator<'_> {
                 let from = first.saturating_sub(range_ms).saturating_add(1);
                 for series in self.source.select_series(self.tenant, &matchers)? {
                     self.check_deadline()?;
-                    let mut samples = self.source.samples(series.id, from, last)?;
+                    let mut samples = self.source.samples_of(self.tenant, series.id, from, last)?;
                     let read = samples.len();
                     self.hold(read)?;
                     samples.retain(|s| !is_stale_marker(s.value));
