@@ -889,3 +889,88 @@ pub fn remote_write_body(series: &[RemoteWriteSeries]) -> Vec<u8> {
     }
     out
 }
+
+/// A userspace UDP proxy that adds latency: datagrams from a client to `listen` go to
+/// `target`, and the target's answers go back to that client, each direction delayed by
+/// `delay` (order kept). Stands in for `tc netem`, which needs a kernel module. One client at
+/// a time (the last address it heard from), which fits an agent: all its QUIC connections
+/// share one socket. Stops when dropped.
+pub struct UdpDelayProxy {
+    pub listen: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpDelayProxy {
+    pub fn start(target: SocketAddr, delay: Duration) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex, mpsc};
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
+        back.connect(target)?;
+        let listen = front.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let mut threads = Vec::new();
+        // For each direction a reader stamps every datagram with its due time and a writer
+        // sends it then: a constant delay keeps the order.
+        for forward in [true, false] {
+            let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+            let (from, to) = if forward {
+                (Arc::clone(&front), Arc::clone(&back))
+            } else {
+                (Arc::clone(&back), Arc::clone(&front))
+            };
+            from.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let (reader_stop, reader_client) = (Arc::clone(&stop), Arc::clone(&client));
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !reader_stop.load(Ordering::Relaxed) {
+                    let Ok((n, peer)) = from.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    if forward && let Ok(mut c) = reader_client.lock() {
+                        *c = Some(peer);
+                    }
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+            let (writer_stop, writer_client) = (Arc::clone(&stop), Arc::clone(&client));
+            threads.push(std::thread::spawn(move || {
+                while !writer_stop.load(Ordering::Relaxed) {
+                    let Ok((due, datagram)) = rx.recv_timeout(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let _ = if forward {
+                        to.send(&datagram)
+                    } else {
+                        match writer_client.lock().ok().and_then(|c| *c) {
+                            Some(peer) => to.send_to(&datagram, peer),
+                            None => continue,
+                        }
+                    };
+                }
+            }));
+        }
+        Ok(Self {
+            listen,
+            stop,
+            threads,
+        })
+    }
+}
+
+impl Drop for UdpDelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
