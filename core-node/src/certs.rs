@@ -6,8 +6,10 @@
 //! |---|---|
 //! | `ca.pem`, `ca-key.pem` | the CA that signs everything below; both sides trust only it |
 //! | `core.pem`, `core-key.pem` | the core's server certificate (SANs: the `--host` names) |
-//! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id) |
+//! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id, SAN URI `updraft://tenant/<tenant>`) |
 //!
+//! The agent certificate binds the agent to one tenant: the core refuses its batches for any
+//! other tenant (see [`tenant_of`] and `ingest.rs`).
 //! Existing files are kept, so running the command again only fills in what is missing; an
 //! existing CA is reused to sign new leaves. `--force` re-issues the leaf certificates.
 
@@ -16,8 +18,12 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use protocols::Tenant;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// The SAN URI prefix that names an agent certificate's tenant.
+pub const TENANT_URI_PREFIX: &str = "updraft://tenant/";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -27,6 +33,8 @@ pub struct CertRequest {
     pub core_hosts: Vec<String>,
     /// The agent id written into the agent certificate's common name.
     pub agent_id: String,
+    /// The tenant the agent certificate binds the agent to.
+    pub agent_tenant: Tenant,
     /// Re-issue leaf certificates that already exist.
     pub force: bool,
 }
@@ -78,11 +86,14 @@ pub fn ensure(req: &CertRequest) -> anyhow::Result<Vec<PathBuf>> {
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
     written.extend(issue_leaf(&req.dir, "core", core, &issuer, req.force)?);
-    let agent = leaf_params(
+    let mut agent = leaf_params(
         &req.agent_id,
         std::slice::from_ref(&req.agent_id),
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
+    agent.subject_alt_names.push(SanType::URI(
+        format!("{TENANT_URI_PREFIX}{}", req.agent_tenant.as_str()).try_into()?,
+    ));
     written.extend(issue_leaf(&req.dir, "agent", agent, &issuer, req.force)?);
     Ok(written)
 }
@@ -142,6 +153,45 @@ fn issue_leaf(
     Ok(vec![cert_path, key_path])
 }
 
+/// What a client certificate says about its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantBinding {
+    /// Exactly one `updraft://tenant/<t>` SAN URI.
+    Bound(Tenant),
+    /// No such URI (a certificate from before tenants were bound).
+    Unbound,
+    /// Several, or one that is not a valid tenant, or an unreadable certificate.
+    Invalid(String),
+}
+
+/// The tenant a (DER) certificate binds its holder to.
+pub fn tenant_of(der: &[u8]) -> TenantBinding {
+    let cert = match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => cert,
+        Err(e) => return TenantBinding::Invalid(format!("unreadable certificate: {e}")),
+    };
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.clone(),
+        Ok(None) => Vec::new(),
+        Err(e) => return TenantBinding::Invalid(format!("unreadable subject alt names: {e}")),
+    };
+    let tenants: Vec<&str> = names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(TENANT_URI_PREFIX),
+            _ => None,
+        })
+        .collect();
+    match tenants.as_slice() {
+        [] => TenantBinding::Unbound,
+        [one] => match Tenant::new(*one) {
+            Ok(t) => TenantBinding::Bound(t),
+            Err(e) => TenantBinding::Invalid(e.to_string()),
+        },
+        _ => TenantBinding::Invalid(format!("{} tenants in one certificate", tenants.len())),
+    }
+}
+
 fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -173,6 +223,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             core_hosts: CertRequest::default_hosts(),
             agent_id: "edge-1".into(),
+            agent_tenant: Tenant::new("acme").expect("tenant"),
             force: false,
         };
         assert_eq!(ensure(&req).expect("first run").len(), 6);
@@ -182,5 +233,18 @@ mod tests {
         // The re-issued leaves still load into a TLS config against the same CA.
         crate::tls::server_config(&crate::tls::TlsFiles::in_dir(dir.path(), "core"))
             .expect("server config");
+        // The agent certificate names its tenant; the core's does not.
+        let der = |name: &str| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_file(dir.path().join(name))
+                .expect("pem")
+                .to_vec()
+        };
+        assert_eq!(
+            tenant_of(&der("agent.pem")),
+            TenantBinding::Bound(Tenant::new("acme").expect("tenant"))
+        );
+        assert_eq!(tenant_of(&der("core.pem")), TenantBinding::Unbound);
+        assert!(matches!(tenant_of(b"junk"), TenantBinding::Invalid(_)));
     }
 }

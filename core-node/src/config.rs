@@ -42,9 +42,18 @@ pub struct RunArgs {
     /// When a write is acknowledged: after fsync, or after handing it to the OS [default: fsync].
     #[arg(long, value_enum, env = "UPDRAFT_CORE_DURABILITY")]
     pub durability: Option<Durability>,
-    /// Tenant that HTTP queries read until authentication lands [default: default].
+    /// Development mode: let HTTP requests without credentials in, as --tenant with every
+    /// role, and QUIC agents whose certificate names no tenant write any tenant. Never on a
+    /// node reachable by others.
+    #[arg(long, env = "UPDRAFT_CORE_INSECURE_DEV_MODE")]
+    pub insecure_dev_mode: bool,
+    /// The tenant of unauthenticated requests in --insecure-dev-mode [default: default].
     #[arg(long, env = "UPDRAFT_CORE_TENANT")]
     pub tenant: Option<String>,
+    /// Samples per second one tenant may write over HTTP (remote_write, line protocol);
+    /// 0: no limit [default: 0].
+    #[arg(long, env = "UPDRAFT_CORE_INGEST_RATE_LIMIT")]
+    pub ingest_rate_limit: Option<f64>,
     /// Most labels one series may have, __name__ included [default: 30].
     #[arg(long, env = "UPDRAFT_CORE_MAX_LABELS_PER_SERIES")]
     pub max_labels_per_series: Option<usize>,
@@ -77,7 +86,10 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     durability: Option<Durability>,
+    #[serde(default)]
+    insecure_dev_mode: bool,
     tenant: Option<String>,
+    ingest_rate_limit: Option<f64>,
     max_labels_per_series: Option<usize>,
     max_label_name_bytes: Option<usize>,
     max_label_value_bytes: Option<usize>,
@@ -95,7 +107,13 @@ pub struct CoreConfig {
     pub http_listen: SocketAddr,
     pub tls: TlsFiles,
     pub durability: Durability,
+    /// Unauthenticated HTTP requests act as `tenant` with every role; agent certificates
+    /// without a tenant may write any tenant.
+    pub insecure_dev_mode: bool,
+    /// The tenant of unauthenticated requests in development mode.
     pub tenant: Tenant,
+    /// Samples per second per tenant over HTTP; `None`: no limit.
+    pub ingest_rate_limit: Option<f64>,
     pub limits: Limits,
     pub retention: Retention,
 }
@@ -109,7 +127,9 @@ impl CoreConfig {
             http_listen: parse_default(DEFAULT_HTTP_LISTEN),
             tls: TlsFiles::in_dir(certs_dir, "core"),
             durability: Durability::default(),
+            insecure_dev_mode: false,
             tenant: Tenant::default(),
+            ingest_rate_limit: None,
             limits: Limits::default(),
             retention: Retention::default(),
         }
@@ -186,6 +206,14 @@ impl CoreConfig {
                 key: args.key.or(file.key).unwrap_or(base.tls.key),
             },
             durability: args.durability.or(file.durability).unwrap_or_default(),
+            insecure_dev_mode: args.insecure_dev_mode || file.insecure_dev_mode,
+            ingest_rate_limit: match args.ingest_rate_limit.or(file.ingest_rate_limit) {
+                Some(r) if !r.is_finite() || r < 0.0 => {
+                    anyhow::bail!("--ingest-rate-limit {r}: expected samples per second, 0 or more")
+                }
+                Some(r) if r > 0.0 => Some(r),
+                _ => None,
+            },
             tenant: match tenant {
                 Some(t) => Tenant::new(t).context("invalid --tenant")?,
                 None => Tenant::default(),

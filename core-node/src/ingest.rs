@@ -5,7 +5,19 @@
 //! [`BatchAck`] frame only after the outcome is final (for a stored batch: durable). A
 //! malformed frame is answered with `bad_data` and counted; it never affects other streams or
 //! connections.
+//!
+//! # Tenants
+//!
+//! An agent's client certificate binds it to one tenant (SAN URI `updraft://tenant/<t>`,
+//! written by `core-node certs --tenant T`; [`crate::certs::tenant_of`]). A batch for any
+//! other tenant is refused with `unauthorized`, logged to the `audit` target and counted
+//! (`updraft_core_batches_rejected_total{reason="tenant_mismatch"}` and
+//! `updraft_core_auth_failures_total{reason="tenant_mismatch"}`). A certificate that names no
+//! tenant (issued before tenants were bound) may write any tenant only in development mode;
+//! otherwise its batches are refused (`reason="cert_without_tenant"`).
 
+use crate::auth::AUTH_FAILURES;
+use crate::certs::{TenantBinding, tenant_of};
 use crate::storage::{Storage, SubmitError};
 use protocols::wire::{
     AckOutcome, BatchAck, ErrorCode, MAX_FRAME_BYTES, Message, ResumePoint, WireError, WriteBatch,
@@ -17,10 +29,18 @@ use std::time::Duration;
 /// How long a peer may take to send one frame.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which tenants an agent may write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TenantPolicy {
+    /// Development mode: a certificate without a tenant may write any tenant.
+    pub unbound_may_write_any: bool,
+}
+
 /// Accepts connections until `shutdown` resolves, then closes the endpoint.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     storage: Storage,
+    policy: TenantPolicy,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -33,7 +53,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, storage).await,
+                        Ok(conn) => serve_connection(conn, storage, policy).await,
                         Err(e) => {
                             metrics::counter!("updraft_core_quic_handshake_failures_total").increment(1);
                             tracing::warn!(%remote, error = %e, "quic handshake failed");
@@ -46,26 +66,31 @@ pub async fn serve(
     endpoint.close(0u32.into(), b"shutting down");
 }
 
-fn peer_name(conn: &quinn::Connection) -> String {
-    // The verifier already checked the chain; the name is only for logs.
+/// The tenant binding of the peer's (already verified) leaf certificate.
+fn peer_binding(conn: &quinn::Connection) -> TenantBinding {
     conn.peer_identity()
         .and_then(|id| {
             id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .map(|certs| format!("{} cert(s)", certs.len()))
-        .unwrap_or_else(|| "unknown".into())
+        .and_then(|certs| certs.first().map(|leaf| tenant_of(leaf.as_ref())))
+        .unwrap_or_else(|| TenantBinding::Invalid("no client certificate".into()))
 }
 
-async fn serve_connection(conn: quinn::Connection, storage: Storage) {
+async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: TenantPolicy) {
     let remote = conn.remote_address();
-    tracing::info!(%remote, peer = %peer_name(&conn), "agent connected");
+    let binding = std::sync::Arc::new(peer_binding(&conn));
+    tracing::info!(%remote, tenant = ?binding, "agent connected");
     metrics::gauge!("updraft_core_quic_connections").increment(1);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let storage = storage.clone();
-                tokio::spawn(serve_stream(send, recv, storage, remote));
+                let allowed = Allowed {
+                    binding: std::sync::Arc::clone(&binding),
+                    policy,
+                };
+                tokio::spawn(serve_stream(send, recv, storage, remote, allowed));
             }
             Err(e) => {
                 tracing::info!(%remote, reason = %e, "agent disconnected");
@@ -76,11 +101,45 @@ async fn serve_connection(conn: quinn::Connection, storage: Storage) {
     metrics::gauge!("updraft_core_quic_connections").decrement(1);
 }
 
+/// What one connection's batches may write.
+struct Allowed {
+    binding: std::sync::Arc<TenantBinding>,
+    policy: TenantPolicy,
+}
+
+impl Allowed {
+    /// `Err((reason, message))` when the batch's tenant is not this agent's.
+    fn check(&self, tenant: &protocols::Tenant) -> Result<(), (&'static str, String)> {
+        match self.binding.as_ref() {
+            TenantBinding::Bound(t) if t == tenant => Ok(()),
+            TenantBinding::Bound(t) => Err((
+                "tenant_mismatch",
+                format!(
+                    "this agent's certificate is bound to tenant {:?}, not {:?}",
+                    t.as_str(),
+                    tenant.as_str()
+                ),
+            )),
+            TenantBinding::Unbound if self.policy.unbound_may_write_any => Ok(()),
+            TenantBinding::Unbound => Err((
+                "cert_without_tenant",
+                "the agent certificate names no tenant: issue one with `core-node certs --tenant T`"
+                    .into(),
+            )),
+            TenantBinding::Invalid(why) => Err((
+                "cert_without_tenant",
+                format!("the agent certificate's tenant is invalid: {why}"),
+            )),
+        }
+    }
+}
+
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     storage: Storage,
     remote: SocketAddr,
+    allowed: Allowed,
 ) {
     let frame = match tokio::time::timeout(READ_TIMEOUT, recv.read_to_end(MAX_FRAME_BYTES)).await {
         Ok(Ok(frame)) => frame,
@@ -179,6 +238,29 @@ async fn serve_stream(
             "no_agent_id",
             ErrorCode::BadData,
             "a batch over QUIC needs a non-empty agent id".into(),
+        )
+        .await;
+        return;
+    }
+    if let Err((reason, message)) = allowed.check(&batch.tenant) {
+        metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+        tracing::warn!(
+            target: "audit",
+            event = "batch_refused",
+            %remote,
+            agent = %batch.agent_id.0,
+            tenant = batch.tenant.as_str(),
+            reason,
+            "QUIC batch for a tenant the agent certificate does not allow"
+        );
+        reject(
+            &mut send,
+            remote,
+            epoch,
+            sequence,
+            reason,
+            ErrorCode::Unauthorized,
+            message,
         )
         .await;
         return;

@@ -7,6 +7,7 @@
 //!
 //! Modules:
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
+//! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS 1.3 server configuration with client-certificate verification.
 //! - [`ingest`]: the QUIC listener that turns frames into storage writes and acknowledgements.
@@ -55,6 +56,29 @@ pub async fn run(
     .context("storage open task failed")?
     .with_context(|| format!("opening storage under {}", config.data_dir.display()))?;
 
+    let dev_tenant = config.insecure_dev_mode.then(|| config.tenant.clone());
+    let auth_dir = config.data_dir.clone();
+    let auth = tokio::task::spawn_blocking(move || auth::Authenticator::open(&auth_dir, dev_tenant))
+        .await
+        .context("token store task failed")?
+        .context("loading the API token store")?;
+    let auth = Arc::new(auth);
+    if config.insecure_dev_mode {
+        tracing::warn!(
+            tenant = config.tenant.as_str(),
+            "INSECURE DEVELOPMENT MODE: HTTP requests without a token are served as tenant {:?} \
+             with every role, and agents whose certificate names no tenant may write any \
+             tenant. Never run a reachable node like this.",
+            config.tenant.as_str()
+        );
+    } else if auth.token_count() == 0 {
+        tracing::warn!(
+            "no API tokens yet: every HTTP request but /health will be refused (401); create one \
+             with `core-node tokens create --data-dir {} --tenant default --role admin`",
+            config.data_dir.display()
+        );
+    }
+
     let endpoint_config = tls::endpoint_config(&config.data_dir)?;
     let socket = std::net::UdpSocket::bind(config.quic_listen)
         .with_context(|| format!("binding QUIC listener on udp {}", config.quic_listen))?;
@@ -82,15 +106,20 @@ pub async fn run(
     let app = http::router(http::HttpState {
         source: Arc::new(storage.clone()),
         metrics,
-        tenant: config.tenant.clone(),
+        auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
+        ingest_rate_limit: config.ingest_rate_limit,
     });
-    let http_task = tokio::spawn(
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
-    let ingest_task = tokio::spawn(ingest::serve(endpoint, storage, stopped()));
+    let http_task = tokio::spawn(http::serve::serve(http_listener, app, stopped()));
+    let watch_task = tokio::spawn(Arc::clone(&auth).watch(stopped()));
+    let ingest_task = tokio::spawn(ingest::serve(
+        endpoint,
+        storage,
+        ingest::TenantPolicy {
+            unbound_may_write_any: config.insecure_dev_mode,
+        },
+        stopped(),
+    ));
     tracing::info!(
         quic = %quic_addr,
         http = %http_addr,
@@ -103,6 +132,7 @@ pub async fn run(
     tracing::info!("core node shutting down");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
+    let _ = watch_task.await;
     match http_task.await {
         Ok(r) => r.context("HTTP server failed")?,
         Err(e) => return Err(e).context("HTTP server task failed"),

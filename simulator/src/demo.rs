@@ -69,6 +69,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir: certs_dir.clone(),
         core_hosts: core_node::certs::CertRequest::default_hosts(),
         agent_id: "demo-agent".into(),
+        agent_tenant: protocols::Tenant::default(),
         force: false,
     })
     .context("creating demo certificates")?;

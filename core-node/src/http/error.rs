@@ -1,7 +1,8 @@
 //! API errors in Prometheus' shape: `{"status":"error","errorType":"bad_data","error":"..."}`.
 //!
 //! The error type decides the HTTP status as in Prometheus (`bad_data` 400, `execution` 422,
-//! `timeout` and `unavailable` 503, `internal` 500). Every error a client caused also bumps
+//! `timeout` and `unavailable` 503, `internal` 500; Updraft's own `unauthorized` 401,
+//! `forbidden` 403, `not_found` 404). Every error a client caused also bumps
 //! `updraft_core_queries_rejected_total{reason}`, so an operator sees bad dashboards and
 //! limits being hit without reading logs.
 
@@ -28,6 +29,12 @@ pub enum ErrorType {
     Unavailable,
     /// A bug or corrupt data.
     Internal,
+    /// No valid credentials (401).
+    Unauthorized,
+    /// Valid credentials that do not allow the request (403).
+    Forbidden,
+    /// No such thing, e.g. a token id (404).
+    NotFound,
 }
 
 impl ErrorType {
@@ -38,6 +45,9 @@ impl ErrorType {
             ErrorType::Timeout => "timeout",
             ErrorType::Unavailable => "unavailable",
             ErrorType::Internal => "internal",
+            ErrorType::Unauthorized => "unauthorized",
+            ErrorType::Forbidden => "forbidden",
+            ErrorType::NotFound => "not_found",
         }
     }
 
@@ -47,6 +57,9 @@ impl ErrorType {
             ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorType::Timeout | ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorType::Forbidden => StatusCode::FORBIDDEN,
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
         }
     }
 
@@ -129,6 +142,21 @@ impl ApiError {
     pub(crate) fn with_reason(mut self, reason: Reason) -> Self {
         self.reason = Some(reason);
         self
+    }
+
+    /// 401; counted as an authentication failure by the caller, not here.
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::Unauthorized, message, None)
+    }
+
+    /// 403.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::Forbidden, message, None)
+    }
+
+    /// 404.
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::NotFound, message, None)
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {

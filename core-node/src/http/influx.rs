@@ -12,8 +12,9 @@
 //! (`/write`: `ns` (default), `u`, `ms`, `s`, `m`, `h`; `/api/v2/write`: `ns` (default),
 //! `us`, `ms`, `s`) and stored in milliseconds, rounded down.
 //!
-//! `db`, `rp`, `bucket`, `org` and credentials are accepted and ignored: every write goes to
-//! the node's tenant. Bodies may be gzip-compressed (`Content-Encoding: gzip`, Telegraf's
+//! `db`, `rp`, `bucket` and `org` are accepted and ignored: every write goes to the tenant of
+//! the request's token (`Authorization: Token <token>`, `Bearer` or basic auth; InfluxDB
+//! 1.x's `u`/`p` query parameters are not read, to keep tokens out of URLs and logs). Bodies may be gzip-compressed (`Content-Encoding: gzip`, Telegraf's
 //! default), up to `MAX_DECODED_BYTES` inflated.
 //!
 //! # Partial writes
@@ -27,6 +28,8 @@ use super::ingest::{
     self, Collected, FIELDS_SKIPPED, IngestError, MAX_DECODED_BYTES, Protocol, Reason,
 };
 use axum::body::Body;
+use super::auth::Caller;
+use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,20 +43,24 @@ const ERRORS_SHOWN: usize = 5;
 
 pub(crate) async fn write_v1(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    respond(run(api, Protocol::InfluxV1, query, headers, body).await)
+    let tenant = caller.tenant().clone();
+    respond(run(api, tenant, Protocol::InfluxV1, query, headers, body).await)
 }
 
 pub(crate) async fn write_v2(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    respond(run(api, Protocol::InfluxV2, query, headers, body).await)
+    let tenant = caller.tenant().clone();
+    respond(run(api, tenant, Protocol::InfluxV2, query, headers, body).await)
 }
 
 fn respond(r: Result<(), IngestError>) -> Response {
@@ -65,6 +72,7 @@ fn respond(r: Result<(), IngestError>) -> Response {
 
 async fn run(
     api: Api,
+    tenant: Tenant,
     protocol: Protocol,
     query: Option<String>,
     headers: HeaderMap,
@@ -83,15 +91,17 @@ async fn run(
             ));
         }
     };
+    api.admit(protocol, &tenant)?;
     let (storage, _permit) = api.write_slot(protocol).await?;
     let body = ingest::read_body(protocol, &headers, body).await?;
-    let tenant = api.state.tenant.clone();
     let now_ms = now_ms();
+    let t = tenant.clone();
     let converted = ingest::blocking(protocol, move || {
         let body = if gzip { gunzip(protocol, &body)? } else { body };
-        convert(protocol, &body, precision, now_ms, &tenant)
+        convert(protocol, &body, precision, now_ms, &t)
     })
     .await?;
+    api.charge(&tenant, &converted.batches);
     for (reason, n) in &converted.rejected {
         ingest::count_rejected(protocol, *reason, *n);
     }

@@ -108,6 +108,8 @@ pub(crate) enum Reason {
     Busy,
     /// Storage is stopping or failed (retryable). Per request.
     Unavailable,
+    /// The tenant is over `--ingest-rate-limit` (retryable, 429). Per request.
+    RateLimited,
 }
 
 impl Reason {
@@ -127,6 +129,7 @@ impl Reason {
             Self::SeriesRefused => "series_refused",
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -148,6 +151,8 @@ pub(crate) struct IngestError {
     message: String,
     /// Counted when the response is built; `None` when the parts were counted already.
     reason: Option<Reason>,
+    /// `Retry-After` in seconds (503 always says 1).
+    retry_after_secs: Option<u64>,
 }
 
 impl IngestError {
@@ -162,6 +167,7 @@ impl IngestError {
             status,
             message: message.into(),
             reason: Some(reason),
+            retry_after_secs: None,
         }
     }
 
@@ -177,6 +183,7 @@ impl IngestError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             reason: None,
+            retry_after_secs: None,
         }
     }
 
@@ -186,6 +193,7 @@ impl IngestError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
             reason: None,
+            retry_after_secs: None,
         }
     }
 
@@ -220,6 +228,7 @@ impl IntoResponse for IngestError {
                     StatusCode::PAYLOAD_TOO_LARGE => "request too large",
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
                     StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                    StatusCode::TOO_MANY_REQUESTS => "too many requests",
                     s if s.is_server_error() => "internal error",
                     _ => "invalid",
                 };
@@ -235,16 +244,48 @@ impl IntoResponse for IngestError {
             body,
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => self.retry_after_secs,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
 }
 
 impl Api {
+    /// Refuses (429) a write of `tenant` while its rate-limit bucket is empty. Call before
+    /// reading the body.
+    pub(crate) fn admit(&self, protocol: Protocol, tenant: &Tenant) -> Result<(), IngestError> {
+        let Some(limit) = &self.rate_limit else {
+            return Ok(());
+        };
+        limit
+            .admit(tenant, std::time::Instant::now())
+            .map_err(|secs| IngestError {
+                protocol,
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "tenant {tenant} is over its ingest rate limit of {} samples/s; retry in {secs} s",
+                    limit.samples_per_sec()
+                ),
+                reason: Some(Reason::RateLimited),
+                retry_after_secs: Some(secs),
+            })
+    }
+
+    /// Takes the samples of `batches` from `tenant`'s rate-limit bucket.
+    pub(crate) fn charge(&self, tenant: &Tenant, batches: &[WriteBatch]) {
+        if let Some(limit) = &self.rate_limit {
+            let samples: usize = batches.iter().map(WriteBatch::sample_count).sum();
+            limit.take(tenant, samples as u64, std::time::Instant::now());
+        }
+    }
+
     /// The storage handle and a write slot, or 503 when this router has no storage to write.
     pub(crate) async fn write_slot(
         &self,

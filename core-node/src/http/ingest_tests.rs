@@ -38,7 +38,11 @@ fn app_over(storage: &Storage, recorder: &PrometheusRecorder, ingest: bool) -> R
     router(HttpState {
         source: Arc::new(storage.clone()),
         metrics: recorder.handle(),
-        tenant: Tenant::default(),
+        // Development mode: these tests are about the API, not about tokens (auth_tests.rs).
+        auth: Arc::new(
+            crate::auth::Authenticator::in_memory(Some(Tenant::default())).expect("auth"),
+        ),
+        ingest_rate_limit: None,
         ingest: ingest.then(|| storage.clone()),
     })
 }

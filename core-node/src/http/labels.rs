@@ -9,6 +9,8 @@ use super::error::{ApiError, Reason};
 use super::params::Params;
 use super::response::Success;
 use super::{Api, encode};
+use super::auth::Caller;
+use axum::Extension;
 use axum::extract::{Path, State};
 use protocols::model::is_valid_label_name;
 use query::Matcher;
@@ -29,9 +31,13 @@ fn lookup_params(params: &Params) -> Result<(Option<usize>, Vec<Vec<Matcher>>), 
     Ok((limit, selectors))
 }
 
-pub(crate) async fn names(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+pub(crate) async fn names(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    params: Params,
+) -> Result<Success, ApiError> {
     let (limit, selectors) = lookup_params(&params)?;
-    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let names = api
         .blocking(move || {
             if selectors.is_empty() {
@@ -54,6 +60,7 @@ pub(crate) async fn names(State(api): State<Api>, params: Params) -> Result<Succ
 
 pub(crate) async fn values(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     params: Params,
 ) -> Result<Success, ApiError> {
@@ -66,7 +73,7 @@ pub(crate) async fn values(
         ));
     }
     let (limit, selectors) = lookup_params(&params)?;
-    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let values = api
         .blocking(move || {
             if selectors.is_empty() {

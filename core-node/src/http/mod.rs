@@ -18,6 +18,13 @@
 //! | `/api/v2/write` | POST | `influx.rs`: InfluxDB 2.x line protocol (`precision`) |
 //! | `/metrics` | GET | `metrics.rs` |
 //! | `/health` | GET | `metrics.rs` |
+//! | `/api/v1/admin/tokens` | GET, POST | `admin.rs` |
+//! | `/api/v1/admin/tokens/{id}` | DELETE | `admin.rs` |
+//!
+//! Every route but `/health` needs a token (`auth.rs`: the middleware, the route → role
+//! table, 401/403); the token's tenant is the only tenant a request reads or writes.
+//! `serve.rs` is the accept loop with header and body read timeouts; `rate_limit.rs` the
+//! per-tenant ingest rate limit.
 //!
 //! Beside the handlers: `params` reads and parses parameters, `encode` writes Prometheus'
 //! exact JSON, `response` and `error` are the success and error envelopes; `ingest` is what
@@ -32,6 +39,10 @@
 //! runs on tokio's blocking pool, so a slow disk never stalls the runtime, and at most
 //! [`MAX_CONCURRENT_READS`] run at once.
 
+mod admin;
+mod auth;
+#[cfg(test)]
+mod auth_tests;
 mod encode;
 mod error;
 mod influx;
@@ -42,8 +53,10 @@ mod labels;
 mod metrics;
 mod params;
 mod query;
+mod rate_limit;
 mod remote_write;
 mod response;
+pub mod serve;
 mod series;
 mod status;
 #[cfg(test)]
@@ -54,9 +67,8 @@ pub use error::{ApiError, ErrorType};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use protocols::Tenant;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -73,11 +85,13 @@ pub struct HttpState {
     pub source: Arc<dyn ::query::DataSource>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// The tenant every request reads, and writes, until authentication lands (issue 8).
-    pub tenant: Tenant,
+    /// Tokens: who may call, for which tenant (and the development-mode tenant, if any).
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Where the write routes submit batches; `None` serves a read-only API (writes answer
     /// 503).
     pub ingest: Option<crate::storage::Storage>,
+    /// Samples per second one tenant may write over HTTP; `None`: no limit.
+    pub ingest_rate_limit: Option<f64>,
 }
 
 /// Most storage reads (queries, label and series lookups) running at once: Prometheus'
@@ -91,12 +105,18 @@ struct Api {
     engine: ::query::Engine,
     read_slots: Arc<Semaphore>,
     write_slots: Arc<Semaphore>,
+    rate_limit: Option<Arc<rate_limit::IngestRateLimit>>,
 }
 
 /// All routes of the core's HTTP listener.
 pub fn router(state: HttpState) -> axum::Router {
+    let rate_limit = state
+        .ingest_rate_limit
+        .filter(|r| *r > 0.0)
+        .map(|r| Arc::new(rate_limit::IngestRateLimit::new(r)));
     let api = Api {
         state,
+        rate_limit,
         engine: ::query::Engine::default(),
         read_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
         write_slots: Arc::new(Semaphore::new(ingest::MAX_CONCURRENT_WRITES)),
@@ -119,7 +139,13 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/api/v2/write", post(influx::write_v2))
         .route("/metrics", get(metrics::metrics))
         .route("/health", get(metrics::health))
+        .route("/api/v1/admin/tokens", get(admin::list).post(admin::create))
+        .route("/api/v1/admin/tokens/{id}", delete(admin::revoke))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(api)
 }

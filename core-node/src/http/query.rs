@@ -8,11 +8,17 @@ use super::error::ApiError;
 use super::params::{Params, parse_duration_ms, parse_time};
 use super::response::Success;
 use super::{Api, encode};
+use super::auth::Caller;
+use axum::Extension;
 use axum::extract::State;
 use query::{Engine, QueryError};
 use std::time::{Duration, SystemTime};
 
-pub(crate) async fn instant(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+pub(crate) async fn instant(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    params: Params,
+) -> Result<Success, ApiError> {
     let time_ms = match params.get("time") {
         Some(raw) => parse_time(raw).map_err(|e| {
             ApiError::bad_param("time", format!("Invalid time value for 'time': {e}"))
@@ -21,7 +27,7 @@ pub(crate) async fn instant(State(api): State<Api>, params: Params) -> Result<Su
     };
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
-    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let data = api
         .blocking(move || {
             let value = engine
@@ -34,7 +40,11 @@ pub(crate) async fn instant(State(api): State<Api>, params: Params) -> Result<Su
     Ok(Success::new(data))
 }
 
-pub(crate) async fn range(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+pub(crate) async fn range(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    params: Params,
+) -> Result<Success, ApiError> {
     // Checks in Prometheus' order, so the same bad request gets the same error.
     let start_ms = params.required_time("start")?;
     let end_ms = params.required_time("end")?;
@@ -46,7 +56,7 @@ pub(crate) async fn range(State(api): State<Api>, params: Params) -> Result<Succ
     query::validate_range(start_ms, end_ms, step_ms).map_err(ApiError::from_query)?;
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
-    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let data = api
         .blocking(move || {
             let value = engine

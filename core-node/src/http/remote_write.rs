@@ -16,6 +16,8 @@ use super::ingest::{
     self, Collected, IngestError, MAX_DECODED_BYTES, Protocol, Reason, count_rejected,
 };
 use axum::body::Body;
+use super::auth::Caller;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,19 +26,31 @@ use protocols::{Label, Labels, Sample, Tenant};
 
 const P: Protocol = Protocol::RemoteWrite;
 
-pub(crate) async fn write(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
-    match run(api, headers, body).await {
+pub(crate) async fn write(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match run(api, caller.tenant().clone(), headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(api: Api, headers: HeaderMap, body: Body) -> Result<Response, IngestError> {
+async fn run(
+    api: Api,
+    tenant: Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngestError> {
     check_headers(&headers)?;
+    api.admit(P, &tenant)?;
     let (storage, _permit) = api.write_slot(P).await?;
     let body = ingest::read_body(P, &headers, body).await?;
-    let tenant = api.state.tenant.clone();
-    let converted = ingest::blocking(P, move || convert(&body, &tenant)).await?;
+    let t = tenant.clone();
+    let converted = ingest::blocking(P, move || convert(&body, &t)).await?;
+    api.charge(&tenant, &converted.batches);
     count_rejected(P, Reason::InvalidLabels, converted.invalid_series);
     let stored = ingest::submit(P, &storage, converted.batches).await?;
     let refused = converted.invalid_series + stored.refused_series;

@@ -9,10 +9,16 @@ use super::labels::TRUNCATED;
 use super::params::Params;
 use super::response::Success;
 use super::{Api, encode};
+use super::auth::Caller;
+use axum::Extension;
 use axum::extract::State;
 use std::collections::BTreeSet;
 
-pub(crate) async fn series(State(api): State<Api>, params: Params) -> Result<Success, ApiError> {
+pub(crate) async fn series(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    params: Params,
+) -> Result<Success, ApiError> {
     if params.all("match[]").is_empty() {
         return Err(ApiError::bad_data(
             "no match[] parameter provided",
@@ -26,7 +32,7 @@ pub(crate) async fn series(State(api): State<Api>, params: Params) -> Result<Suc
     let selectors = params
         .match_selectors()
         .map_err(|e| ApiError::bad_param("match[]", e).with_reason(Reason::Parse))?;
-    let (source, tenant) = (api.state.source.clone(), api.state.tenant.clone());
+    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let (data, truncated) = api
         .blocking(move || {
             // A set of labels: sorted as Prometheus sorts, and a series matched by several

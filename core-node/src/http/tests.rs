@@ -113,7 +113,11 @@ fn app_with(src: MemorySource, recorder: &PrometheusRecorder) -> Router {
     router(HttpState {
         source: Arc::new(src),
         metrics: recorder.handle(),
-        tenant: Tenant::default(),
+        // Development mode: these tests are about the API, not about tokens (auth_tests.rs).
+        auth: Arc::new(
+            crate::auth::Authenticator::in_memory(Some(Tenant::default())).expect("auth"),
+        ),
+        ingest_rate_limit: None,
         ingest: None,
     })
 }

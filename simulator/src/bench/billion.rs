@@ -51,7 +51,7 @@
 //!   at a 10 s step. Both queries: median of `--query-rounds`.
 
 mod generator;
-mod probe;
+pub(crate) mod probe;
 
 use super::codec::thousands;
 use super::table::{format_value, pivot};
@@ -344,6 +344,7 @@ async fn ingest(
         dir: certs_dir.clone(),
         core_hosts: core_node::certs::CertRequest::default_hosts(),
         agent_id: "bench-agent".into(),
+        agent_tenant: Tenant::default(),
         force: false,
     })
     .context("creating certificates")?;
@@ -591,7 +592,7 @@ fn free_port(udp: bool) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// Opens the stopped node's storage; retries briefly while a straggling handle lets go.
-fn open_storage(data_dir: &Path, durability: Durability) -> anyhow::Result<Storage> {
+pub(crate) fn open_storage(data_dir: &Path, durability: Durability) -> anyhow::Result<Storage> {
     let options = StorageOptions {
         durability,
         compaction: CompactionOptions {
