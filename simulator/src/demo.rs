@@ -2,7 +2,8 @@
 //!
 //! Starts a core node and an edge agent on their default ports, creates certificates for
 //! their mutual-TLS QUIC link under `<data-dir>/certs` on first use, then runs a simulated
-//! fleet that publishes into the agent's embedded MQTT broker. Data lives under `--data-dir`
+//! fleet that publishes into the agent's embedded MQTT broker. The core runs in insecure
+//! development mode (no API tokens; it listens on loopback only). Data lives under `--data-dir`
 //! and survives restarts of the demo. Ctrl-C stops the fleet, then the agent (which finishes
 //! shipping what it holds), then the core.
 
@@ -81,7 +82,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let core_config = core_node::config::CoreConfig::local(&args.data_dir.join("core"), &certs_dir);
+    let mut core_config =
+        core_node::config::CoreConfig::local(&args.data_dir.join("core"), &certs_dir);
+    // A local demo on loopback: no tokens needed (the node logs a loud warning). A real
+    // deployment creates tokens instead: see docs/security.md.
+    core_config.insecure_dev_mode = true;
     let http = core_config.http_listen;
     let mut core = tokio::spawn(core_node::run(
         core_config,
@@ -190,6 +195,10 @@ Try:
 Publish your own reading and query it:
   mosquitto_pub -h {mqtt_host} -p {mqtt_port} -t site1/dev1/temp -m 21.5
   curl 'http://{http}/api/v1/query?query=temp'
+
+The core runs in insecure development mode (no tokens needed, loopback only). A real
+deployment needs API tokens: `core-node tokens create --tenant default --role read`
+(docs/security.md).
 
 Ctrl-C stops the demo.
 "#,

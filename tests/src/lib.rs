@@ -198,14 +198,24 @@ pub struct Core {
     pub data_dir: PathBuf,
     certs: PathBuf,
     log: PathBuf,
+    dev_mode: bool,
 }
 
 impl Core {
-    /// Starts a core node on fresh ports and waits until `/health` answers.
+    /// Starts a core node on fresh ports and waits until `/health` answers. It runs in
+    /// `--insecure-dev-mode` (no tokens needed): most tests are not about authentication.
     pub fn start(work: &Path, certs: &Path) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        Self::start_at(work, certs, http, quic)
+        Self::start_at(work, certs, http, quic, true)
+    }
+
+    /// As [`Core::start`], but secure (the default outside tests): every request but
+    /// `/health` needs a token.
+    pub fn start_secure(work: &Path, certs: &Path) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        Self::start_at(work, certs, http, quic, false)
     }
 
     fn start_at(
@@ -213,6 +223,7 @@ impl Core {
         certs: &Path,
         http: SocketAddr,
         quic: SocketAddr,
+        dev_mode: bool,
     ) -> anyhow::Result<Self> {
         let data_dir = work.join("core-data");
         let log = work.join("core.log");
@@ -227,6 +238,9 @@ impl Core {
             .arg(certs.join("core.pem"))
             .arg("--key")
             .arg(certs.join("core-key.pem"));
+        if dev_mode {
+            cmd.arg("--insecure-dev-mode");
+        }
         let process = Process::spawn("core-node", cmd, log.clone())?;
         let core = Self {
             process,
@@ -235,6 +249,7 @@ impl Core {
             data_dir,
             certs: certs.to_path_buf(),
             log,
+            dev_mode,
         };
         core.wait_healthy()?;
         Ok(core)
@@ -244,9 +259,9 @@ impl Core {
     pub fn restart_after_kill9(mut self) -> anyhow::Result<Self> {
         self.process.kill9();
         let work = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (certs, http, quic) = (self.certs.clone(), self.http, self.quic);
+        let (certs, http, quic, dev) = (self.certs.clone(), self.http, self.quic, self.dev_mode);
         drop(self);
-        Self::start_at(&work, &certs, http, quic)
+        Self::start_at(&work, &certs, http, quic, dev)
     }
 
     pub fn wait_healthy(&self) -> anyhow::Result<()> {

@@ -182,6 +182,8 @@ pub(super) fn start_core_node(
         .arg(certs.join("core-key.pem"))
         .arg("--durability")
         .arg(durability_name(durability))
+        // A benchmark on loopback, not about tokens: no authentication.
+        .arg("--insecure-dev-mode")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)
