@@ -380,7 +380,6 @@ impl Writer {
         let gone: HashSet<SeriesId> = p.forgotten.iter().map(|(_, id)| *id).collect();
         for &(series, day) in self.dirty.keys() {
             if gone.contains(&series) {
-                wb.remove(&self.ks.dirty, keys::dirty_key(series, day));
                 p.dirty.insert((series, day), None);
             }
         }
@@ -552,7 +551,6 @@ impl Writer {
                         chunks: 1,
                     },
                 };
-                wb.insert(&self.ks.dirty, keys::dirty_key(id, day), mark.encode());
                 p.dirty.insert((id, day), Some(mark));
                 metrics::counter!("updraft_core_chunks_written_total").increment(1);
             }
@@ -591,7 +589,6 @@ impl Writer {
         match self.dirty_of(p, key) {
             // Nothing written since the snapshot: the day is clean.
             Some(d) if d.last_seq == r.seen_seq => {
-                wb.remove(&self.ks.dirty, keys::dirty_key(r.series, r.day_start));
                 p.dirty.insert(key, None);
             }
             // Newer chunks arrived meanwhile: the mark stays for the next pass, counting only
@@ -601,11 +598,6 @@ impl Writer {
                     last_seq: d.last_seq,
                     chunks: d.chunks.saturating_sub(r.remove.len() as u32).max(1),
                 };
-                wb.insert(
-                    &self.ks.dirty,
-                    keys::dirty_key(r.series, r.day_start),
-                    left.encode(),
-                );
                 p.dirty.insert(key, Some(left));
             }
             None => {}
@@ -672,6 +664,7 @@ impl Writer {
                 }
             }
             if let Some(end) = last_end {
+                self.stage_dirty(&mut wb, &p);
                 wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
                 let position = wal_position(self.wal_reader.epoch(), end);
                 wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
@@ -701,6 +694,18 @@ impl Writer {
         metrics::counter!("updraft_core_checkpoints_total").increment(1);
         metrics::gauge!("updraft_core_wal_bytes").set(self.wal_reader.unacked_bytes() as f64);
         Ok(())
+    }
+
+    /// Adds the group's dirty marks to its batch: one write per (series, day) and group,
+    /// however many chunks of it the group holds.
+    fn stage_dirty(&self, wb: &mut OwnedWriteBatch, p: &Pending) {
+        for (&(series, day), mark) in &p.dirty {
+            let key = keys::dirty_key(series, day);
+            match mark {
+                Some(d) => wb.insert(&self.ks.dirty, key, d.encode()),
+                None => wb.remove(&self.ks.dirty, key),
+            }
+        }
     }
 
     /// Takes a committed group's changes into the writer's state.
@@ -816,6 +821,7 @@ impl Writer {
                 }
             }
         }
+        self.stage_dirty(&mut wb, &p);
         wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
         if let Some(end) = logged {
             let position = wal_position(self.wal_reader.epoch(), end);
