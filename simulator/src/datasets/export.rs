@@ -15,11 +15,23 @@
 //!   dataset in memory means generating it once per family (10 passes for `iot-trucks`, 8 for
 //!   `sensor-mix`, 25 for `metrics-mix`); generation is cheap next to writing text.
 //!
-//! Not here yet: Prometheus remote-write and MQTT publishing of a dataset (they belong with the
-//! ingest benchmarks that need them).
+//! - [`write_remote_write`]: Prometheus remote_write 1.0 requests (snappy-compressed protobuf
+//!   `WriteRequest`s, [`protocols::remote_write`]) of at most `batch_samples` samples each, in
+//!   arrival order ([`super::stream`]), each series' samples of a request grouped under one
+//!   `TimeSeries`. `iot-trucks`' late samples arrive out of order, as from a real sender.
+//!   Each request goes to a sink: [`LengthDelimited`] writes them to a file as a 4-byte
+//!   big-endian length then the body (the HTTP body a Prometheus server would POST), and
+//!   `simulator export --url` POSTs them one by one.
+//! - [`write_mqtt_lines`]: the MQTT messages a `simulator fleet` of the dataset's devices
+//!   publishes (no anomalies, no offline periods), in publish order, one per line:
+//!   `<topic> <payload>` (one space; topics hold no spaces and payloads no newlines). The
+//!   payloads are byte for byte the fleet's for the same seed and start; see
+//!   [`crate::fleet::plan`] for the topic and payload layout.
 
-use super::{DatasetSpec, SeriesData, generate, generate_entity};
+use super::{DatasetSpec, SeriesData, generate, generate_entity, stream};
 use protocols::model::METRIC_NAME_LABEL;
+use protocols::remote_write::{self as rw, WriteRequest};
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 /// Writes every sample of `series` as Influx line protocol; returns the number of lines.
@@ -108,6 +120,113 @@ pub fn write_openmetrics<W: Write>(spec: &DatasetSpec, out: &mut W) -> io::Resul
         }
     }
     out.write_all(b"# EOF\n")?;
+    Ok(lines)
+}
+
+/// Builds the dataset's remote_write requests (at most `batch_samples` samples each, in arrival
+/// order) and hands each encoded body to `sink`; returns (requests, samples).
+pub fn write_remote_write(
+    spec: &DatasetSpec,
+    batch_samples: usize,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<(u64, u64)> {
+    let batch_samples = batch_samples.max(1);
+    let (mut requests, mut samples) = (0u64, 0u64);
+    let mut request = WriteRequest::default();
+    let mut position: HashMap<u64, usize> = HashMap::new();
+    let mut in_batch = 0usize;
+    let mut flush = |request: &mut WriteRequest,
+                     position: &mut HashMap<u64, usize>,
+                     in_batch: &mut usize|
+     -> io::Result<()> {
+        if *in_batch == 0 {
+            return Ok(());
+        }
+        let body = rw::encode_request(request).map_err(io::Error::other)?;
+        sink(&body)?;
+        request.timeseries.clear();
+        position.clear();
+        *in_batch = 0;
+        Ok(())
+    };
+    for a in stream(spec) {
+        let k = *position.entry(a.series_index).or_insert_with(|| {
+            request.timeseries.push(rw::TimeSeries {
+                labels: a
+                    .info
+                    .labels
+                    .iter()
+                    .map(|l| rw::Label {
+                        name: l.name.to_string(),
+                        value: l.value.to_string(),
+                    })
+                    .collect(),
+                samples: Vec::new(),
+            });
+            request.timeseries.len() - 1
+        });
+        request.timeseries[k].samples.push(rw::Sample {
+            value: a.sample.value,
+            timestamp: a.sample.timestamp_ms,
+        });
+        in_batch += 1;
+        samples += 1;
+        if in_batch == batch_samples {
+            flush(&mut request, &mut position, &mut in_batch)?;
+            requests += 1;
+        }
+    }
+    if in_batch > 0 {
+        flush(&mut request, &mut position, &mut in_batch)?;
+        requests += 1;
+    }
+    Ok((requests, samples))
+}
+
+/// A sink for [`write_remote_write`] that frames each body with its length (4 bytes,
+/// big-endian).
+pub struct LengthDelimited<W: Write>(pub W);
+
+impl<W: Write> LengthDelimited<W> {
+    pub fn write(&mut self, body: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(body.len())
+            .map_err(|_| io::Error::other("remote_write request larger than 4 GiB"))?;
+        self.0.write_all(&len.to_be_bytes())?;
+        self.0.write_all(body)
+    }
+}
+
+/// Reads back what [`LengthDelimited`] wrote: the request bodies, in order.
+pub fn read_length_delimited(mut bytes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| io::Error::other("truncated length prefix"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(io::Error::other("truncated remote_write request"));
+        }
+        out.push(rest[..len].to_vec());
+        bytes = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Writes the MQTT messages of the dataset's fleet as `<topic> <payload>` lines; returns the
+/// number of lines.
+pub fn write_mqtt_lines<W: Write>(spec: &DatasetSpec, out: &mut W) -> io::Result<u64> {
+    use crate::fleet::plan::{Merged, PlanOptions};
+    let mut plan = PlanOptions::new(spec.dataset, spec.entities, spec.seed, spec.start_ms);
+    plan.duration_ms = Some(spec.duration_ms);
+    let mut lines = 0u64;
+    for p in Merged::new(&plan, 0..spec.entities) {
+        out.write_all(p.topic.as_bytes())?;
+        out.write_all(b" ")?;
+        out.write_all(&p.payload)?;
+        out.write_all(b"\n")?;
+        lines += 1;
+    }
     Ok(lines)
 }
 
@@ -229,6 +348,79 @@ mod tests {
         let expected: usize = generate(&spec).map(|s| s.samples.len()).sum();
         let n = write_openmetrics(&spec, &mut io::sink()).expect("sink");
         assert_eq!(n as usize, expected);
+    }
+
+    #[test]
+    fn remote_write_requests_hold_every_sample_once_in_bounded_batches() {
+        let spec = DatasetSpec::new(Dataset::IotTrucks, 3, 600_000);
+        let mut framed = LengthDelimited(Vec::new());
+        let (requests, samples) =
+            write_remote_write(&spec, 100, |b| framed.write(b)).expect("write to memory");
+        let bodies = read_length_delimited(&framed.0).expect("framing");
+        assert_eq!(bodies.len() as u64, requests);
+        let mut got: Vec<(String, i64, u64)> = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let req = rw::decode_request(body, rw::DEFAULT_MAX_DECODED_BYTES).expect("decodes");
+            let n: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
+            assert!(
+                n <= 100 && (n == 100 || i + 1 == bodies.len()),
+                "{n} samples"
+            );
+            for ts in req.timeseries {
+                let name = ts
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                assert!(
+                    name.contains("__name__=readings_") || name.contains("__name__=diagnostics_")
+                );
+                for s in ts.samples {
+                    got.push((name.clone(), s.timestamp, s.value.to_bits()));
+                }
+            }
+        }
+        let mut want: Vec<(String, i64, u64)> = generate(&spec)
+            .flat_map(|s| {
+                let name = s
+                    .info
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                s.samples
+                    .into_iter()
+                    .map(move |x| (name.clone(), x.timestamp_ms, x.value.to_bits()))
+            })
+            .collect();
+        assert_eq!(got.len() as u64, samples);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn mqtt_lines_are_the_fleets_messages() {
+        let spec = DatasetSpec::new(Dataset::SensorMix, 3, 60_000);
+        let mut out = Vec::new();
+        let n = write_mqtt_lines(&spec, &mut out).expect("write to memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.lines().count() as u64, n);
+        // Devices 0 (1 s), 1 and 2 (5 s) over one minute.
+        assert_eq!(n, 60 + 12 + 12);
+        let (topic, payload) = text
+            .lines()
+            .next()
+            .and_then(|l| l.split_once(' '))
+            .expect("topic and payload");
+        assert!(topic.starts_with("site_0/sensor_"), "{topic}");
+        let json: serde_json::Value = serde_json::from_str(payload).expect("json payload");
+        assert!(json.get("ts").and_then(|t| t.as_i64()).is_some());
+        let mut again = Vec::new();
+        write_mqtt_lines(&spec, &mut again).expect("write to memory");
+        assert_eq!(text.as_bytes(), again.as_slice());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!   entity (truck, device, host) is materialised at a time, never the whole dataset.
 //! - [`stream`]: samples in arrival order across the whole fleet, including `iot-trucks`' late
 //!   arrivals (1–60 s after their timestamp), for ingest benchmarks.
-//! - [`export`]: Influx line protocol and OpenMetrics text (for `promtool tsdb
-//!   create-blocks-from openmetrics`).
+//! - [`export`]: Influx line protocol, OpenMetrics text (for `promtool tsdb
+//!   create-blocks-from openmetrics`), Prometheus remote_write requests and MQTT messages
+//!   (`simulator export`).
 //!
 //! Module map: `trucks` (iot-trucks), `sensors` (sensor-mix), `metrics` (metrics-mix), `stream`
 //! (the arrival-order merge), [`rng`] (the frozen random streams). Each generator's module doc
@@ -32,7 +33,8 @@
 //! 8,554,000. The unit tests pin our count (a change means the dataset changed) and check that
 //! it is a plausible draw.
 //!
-//! Not here yet: Prometheus remote-write and MQTT exporters, and sensor-mix anomaly injection.
+//! Anomaly injection and offline periods live with the MQTT fleet ([`crate::fleet::plan`]),
+//! on top of these generators, so the datasets themselves stay anomaly-free.
 
 pub mod export;
 mod metrics;

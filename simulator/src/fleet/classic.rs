@@ -1,4 +1,5 @@
-//! A fleet of simulated devices publishing over MQTT, one client connection per device.
+//! The demo's small fleet (`simulator demo`): a fixed shape, one MQTT connection per device.
+//! `simulator fleet` runs the dataset-based fleet of the parent module instead.
 //!
 //! Device `i` lives at topic prefix `site{i % sites}/dev{i}` and publishes every `interval`:
 //! - plain-number payloads on `<prefix>/temperature_celsius` (2 decimals, daily cycle + random
