@@ -10,8 +10,10 @@ needed=(
   "mosquitto_pub:mosquitto-clients"
   "mosquitto:mosquitto"
   "prometheus:prometheus"
+  "ip:iproute2"
+  "nft:nftables"
 )
-# mosquitto lives in /usr/sbin, outside a normal user's PATH.
+# mosquitto, ip and nft live in /usr/sbin, outside a normal user's PATH.
 export PATH="$PATH:/usr/sbin"
 missing=()
 for pair in "${needed[@]}"; do
