@@ -14,11 +14,11 @@
 //! existing CA is reused to sign new leaves. `--force` re-issues the leaf certificates.
 
 use anyhow::{Context, bail};
+use protocols::Tenant;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use protocols::Tenant;
 use std::fs;
 use std::path::{Path, PathBuf};
 

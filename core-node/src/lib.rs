@@ -58,10 +58,11 @@ pub async fn run(
 
     let dev_tenant = config.insecure_dev_mode.then(|| config.tenant.clone());
     let auth_dir = config.data_dir.clone();
-    let auth = tokio::task::spawn_blocking(move || auth::Authenticator::open(&auth_dir, dev_tenant))
-        .await
-        .context("token store task failed")?
-        .context("loading the API token store")?;
+    let auth =
+        tokio::task::spawn_blocking(move || auth::Authenticator::open(&auth_dir, dev_tenant))
+            .await
+            .context("token store task failed")?
+            .context("loading the API token store")?;
     let auth = Arc::new(auth);
     if config.insecure_dev_mode {
         tracing::warn!(

@@ -135,7 +135,8 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             role,
             description,
         } => {
-            let tenant = protocols::Tenant::new(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+            let tenant =
+                protocols::Tenant::new(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
             let (record, token) = store.create(&tenant, role, &description)?;
             tracing::info!(
                 target: "audit",
@@ -157,7 +158,10 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
         }
         TokensCommand::List => {
             let tokens = store.load()?;
-            println!("{:<16}  {:<20}  {:<5}  {:<24}  description", "id", "tenant", "role", "created");
+            println!(
+                "{:<16}  {:<20}  {:<5}  {:<24}  description",
+                "id", "tenant", "role", "created"
+            );
             for t in tokens {
                 let created = chrono::DateTime::from_timestamp_millis(t.created_ms)
                     .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -189,7 +193,11 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
                 role = record.role.as_str(),
                 "API token revoked"
             );
-            eprintln!("revoked token {id} (tenant {}, role {})", record.tenant.as_str(), record.role.as_str());
+            eprintln!(
+                "revoked token {id} (tenant {}, role {})",
+                record.tenant.as_str(),
+                record.role.as_str()
+            );
         }
     }
     Ok(())

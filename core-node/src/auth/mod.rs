@@ -429,7 +429,9 @@ impl Authenticator {
                 ),
                 Ok(Ok(false)) => {}
                 // Keep serving with the tokens already loaded.
-                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "token store reload failed"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "token store reload failed")
+                }
                 Err(e) => tracing::error!(error = %e, "token store reload task failed"),
             }
         }
@@ -529,7 +531,11 @@ impl Authenticator {
     }
 
     /// Revokes token `id` if it belongs to `tenant` (any tenant when `None`); blocking.
-    pub fn revoke(&self, id: &TokenId, tenant: Option<&Tenant>) -> anyhow::Result<Option<TokenInfo>> {
+    pub fn revoke(
+        &self,
+        id: &TokenId,
+        tenant: Option<&Tenant>,
+    ) -> anyhow::Result<Option<TokenInfo>> {
         let allowed = |r: &TokenRecord| tenant.is_none_or(|t| &r.tenant == t);
         match &self.file {
             Some(file) => {
@@ -638,7 +644,9 @@ mod tests {
         let auth = Authenticator::open(dir.path(), None).expect("open");
         // The CLI, as another process would: straight to the file.
         let cli = TokenFileStore::in_dir(dir.path());
-        let (record, token) = cli.create(&tenant("acme"), Role::Write, "").expect("create");
+        let (record, token) = cli
+            .create(&tenant("acme"), Role::Write, "")
+            .expect("create");
         assert_eq!(
             auth.authenticate(Some(&token.reveal())).await,
             Err(Failure::UnknownToken)

@@ -244,7 +244,10 @@ mod tests {
         let (a, token_a) = store.create(&acme, Role::Read, "grafana").expect("a");
         let (b, _) = store.create(&acme, Role::Write, "").expect("b");
         let text = fs::read_to_string(store.path()).expect("file");
-        assert!(!text.contains(token_a.secret_hex()), "secret stored in clear");
+        assert!(
+            !text.contains(token_a.secret_hex()),
+            "secret stored in clear"
+        );
         assert!(text.contains("$argon2id$"));
         assert_eq!(store.load().expect("load"), vec![a.clone(), b.clone()]);
 
@@ -254,7 +257,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(store.path()).expect("meta").permissions().mode();
+            let mode = fs::metadata(store.path())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

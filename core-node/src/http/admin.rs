@@ -16,11 +16,11 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::response::json_response;
 use crate::auth::{Role, TokenId, TokenInfo};
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use protocols::Tenant;
 use serde::Deserialize;
 
@@ -75,9 +75,8 @@ pub(crate) async fn create(
     })?;
     let tenant = match req.tenant {
         None => caller.tenant().clone(),
-        Some(t) => Tenant::new(t).map_err(|e| {
-            ApiError::bad_data(e.to_string(), super::error::Reason::BadParam)
-        })?,
+        Some(t) => Tenant::new(t)
+            .map_err(|e| ApiError::bad_data(e.to_string(), super::error::Reason::BadParam))?,
     };
     if &tenant != caller.tenant() {
         tracing::warn!(
@@ -120,8 +119,8 @@ pub(crate) async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = TokenId::parse(&id)
-        .map_err(|e| ApiError::bad_data(e, super::error::Reason::BadParam))?;
+    let id =
+        TokenId::parse(&id).map_err(|e| ApiError::bad_data(e, super::error::Reason::BadParam))?;
     let auth = api.state.auth.clone();
     let tenant = caller.tenant().clone();
     let revoked = {

@@ -206,17 +206,17 @@ mod tests {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         assert_eq!(credentials(&HeaderMap::new()), Ok(None));
         assert_eq!(credentials(&headers("Bearer abc")), Ok(Some("abc".into())));
-        assert_eq!(credentials(&headers("bearer  abc ")), Ok(Some("abc".into())));
+        assert_eq!(
+            credentials(&headers("bearer  abc ")),
+            Ok(Some("abc".into()))
+        );
         assert_eq!(credentials(&headers("Token abc")), Ok(Some("abc".into())));
         let basic = format!("Basic {}", b64("grafana:abc"));
         assert_eq!(credentials(&headers(&basic)), Ok(Some("abc".into())));
         let empty = format!("Basic {}", b64("grafana:"));
         assert_eq!(credentials(&headers(&empty)), Ok(None));
         assert_eq!(credentials(&headers("Bearer")), Ok(None));
-        assert_eq!(
-            credentials(&headers("Basic !!!")),
-            Err(Failure::Malformed)
-        );
+        assert_eq!(credentials(&headers("Basic !!!")), Err(Failure::Malformed));
         let no_colon = format!("Basic {}", b64("abc"));
         assert_eq!(credentials(&headers(&no_colon)), Err(Failure::Malformed));
         assert_eq!(credentials(&headers("Digest x")), Err(Failure::Malformed));

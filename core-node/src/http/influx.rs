@@ -24,12 +24,12 @@
 //! first bad lines by number. 204 when every line was stored.
 
 use super::Api;
+use super::auth::Caller;
 use super::ingest::{
     self, Collected, FIELDS_SKIPPED, IngestError, MAX_DECODED_BYTES, Protocol, Reason,
 };
-use axum::body::Body;
-use super::auth::Caller;
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -5,11 +5,11 @@
 //! but otherwise ignored in this version: the answer covers every stored series of the
 //! tenant, where Prometheus covers the series with samples in the range.
 
+use super::auth::Caller;
 use super::error::{ApiError, Reason};
 use super::params::Params;
 use super::response::Success;
 use super::{Api, encode};
-use super::auth::Caller;
 use axum::Extension;
 use axum::extract::{Path, State};
 use protocols::model::is_valid_label_name;

@@ -56,8 +56,8 @@ mod query;
 mod rate_limit;
 mod remote_write;
 mod response;
-pub mod serve;
 mod series;
+pub mod serve;
 mod status;
 #[cfg(test)]
 mod tests;

@@ -4,11 +4,11 @@
 //! required); `timeout` (optional, caps the engine's own timeout). Others (`stats`,
 //! `lookback_delta`, `limit`) are ignored.
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, parse_duration_ms, parse_time};
 use super::response::Success;
 use super::{Api, encode};
-use super::auth::Caller;
 use axum::Extension;
 use axum::extract::State;
 use query::{Engine, QueryError};

@@ -12,12 +12,12 @@
 //! first refusal (Prometheus' own receiver does the same for out-of-order samples).
 
 use super::Api;
+use super::auth::Caller;
 use super::ingest::{
     self, Collected, IngestError, MAX_DECODED_BYTES, Protocol, Reason, count_rejected,
 };
-use axum::body::Body;
-use super::auth::Caller;
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};

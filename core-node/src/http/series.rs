@@ -4,12 +4,12 @@
 //! warning. `start` and `end` are validated but otherwise ignored in this version (see
 //! [`super::labels`]).
 
+use super::auth::Caller;
 use super::error::{ApiError, Reason};
 use super::labels::TRUNCATED;
 use super::params::Params;
 use super::response::Success;
 use super::{Api, encode};
-use super::auth::Caller;
 use axum::Extension;
 use axum::extract::State;
 use std::collections::BTreeSet;
