@@ -53,7 +53,7 @@ pub struct RunArgs {
     /// Samples per second one tenant may write over HTTP (remote_write, line protocol);
     /// 0: no limit [default: 0].
     #[arg(long, env = "UPDRAFT_CORE_INGEST_RATE_LIMIT")]
-    pub ingest_rate_limit: Option<f64>,
+    pub ingest_rate_limit: Option<u64>,
     /// Most labels one series may have, __name__ included [default: 30].
     #[arg(long, env = "UPDRAFT_CORE_MAX_LABELS_PER_SERIES")]
     pub max_labels_per_series: Option<usize>,
@@ -89,7 +89,7 @@ struct FileConfig {
     #[serde(default)]
     insecure_dev_mode: bool,
     tenant: Option<String>,
-    ingest_rate_limit: Option<f64>,
+    ingest_rate_limit: Option<u64>,
     max_labels_per_series: Option<usize>,
     max_label_name_bytes: Option<usize>,
     max_label_value_bytes: Option<usize>,
@@ -207,13 +207,11 @@ impl CoreConfig {
             },
             durability: args.durability.or(file.durability).unwrap_or_default(),
             insecure_dev_mode: args.insecure_dev_mode || file.insecure_dev_mode,
-            ingest_rate_limit: match args.ingest_rate_limit.or(file.ingest_rate_limit) {
-                Some(r) if !r.is_finite() || r < 0.0 => {
-                    anyhow::bail!("--ingest-rate-limit {r}: expected samples per second, 0 or more")
-                }
-                Some(r) if r > 0.0 => Some(r),
-                _ => None,
-            },
+            ingest_rate_limit: args
+                .ingest_rate_limit
+                .or(file.ingest_rate_limit)
+                .filter(|r| *r > 0)
+                .map(|r| r as f64),
             tenant: match tenant {
                 Some(t) => Tenant::new(t).context("invalid --tenant")?,
                 None => Tenant::default(),
