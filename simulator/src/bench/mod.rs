@@ -18,6 +18,7 @@ pub mod chunking;
 pub mod codec;
 pub mod figure;
 pub mod machine;
+pub mod mqtt;
 pub mod query;
 pub mod quic_client;
 pub mod table;
@@ -49,6 +50,9 @@ pub enum Scenario {
     /// Range-query latency (five shapes) and remote_write ingest CPU per sample, a core-node
     /// process against Prometheus 2.42 on the same data.
     Query(query::QueryArgs),
+    /// MQTT msgs/s (QoS 0, 1) into the edge agent's fsynced buffer and PUBACK latency, RSS and
+    /// CPU, against mosquitto 2.0 forwarding to one subscriber, both pinned to one CPU.
+    Mqtt(mqtt::MqttArgs),
 }
 
 /// Runs one scenario; its figures go to stdout as a table or JSON lines.
@@ -58,6 +62,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Codec(a) => codec::run(&a, &mut reporter)?,
         Scenario::Billion(a) => billion::run(&a, &mut reporter)?,
         Scenario::Query(a) => query::run(&a, &mut reporter)?,
+        Scenario::Mqtt(a) => mqtt::run(&a, &mut reporter)?,
     }
     Ok(())
 }
