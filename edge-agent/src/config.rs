@@ -413,8 +413,9 @@ struct Cli {
     #[arg(long, value_name = "DIR", env = "UPDRAFT_EDGE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 
-    /// Core node to ship to; repeat (or comma-separate) for fail-over, tried in order. The
-    /// host is the TLS server name
+    /// Core node to ship to; repeat (or comma-separate) for several: the agent keeps a
+    /// connection to each and sends to the one with the lowest round-trip time, failing over
+    /// to the next fastest. The host is the TLS server name
     #[arg(
         long,
         value_name = "HOST:PORT",
