@@ -22,7 +22,8 @@
 //! - `cpu_ms_per_1000_msgs`: the server's utime + stime (`/proc/<pid>/stat`) over that run,
 //!   per 1,000 messages.
 //! - `rss_bytes`: the server's largest VmRSS (sampled every 100 ms) during a paced run at
-//!   `--paced-rate` (10,000 msgs/s) for `--paced-seconds`.
+//!   `--paced-rate` (10,000 msgs/s) for `--paced-seconds`, on the fresh process before the
+//!   flat-out run. `rss_bytes_flat_out`: the largest during the flat-out run.
 //! - `puback_p50_ms`, `puback_p99_ms` (QoS 1): publish → PUBACK during that paced run.
 //!   `puback_p99_ms_flat_out`: the same during the flat-out run (mostly queueing: the window
 //!   of `--inflight` messages ÷ the rate).
@@ -137,6 +138,7 @@ pub fn run(args: &MqttArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             figures.push(fig("msgs_per_second", found.rate, "msgs/s"));
             figures.push(fig("cpu_ms_per_1000_msgs", found.cpu_ms_per_1000, "ms"));
             figures.push(fig("rss_bytes", found.paced_rss as f64, "B"));
+            figures.push(fig("rss_bytes_flat_out", found.flat_rss as f64, "B"));
             if qos == 1 {
                 figures.push(fig("puback_p50_ms", found.paced_p50_ms, "ms"));
                 figures.push(fig("puback_p99_ms", found.paced_p99_ms, "ms"));
@@ -222,6 +224,7 @@ struct Found {
     flat_p99_ms: f64,
     paced_rate: f64,
     paced_rss: u64,
+    flat_rss: u64,
     paced_p50_ms: f64,
     paced_p99_ms: f64,
 }
@@ -242,7 +245,18 @@ async fn measure(server: &Server, args: &MqttArgs, qos: u8) -> anyhow::Result<Fo
         }
     };
 
+    // Paced first, sampling RSS: the flat-out run would leave its memory behind.
+    let base = received(server)?;
+    let paced_for = Duration::from_secs(args.paced_seconds);
+    let (sampler, paced_rss) = sample_rss(server.pid());
+    let start = Instant::now();
+    let paced = publish_all(server.mqtt, args, qos, Some(args.paced_rate), paced_for).await?;
+    let (paced_count, paced_last) =
+        wait_received(|| received(server), base, paced.sent, start).await?;
+    sampler.abort();
+
     // Flat out.
+    let (sampler, flat_rss) = sample_rss(server.pid());
     let base = received(server)?;
     let cpu0 = server.cpu()?;
     let start = Instant::now();
@@ -257,28 +271,8 @@ async fn measure(server: &Server, args: &MqttArgs, qos: u8) -> anyhow::Result<Fo
     let (count, last) = wait_received(|| received(server), base, flat.sent, start).await?;
     let cpu = server.cpu()?.saturating_sub(cpu0);
     let rate = count as f64 / last.as_secs_f64().max(1e-9);
-
-    // Paced, sampling RSS.
-    let base = received(server)?;
-    let paced_for = Duration::from_secs(args.paced_seconds);
-    let pid = server.pid();
-    let rss_max = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let rss_max = Arc::clone(&rss_max);
-        tokio::spawn(async move {
-            loop {
-                if let Some(rss) = rss_bytes(pid) {
-                    rss_max.fetch_max(rss, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let start = Instant::now();
-    let paced = publish_all(server.mqtt, args, qos, Some(args.paced_rate), paced_for).await?;
-    let (paced_count, paced_last) =
-        wait_received(|| received(server), base, paced.sent, start).await?;
     sampler.abort();
+
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Found {
         sent: flat.sent,
@@ -287,10 +281,28 @@ async fn measure(server: &Server, args: &MqttArgs, qos: u8) -> anyhow::Result<Fo
         cpu_ms_per_1000: cpu.as_secs_f64() * 1000.0 / (count.max(1) as f64 / 1000.0),
         flat_p99_ms: ms(&flat.latency_us, 0.99),
         paced_rate: paced_count as f64 / paced_last.as_secs_f64().max(1e-9),
-        paced_rss: rss_max.load(Ordering::Relaxed),
+        paced_rss: paced_rss.load(Ordering::Relaxed),
+        flat_rss: flat_rss.load(Ordering::Relaxed),
         paced_p50_ms: ms(&paced.latency_us, 0.50),
         paced_p99_ms: ms(&paced.latency_us, 0.99),
     })
+}
+
+/// Samples the VmRSS of `pid` every 100 ms into the maximum it returns, until aborted.
+fn sample_rss(pid: u32) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+    let max = Arc::new(AtomicU64::new(0));
+    let task = {
+        let max = Arc::clone(&max);
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = rss_bytes(pid) {
+                    max.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    (task, max)
 }
 
 /// Polls until `received` has moved `sent` past `base`, or has not moved for [`STALL`].
