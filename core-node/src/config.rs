@@ -3,7 +3,7 @@
 //! `deploy/core-node.toml`.
 
 use crate::storage::{Durability, Limits, Retention, parse_retention};
-use crate::tls::TlsFiles;
+use crate::tls::{HttpTlsFiles, TlsFiles, TlsMinVersion};
 use anyhow::Context;
 use protocols::Tenant;
 use serde::Deserialize;
@@ -39,6 +39,18 @@ pub struct RunArgs {
     /// This node's private key, PKCS#8 PEM [default: certs/core-key.pem].
     #[arg(long, env = "UPDRAFT_CORE_KEY")]
     pub key: Option<PathBuf>,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM; needs --http-tls-key).
+    /// `core-node certs` writes one that fits: certs/core.pem. Replaced files are picked up
+    /// within seconds, or at once on SIGHUP, without a restart [default: plain HTTP].
+    #[arg(long, env = "UPDRAFT_CORE_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Private key (PKCS#8 PEM) for --http-tls-cert.
+    #[arg(long, env = "UPDRAFT_CORE_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Oldest TLS version the HTTPS listener accepts: 1.3, or 1.2 for old clients
+    /// [default: 1.3]. QUIC is always TLS 1.3.
+    #[arg(long, value_enum, env = "UPDRAFT_CORE_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<TlsMinVersion>,
     /// When a write is acknowledged: after fsync, or after handing it to the OS [default: fsync].
     #[arg(long, value_enum, env = "UPDRAFT_CORE_DURABILITY")]
     pub durability: Option<Durability>,
@@ -85,6 +97,9 @@ struct FileConfig {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
+    tls_min_version: Option<TlsMinVersion>,
     durability: Option<Durability>,
     #[serde(default)]
     insecure_dev_mode: bool,
@@ -106,6 +121,8 @@ pub struct CoreConfig {
     pub quic_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub tls: TlsFiles,
+    /// TLS on the HTTP listener; `None`: plain HTTP.
+    pub http_tls: Option<HttpTlsFiles>,
     pub durability: Durability,
     /// Unauthenticated HTTP requests act as `tenant` with every role; agent certificates
     /// without a tenant may write any tenant.
@@ -126,6 +143,7 @@ impl CoreConfig {
             quic_listen: parse_default(DEFAULT_QUIC_LISTEN),
             http_listen: parse_default(DEFAULT_HTTP_LISTEN),
             tls: TlsFiles::in_dir(certs_dir, "core"),
+            http_tls: None,
             durability: Durability::default(),
             insecure_dev_mode: false,
             tenant: Tenant::default(),
@@ -188,9 +206,25 @@ impl CoreConfig {
             let keep = parse_retention(&text).map_err(anyhow::Error::msg)?;
             retention.per_tenant.insert(tenant, keep);
         }
+        let http_tls = match (
+            args.http_tls_cert.or(file.http_tls_cert),
+            args.http_tls_key.or(file.http_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(HttpTlsFiles {
+                cert,
+                key,
+                min_version: args
+                    .tls_min_version
+                    .or(file.tls_min_version)
+                    .unwrap_or_default(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("http_tls_cert and http_tls_key go together: give both or neither"),
+        };
         Ok(Self {
             limits,
             retention,
+            http_tls,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args
                 .quic_listen

@@ -9,7 +9,8 @@
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
-//! - [`tls`]: TLS 1.3 server configuration with client-certificate verification.
+//! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
+//!   API (optional, certificate reloaded without a restart).
 //! - [`ingest`]: the QUIC listener that turns frames into storage writes and acknowledgements.
 //! - [`storage`]: series index, samples and agent offsets on fjall; implements
 //!   [`query::DataSource`].
@@ -90,6 +91,10 @@ pub async fn run(
         Arc::new(quinn::TokioRuntime),
     )
     .context("starting the QUIC endpoint")?;
+    let http_tls = match &config.http_tls {
+        Some(files) => Some(tls::HttpTls::new(files).context("loading the HTTP TLS certificate")?),
+        None => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on tcp {}", config.http_listen))?;
@@ -111,7 +116,13 @@ pub async fn run(
         ingest: Some(storage.clone()),
         ingest_rate_limit: config.ingest_rate_limit,
     });
-    let http_task = tokio::spawn(http::serve::serve(http_listener, app, stopped()));
+    let http_task = tokio::spawn(http::serve::serve(
+        http_listener,
+        app,
+        http_tls.as_ref().map(|t| t.acceptor.clone()),
+        stopped(),
+    ));
+    let reload_task = http_tls.map(|t| tokio::spawn(tls::watch_reloads(t.cert, stopped())));
     let watch_task = tokio::spawn(Arc::clone(&auth).watch(stopped()));
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint,
@@ -124,6 +135,7 @@ pub async fn run(
     tracing::info!(
         quic = %quic_addr,
         http = %http_addr,
+        https = config.http_tls.is_some(),
         data_dir = %config.data_dir.display(),
         durability = ?config.durability,
         "core node ready"
@@ -134,6 +146,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
     let _ = watch_task.await;
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
     match http_task.await {
         Ok(r) => r.context("HTTP server failed")?,
         Err(e) => return Err(e).context("HTTP server task failed"),

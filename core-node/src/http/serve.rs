@@ -11,6 +11,11 @@
 //!
 //! Body size limits are the routes' own (see the module above). Each request carries the
 //! client's address (`ConnectInfo<SocketAddr>`) for the audit log.
+//!
+//! With TLS ([`crate::tls::HttpTls`]) every connection first completes its handshake, within
+//! [`HEADER_READ_TIMEOUT`] (a connection that stalls or speaks plain HTTP is closed and counted
+//! in `updraft_core_http_tls_handshake_failures_total`); the certificate it is shown is the
+//! one current at that moment, so a reload applies to new connections.
 
 use axum::Router;
 use axum::body::Body;
@@ -30,10 +35,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves, then
+/// lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -63,29 +70,26 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let mut closing = close_rx.clone();
+        let closing = close_rx.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                let req = req.map(|body| Body::new(TimedBody::new(body, BODY_READ_TIMEOUT)));
-                app.clone().oneshot(req)
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            match tls {
+                None => serve_connection(stream, remote, app, closing).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, remote, app, closing).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!("updraft_core_http_tls_handshake_failures_total")
+                                .increment(1);
+                            tracing::debug!(%remote, error = %e, "HTTP TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("updraft_core_http_tls_handshake_failures_total")
+                                .increment(1);
+                            tracing::debug!(%remote, "HTTP TLS handshake timed out");
+                        }
                     }
-                }
-                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
                 }
             }
         });
@@ -93,6 +97,39 @@ pub async fn serve(
     let _ = close_tx.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One HTTP/1.1 connection, plain or TLS, until it ends or the listener closes.
+async fn serve_connection<S>(
+    stream: S,
+    remote: std::net::SocketAddr,
+    app: Router,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        let req = req.map(|body| Body::new(TimedBody::new(body, BODY_READ_TIMEOUT)));
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// A request body that fails once its deadline passes.
