@@ -1,0 +1,128 @@
+use super::*;
+
+fn master() -> MasterKey {
+    MasterKey::generate().expect("random")
+}
+
+#[test]
+fn sealed_records_round_trip_and_hide_the_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = Keyring::create(dir.path(), &master(), CORE_STORES).expect("create");
+    let sealer = ring.sealer(Store::Chunks).expect("sealer");
+    let plain = b"zq_secret_value_91823 and some more bytes".to_vec();
+    let a = sealer.seal(b"key-1", &plain).expect("seal");
+    let b = sealer.seal(b"key-1", &plain).expect("seal");
+    assert_eq!(a.len(), plain.len() + OVERHEAD);
+    assert_ne!(a, b, "every seal uses a fresh nonce");
+    assert!(!a.windows(8).any(|w| w == &plain[..8]), "plaintext visible");
+    assert_eq!(sealer.open(b"key-1", &a).expect("open"), plain);
+    assert_eq!(sealer.open(b"key-1", &b).expect("open"), plain);
+    assert_eq!(Sealer::key_of(&a), Some(sealer.current_key()));
+    assert_eq!(
+        sealer
+            .open(b"", &sealer.seal(b"", b"").expect("seal"))
+            .expect("open"),
+        b""
+    );
+}
+
+#[test]
+fn a_tampered_record_or_another_key_fails_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = Keyring::create(dir.path(), &master(), CORE_STORES).expect("create");
+    let sealer = ring.sealer(Store::Index).expect("sealer");
+    let sealed = sealer.seal(b"k", b"labels").expect("seal");
+    for i in 0..sealed.len() {
+        let mut m = sealed.clone();
+        m[i] ^= 0x01;
+        assert!(sealer.open(b"k", &m).is_err(), "flipped byte {i} accepted");
+    }
+    assert!(matches!(
+        sealer.open(b"other key", &sealed),
+        Err(CryptError::Tampered)
+    ));
+    assert!(matches!(
+        sealer.open(b"k", &sealed[..10]),
+        Err(CryptError::Truncated(10))
+    ));
+    // Another store's key under the same id space: the id is unknown there.
+    let chunks = ring.sealer(Store::Chunks).expect("sealer");
+    assert!(matches!(
+        chunks.open(b"k", &sealed),
+        Err(CryptError::UnknownKey(_))
+    ));
+    // Same key id, different key bytes: authentication fails.
+    let other = Sealer::from_keys(sealer.current_key(), &[(sealer.current_key(), [7; 32])])
+        .expect("sealer");
+    let err = other.open(b"k", &sealed).expect_err("wrong key");
+    assert!(err.to_string().contains("wrong key"), "{err}");
+}
+
+#[test]
+fn a_wrong_master_key_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Keyring::create(dir.path(), &master(), EDGE_STORES).expect("create");
+    let err = Keyring::open(dir.path(), &master()).expect_err("wrong key");
+    assert!(matches!(err, CryptError::WrongMasterKey { .. }));
+    assert!(err.to_string().contains("wrong master key"), "{err}");
+}
+
+#[test]
+fn rotation_seals_with_the_new_key_and_opens_old_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = master();
+    let mut ring = Keyring::create(dir.path(), &m, CORE_STORES).expect("create");
+    let old = ring.sealer(Store::Wal).expect("sealer");
+    let hash_before = ring.hasher(Store::IndexHash).expect("hasher").hash(&[b"x"]);
+    let sealed_old = old.seal(b"", b"before rotation").expect("seal");
+    let added = ring.rotate().expect("rotate");
+    assert_eq!(added.len(), 3, "every store but the index hash: {added:?}");
+
+    let reopened = Keyring::open(dir.path(), &m).expect("reopen");
+    let new = reopened.sealer(Store::Wal).expect("sealer");
+    assert_ne!(new.current_key(), old.current_key());
+    let sealed_new = new.seal(b"", b"after rotation").expect("seal");
+    assert_eq!(Sealer::key_of(&sealed_new), Some(new.current_key()));
+    assert_eq!(new.open(b"", &sealed_old).expect("old"), b"before rotation");
+    assert_eq!(new.open(b"", &sealed_new).expect("new"), b"after rotation");
+    assert!(
+        old.open(b"", &sealed_new).is_err(),
+        "old sealer lacks the new key"
+    );
+    let hash_after = reopened
+        .hasher(Store::IndexHash)
+        .expect("hasher")
+        .hash(&[b"x"]);
+    assert_eq!(hash_before, hash_after, "the index hash key never rotates");
+    let current: Vec<_> = reopened.keys().into_iter().filter(|k| k.current).collect();
+    assert_eq!(current.len(), CORE_STORES.len());
+}
+
+#[test]
+fn master_keys_parse_from_hex_or_raw_and_files_are_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("master.key");
+    let m = master();
+    m.write_new_file(&path).expect("write");
+    assert!(m.write_new_file(&path).is_err(), "never overwrites a key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let back = MasterKey::read_file(&path).expect("read");
+    assert_eq!(back.key, m.key);
+    assert_eq!(MasterKey::parse(&[9; 32]).expect("raw").key, [9; 32]);
+    assert!(MasterKey::parse(b"abc").is_err());
+    assert!(MasterKey::parse(&[b'g'; 64]).is_err());
+    assert_eq!(from_hex(&to_hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
+}
+
+#[test]
+fn keyed_hashes_are_stable_and_unambiguous() {
+    let h = KeyedHash::new(&[1; 32]);
+    assert_eq!(h.hash(&[b"ab", b"c"]), h.hash(&[b"ab", b"c"]));
+    assert_ne!(h.hash(&[b"ab", b"c"]), h.hash(&[b"a", b"bc"]));
+    assert_ne!(h.hash(&[b"x"]), KeyedHash::new(&[2; 32]).hash(&[b"x"]));
+}
