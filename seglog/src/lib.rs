@@ -32,6 +32,15 @@
 //!
 //! `crc32` is CRC-32/IEEE of the payload. The payload format belongs to the user of the log.
 //!
+//! **Encrypted logs** ([`open_encrypted`]): segments carry version 2 instead of 1, and every
+//! payload on disk is a `crypt` sealed record (AES-256-GCM, the key id in its header, see the
+//! `crypt` crate docs) of the user's payload; `crc32` covers the sealed bytes. Readers hand
+//! out the opened payload, so users of the log do not change. A log opened without a sealer
+//! refuses encrypted segments, and one opened with a sealer refuses plain segments that hold
+//! records ([`LogError::EncryptionMismatch`]): the two never mix. A sealed record that does
+//! not open (changed bytes behind a recomputed CRC) is skipped and counted like a record with
+//! a bad checksum.
+//!
 //! The `ack` file is 28 bytes: `["UPDA"][version u8 = 1][3 zero bytes][epoch u64 LE]`
 //! `[acked offset u64 LE][crc32 u32 LE of the first 24 bytes]`.
 //!
@@ -128,6 +137,14 @@ pub enum LogError {
     Poisoned,
     #[error("record of {len} bytes exceeds the {max} byte limit")]
     RecordTooLarge { len: usize, max: u32 },
+    #[error(
+        "{path} holds {} records, but the log was opened {}; refusing to mix them",
+        if *encrypted { "encrypted" } else { "unencrypted" },
+        if *encrypted { "without a master key" } else { "with encryption" }
+    )]
+    EncryptionMismatch { path: PathBuf, encrypted: bool },
+    #[error("sealing a record: {0}")]
+    Seal(#[from] crypt::CryptError),
     #[error("cannot acknowledge offset {requested}: only {durable} is durable")]
     AckBeyondEnd { requested: Offset, durable: Offset },
 }
@@ -177,6 +194,8 @@ struct Shared {
     segments: Mutex<Vec<Offset>>,
     durable_end: AtomicU64,
     acked: AtomicU64,
+    /// Seals appended records and opens read ones (an encrypted log).
+    cipher: Option<crypt::Sealer>,
     /// Serialises acknowledgements (readers are `Clone`).
     ack_lock: Mutex<()>,
     /// Holds the advisory lock for as long as any handle lives.
@@ -200,6 +219,16 @@ impl Shared {
 
 /// Opens (creating if needed) the buffer in `dir`, repairing what a crash left behind.
 pub fn open(dir: &Path, options: LogOptions) -> Result<(LogWriter, LogReader, Recovery), LogError> {
+    open_encrypted(dir, options, None)
+}
+
+/// As [`open`]; with a sealer, every record is encrypted on disk (see the module docs).
+pub fn open_encrypted(
+    dir: &Path,
+    options: LogOptions,
+    cipher: Option<crypt::Sealer>,
+) -> Result<(LogWriter, LogReader, Recovery), LogError> {
+    let sealed = cipher.is_some();
     fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let lock = lock_dir(dir)?;
     match fs::remove_file(dir.join(cursor::TMP)) {
@@ -237,7 +266,7 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<(LogWriter, LogReader, Re
     let mut kept = Vec::with_capacity(segments.len());
     for (i, start) in segments.iter().copied().enumerate() {
         let last = i + 1 == segments.len();
-        match check_segment_header(dir, start, last)? {
+        match check_segment_header(dir, start, last, sealed)? {
             (true, bytes) => {
                 corrupt_bytes += bytes;
                 kept.push(start);
@@ -256,7 +285,7 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<(LogWriter, LogReader, Re
     if segments.is_empty() || end < acked {
         // Never hand out an offset below `acked` (see the invariants).
         end = end.max(acked);
-        create_segment(dir, end)?;
+        create_segment(dir, end, sealed)?;
         segments.push(end);
     }
     sync_dir(dir)?;
@@ -268,6 +297,7 @@ pub fn open(dir: &Path, options: LogOptions) -> Result<(LogWriter, LogReader, Re
         segments: Mutex::new(segments.clone()),
         durable_end: AtomicU64::new(end.0),
         acked: AtomicU64::new(acked.0),
+        cipher,
         ack_lock: Mutex::new(()),
         _lock: lock,
     });
@@ -324,7 +354,7 @@ fn remove_segment(dir: &Path, start: Offset) {
     }
 }
 
-fn create_segment(dir: &Path, start: Offset) -> Result<File, LogError> {
+fn create_segment(dir: &Path, start: Offset, sealed: bool) -> Result<File, LogError> {
     let path = segment::path(dir, start);
     let mut file = OpenOptions::new()
         .create(true)
@@ -333,14 +363,19 @@ fn create_segment(dir: &Path, start: Offset) -> Result<File, LogError> {
         .write(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    file.write_all(&segment::header())
+    file.write_all(&segment::header(sealed))
         .and_then(|()| file.sync_data())
         .map_err(|e| io_err(&path, e))?;
     Ok(file)
 }
 
 /// Returns whether to keep the segment, and how many bytes were discarded.
-fn check_segment_header(dir: &Path, start: Offset, last: bool) -> Result<(bool, u64), LogError> {
+fn check_segment_header(
+    dir: &Path,
+    start: Offset,
+    last: bool,
+    sealed_mode: bool,
+) -> Result<(bool, u64), LogError> {
     let path = segment::path(dir, start);
     let mut head = Vec::with_capacity(segment::HEADER_LEN as usize);
     let len = File::open(&path)
@@ -350,7 +385,16 @@ fn check_segment_header(dir: &Path, start: Offset, last: bool) -> Result<(bool, 
         })
         .map_err(|e| io_err(&path, e))?;
     match segment::check_header(&head) {
-        HeaderState::Valid => Ok((true, 0)),
+        HeaderState::Valid { sealed } if sealed == sealed_mode => Ok((true, 0)),
+        // The newest segment without records: a roll just before the mode changed.
+        HeaderState::Valid { .. } if last && len <= segment::HEADER_LEN => {
+            create_segment(dir, start, sealed_mode)?;
+            Ok((true, 0))
+        }
+        HeaderState::Valid { sealed } => Err(LogError::EncryptionMismatch {
+            path,
+            encrypted: sealed,
+        }),
         HeaderState::Unsupported(found) => Err(LogError::UnsupportedVersion {
             path,
             found,
@@ -359,7 +403,7 @@ fn check_segment_header(dir: &Path, start: Offset, last: bool) -> Result<(bool, 
         // A torn header can only be the newest segment (older ones were fsynced before the
         // roll); it holds no records, so start it over.
         HeaderState::Torn if last => {
-            create_segment(dir, start)?;
+            create_segment(dir, start, sealed_mode)?;
             warn!(path = %path.display(), "rewrote torn buffer segment header");
             Ok((true, len))
         }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Reads records below the durable end and acknowledges them. Cheap to clone; reads take
 /// their position as an argument and keep no state.
@@ -111,6 +111,20 @@ impl LogReader {
                     segment::Frame::Record(payload) => {
                         let end = Offset(at.0 + segment::FRAME_HEADER_LEN + payload.len() as u64);
                         payload_bytes += payload.len();
+                        let payload = match &self.shared.cipher {
+                            None => payload,
+                            Some(c) => match c.open(b"", &payload) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    let skip = end.0 - at.0;
+                                    error!(offset = %at, bytes = skip, error = %e, "skipping buffer record that does not decrypt");
+                                    chunk.corrupt_bytes += skip;
+                                    rel = end.0 - start.0;
+                                    chunk.next = end;
+                                    continue;
+                                }
+                            },
+                        };
                         chunk.records.push(ReadRecord {
                             start: at,
                             end,

@@ -11,24 +11,27 @@ pub(super) const FRAME_HEADER_LEN: u64 = 8;
 /// Largest payload one record may hold. A length field above this is corruption, not a record,
 /// which keeps a flipped bit from making us allocate gigabytes.
 pub(super) const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
-/// Segment format version written by this build.
+/// Segment format version of plain records.
 pub(super) const VERSION: u8 = 1;
+/// Segment format version of sealed records (`crypt` sealed records; see the crate docs).
+pub(super) const SEALED_VERSION: u8 = 2;
 
 const MAGIC: [u8; 4] = *b"UPDS";
 const EXTENSION: &str = "seg";
 
 /// The header every segment starts with.
-pub(super) fn header() -> [u8; HEADER_LEN as usize] {
+pub(super) fn header(sealed: bool) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..4].copy_from_slice(&MAGIC);
-    h[4] = VERSION;
+    h[4] = if sealed { SEALED_VERSION } else { VERSION };
     h
 }
 
 /// What the first bytes of a segment file say about it.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum HeaderState {
-    Valid,
+    /// A known version; `sealed`: its records are encrypted.
+    Valid { sealed: bool },
     /// Shorter than a header, or all zeros: the file was created but its header never reached
     /// the disk (a crash right after a roll). It holds no records.
     Torn,
@@ -46,7 +49,8 @@ pub(super) fn check_header(bytes: &[u8]) -> HeaderState {
         return HeaderState::Corrupt;
     }
     match bytes[4] {
-        VERSION => HeaderState::Valid,
+        VERSION => HeaderState::Valid { sealed: false },
+        SEALED_VERSION => HeaderState::Valid { sealed: true },
         other => HeaderState::Unsupported(other),
     }
 }
@@ -170,10 +174,17 @@ mod tests {
 
     #[test]
     fn header_states() {
-        assert_eq!(check_header(&header()), HeaderState::Valid);
+        assert_eq!(
+            check_header(&header(false)),
+            HeaderState::Valid { sealed: false }
+        );
+        assert_eq!(
+            check_header(&header(true)),
+            HeaderState::Valid { sealed: true }
+        );
         assert_eq!(check_header(&[0; 8]), HeaderState::Torn);
-        assert_eq!(check_header(&header()[..5]), HeaderState::Torn);
-        let mut future = header();
+        assert_eq!(check_header(&header(false)[..5]), HeaderState::Torn);
+        let mut future = header(false);
         future[4] = 9;
         assert_eq!(check_header(&future), HeaderState::Unsupported(9));
         assert_eq!(check_header(b"garbage!"), HeaderState::Corrupt);

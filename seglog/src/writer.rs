@@ -72,6 +72,20 @@ impl LogWriter {
                 max: segment::MAX_RECORD_BYTES,
             });
         }
+        let sealed;
+        let payload = match &self.shared.cipher {
+            Some(c) => {
+                sealed = c.seal(b"", payload)?;
+                &sealed[..]
+            }
+            None => payload,
+        };
+        if payload.len() > segment::MAX_RECORD_BYTES as usize {
+            return Err(LogError::RecordTooLarge {
+                len: payload.len(),
+                max: segment::MAX_RECORD_BYTES,
+            });
+        }
         let frame = segment::encode_frame(payload);
         let frame_len = frame.len() as u64;
         if self.segment_len > 0 && self.segment_len + frame_len > self.options.segment_max_bytes {
@@ -115,13 +129,14 @@ impl LogWriter {
             self.poisoned = true;
             return Err(io_err(&self.path, e));
         }
-        let file = match crate::create_segment(&self.shared.dir, self.end) {
-            Ok(f) => f,
-            Err(e) => {
-                self.poisoned = true;
-                return Err(e);
-            }
-        };
+        let file =
+            match crate::create_segment(&self.shared.dir, self.end, self.shared.cipher.is_some()) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            };
         self.file = file;
         self.path = segment::path(&self.shared.dir, self.end);
         self.segment_len = 0;
