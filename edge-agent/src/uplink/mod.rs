@@ -32,7 +32,7 @@ use bytes::Bytes;
 use lanes::{Lane, Lanes};
 use metrics::{counter, gauge};
 use protocols::wire::{
-    AckOutcome, AgentId, BatchAck, Message, ResumePoint, ResumeQuery, WireError,
+    AckOutcome, AgentId, BatchAck, ErrorCode, Message, ResumePoint, ResumeQuery, WireError,
 };
 use select::Selector;
 use std::future::Future;
@@ -432,7 +432,12 @@ impl<T: Transport> Uplink<T> {
                     debug!(sequence = batch.end.0, "core already had this batch");
                     counter!(telemetry::SAMPLES_ACKED).increment(batch.samples);
                 }
-                Ok(AckOutcome::Failed { code, message }) if !code.is_retryable() => {
+                // A refusal of the agent itself (its certificate's tenant or agent id) is a
+                // configuration problem that an operator fixes: the batch stays buffered and is
+                // retried with back-off, like an outage, rather than thrown away.
+                Ok(AckOutcome::Failed { code, message })
+                    if !code.is_retryable() && code != ErrorCode::Unauthorized =>
+                {
                     error!(core = %endpoint, code = code.as_str(), %message, samples = batch.samples,
                         "core rejected a batch for good; dropping it");
                     self.count_dropped(DropReason::RejectedByCore, batch.samples);

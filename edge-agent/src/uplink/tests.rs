@@ -272,6 +272,32 @@ async fn a_batch_rejected_for_good_is_dropped_and_does_not_wedge_the_buffer() {
 }
 
 #[tokio::test]
+async fn a_refused_agent_keeps_its_batch_and_retries_it() {
+    // The core refuses the agent itself (e.g. its certificate names another tenant): the
+    // operator fixes that, and the data must still be there when they have.
+    let mut h = Harness::new();
+    let end = h.append(2);
+    let core = ScriptedCore::new([
+        Reply::Answer(AckOutcome::Failed {
+            code: ErrorCode::Unauthorized,
+            message: "batch for tenant a from an agent of tenant b".into(),
+        }),
+        Reply::Answer(AckOutcome::Stored {
+            samples: 2,
+            rejected_series: 0,
+            rejection: None,
+        }),
+    ]);
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(end).await;
+    h.shut_down(task).await;
+
+    let seen = core.seen();
+    assert_eq!(seen.len(), 2, "the refused batch is sent again");
+    assert_eq!(seen[0].1, seen[1].1);
+}
+
+#[tokio::test]
 async fn batches_respect_the_sample_limit_and_keep_record_boundaries() {
     let mut h = Harness::new();
     let ends: Vec<Offset> = (0..4).map(|_| h.append(4)).collect();
