@@ -6,10 +6,17 @@
 //! |---|---|
 //! | `ca.pem`, `ca-key.pem` | the CA that signs everything below; both sides trust only it |
 //! | `core.pem`, `core-key.pem` | the core's server certificate (SANs: the `--host` names) |
-//! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id, SAN URI `updraft://tenant/<tenant>`) |
+//! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id, SAN URIs `updraft://tenant/<tenant>` and `updraft://agent/<agent id>`) |
 //!
-//! The agent certificate binds the agent to one tenant: the core refuses its batches for any
-//! other tenant (see [`tenant_of`] and `ingest.rs`).
+//! The core certificate serves both of the core's listeners: QUIC ingest and, with
+//! `--http-tls-cert certs/core.pem --http-tls-key certs/core-key.pem`, the HTTP API (server
+//! authentication, SANs = the `--host` names, which is what HTTPS clients check).
+//!
+//! The agent certificate binds the agent to one tenant and one agent id: the core refuses its
+//! batches for any other tenant or agent id (see [`tenant_of`], [`agent_of`] and
+//! `ingest.rs`). The agent id is read from the SAN URI only, never from the CN: certificates
+//! issued before the binding existed carry the id in their CN too, and must not start being
+//! held to it silently.
 //! Existing files are kept, so running the command again only fills in what is missing; an
 //! existing CA is reused to sign new leaves. `--force` re-issues the leaf certificates.
 
@@ -24,6 +31,8 @@ use std::path::{Path, PathBuf};
 
 /// The SAN URI prefix that names an agent certificate's tenant.
 pub const TENANT_URI_PREFIX: &str = "updraft://tenant/";
+/// The SAN URI prefix that names an agent certificate's agent id.
+pub const AGENT_URI_PREFIX: &str = "updraft://agent/";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -31,7 +40,8 @@ pub struct CertRequest {
     pub dir: PathBuf,
     /// DNS names and IP addresses the core is reached at.
     pub core_hosts: Vec<String>,
-    /// The agent id written into the agent certificate's common name.
+    /// The agent id written into the agent certificate's common name and its
+    /// `updraft://agent/<id>` SAN URI (ASCII, no whitespace).
     pub agent_id: String,
     /// The tenant the agent certificate binds the agent to.
     pub agent_tenant: Tenant,
@@ -93,6 +103,15 @@ pub fn ensure(req: &CertRequest) -> anyhow::Result<Vec<PathBuf>> {
     )?;
     agent.subject_alt_names.push(SanType::URI(
         format!("{TENANT_URI_PREFIX}{}", req.agent_tenant.as_str()).try_into()?,
+    ));
+    if req.agent_id.is_empty() || !req.agent_id.chars().all(|c| c.is_ascii_graphic()) {
+        bail!(
+            "agent id {:?}: use printable ASCII without spaces (it goes into a SAN URI)",
+            req.agent_id
+        );
+    }
+    agent.subject_alt_names.push(SanType::URI(
+        format!("{AGENT_URI_PREFIX}{}", req.agent_id).try_into()?,
     ));
     written.extend(issue_leaf(&req.dir, "agent", agent, &issuer, req.force)?);
     Ok(written)
@@ -164,27 +183,62 @@ pub enum TenantBinding {
     Invalid(String),
 }
 
-/// The tenant a (DER) certificate binds its holder to.
-pub fn tenant_of(der: &[u8]) -> TenantBinding {
+/// The SAN URIs of a (DER) certificate that start with `prefix`, with the prefix removed.
+fn san_uris(der: &[u8], prefix: &str) -> Result<Vec<String>, String> {
     let cert = match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => cert,
-        Err(e) => return TenantBinding::Invalid(format!("unreadable certificate: {e}")),
+        Err(e) => return Err(format!("unreadable certificate: {e}")),
     };
     let names = match cert.subject_alternative_name() {
         Ok(Some(san)) => san.value.general_names.clone(),
         Ok(None) => Vec::new(),
-        Err(e) => return TenantBinding::Invalid(format!("unreadable subject alt names: {e}")),
+        Err(e) => return Err(format!("unreadable subject alt names: {e}")),
     };
-    let tenants: Vec<&str> = names
+    Ok(names
         .iter()
         .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(TENANT_URI_PREFIX),
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                uri.strip_prefix(prefix).map(str::to_owned)
+            }
             _ => None,
         })
-        .collect();
+        .collect())
+}
+
+/// What a client certificate says about its agent id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentBinding {
+    /// Exactly one `updraft://agent/<id>` SAN URI.
+    Bound(String),
+    /// No such URI (a certificate from before agent ids were bound).
+    Unbound,
+    /// Several, an empty one, or an unreadable certificate.
+    Invalid(String),
+}
+
+/// The agent id a (DER) certificate binds its holder to.
+pub fn agent_of(der: &[u8]) -> AgentBinding {
+    let ids = match san_uris(der, AGENT_URI_PREFIX) {
+        Ok(ids) => ids,
+        Err(e) => return AgentBinding::Invalid(e),
+    };
+    match ids.as_slice() {
+        [] => AgentBinding::Unbound,
+        [one] if !one.is_empty() => AgentBinding::Bound(one.clone()),
+        [_] => AgentBinding::Invalid("empty agent id".into()),
+        _ => AgentBinding::Invalid(format!("{} agent ids in one certificate", ids.len())),
+    }
+}
+
+/// The tenant a (DER) certificate binds its holder to.
+pub fn tenant_of(der: &[u8]) -> TenantBinding {
+    let tenants = match san_uris(der, TENANT_URI_PREFIX) {
+        Ok(t) => t,
+        Err(e) => return TenantBinding::Invalid(e),
+    };
     match tenants.as_slice() {
         [] => TenantBinding::Unbound,
-        [one] => match Tenant::new(*one) {
+        [one] => match Tenant::new(one.as_str()) {
             Ok(t) => TenantBinding::Bound(t),
             Err(e) => TenantBinding::Invalid(e.to_string()),
         },
@@ -246,5 +300,11 @@ mod tests {
         );
         assert_eq!(tenant_of(&der("core.pem")), TenantBinding::Unbound);
         assert!(matches!(tenant_of(b"junk"), TenantBinding::Invalid(_)));
+        assert_eq!(
+            agent_of(&der("agent.pem")),
+            AgentBinding::Bound("edge-1".into())
+        );
+        assert_eq!(agent_of(&der("core.pem")), AgentBinding::Unbound);
+        assert!(matches!(agent_of(b"junk"), AgentBinding::Invalid(_)));
     }
 }

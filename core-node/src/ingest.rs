@@ -15,9 +15,22 @@
 //! `updraft_core_auth_failures_total{reason="tenant_mismatch"}`). A certificate that names no
 //! tenant (issued before tenants were bound) may write any tenant only in development mode;
 //! otherwise its batches are refused (`reason="cert_without_tenant"`).
+//!
+//! # Agent ids
+//!
+//! The certificate also names the agent (SAN URI `updraft://agent/<id>`, written by
+//! `core-node certs --agent-id ID`; [`crate::certs::agent_of`]). A batch or resume query
+//! carrying another agent id is refused the same way (`reason="agent_mismatch"`): an agent
+//! cannot write under, or read the resume point of, another agent's id (which would let it
+//! make the core drop that agent's batches as duplicates). A certificate without an agent id
+//! may use any id only in development mode (`reason="cert_without_agent_id"` otherwise).
+//!
+//! Agents whose certificate does not chain to the configured CA never get a connection: the
+//! handshake fails, is logged (`quic handshake failed`) and counted in
+//! `updraft_core_quic_handshake_failures_total`.
 
 use crate::auth::AUTH_FAILURES;
-use crate::certs::{TenantBinding, tenant_of};
+use crate::certs::{AgentBinding, TenantBinding, agent_of, tenant_of};
 use crate::storage::{Storage, SubmitError};
 use protocols::wire::{
     AckOutcome, BatchAck, ErrorCode, MAX_FRAME_BYTES, Message, ResumePoint, WireError, WriteBatch,
@@ -29,10 +42,11 @@ use std::time::Duration;
 /// How long a peer may take to send one frame.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Which tenants an agent may write.
+/// Which tenants and agent ids an agent may write.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TenantPolicy {
-    /// Development mode: a certificate without a tenant may write any tenant.
+    /// Development mode: a certificate without a tenant (or without an agent id) may write
+    /// any tenant (or use any agent id).
     pub unbound_may_write_any: bool,
 }
 
@@ -66,21 +80,37 @@ pub async fn serve(
     endpoint.close(0u32.into(), b"shutting down");
 }
 
-/// The tenant binding of the peer's (already verified) leaf certificate.
-fn peer_binding(conn: &quinn::Connection) -> TenantBinding {
-    conn.peer_identity()
+/// What the peer's (already verified) leaf certificate binds it to.
+#[derive(Debug)]
+struct Binding {
+    tenant: TenantBinding,
+    agent: AgentBinding,
+}
+
+fn peer_binding(conn: &quinn::Connection) -> Binding {
+    let leaf = conn
+        .peer_identity()
         .and_then(|id| {
             id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|certs| certs.first().map(|leaf| tenant_of(leaf.as_ref())))
-        .unwrap_or_else(|| TenantBinding::Invalid("no client certificate".into()))
+        .and_then(|certs| certs.first().map(|leaf| leaf.to_vec()));
+    match leaf {
+        Some(der) => Binding {
+            tenant: tenant_of(&der),
+            agent: agent_of(&der),
+        },
+        None => Binding {
+            tenant: TenantBinding::Invalid("no client certificate".into()),
+            agent: AgentBinding::Invalid("no client certificate".into()),
+        },
+    }
 }
 
 async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: TenantPolicy) {
     let remote = conn.remote_address();
     let binding = std::sync::Arc::new(peer_binding(&conn));
-    tracing::info!(%remote, tenant = ?binding, "agent connected");
+    tracing::info!(%remote, tenant = ?binding.tenant, agent = ?binding.agent, "agent connected");
     metrics::gauge!("updraft_core_quic_connections").increment(1);
     loop {
         match conn.accept_bi().await {
@@ -103,14 +133,44 @@ async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: Ten
 
 /// What one connection's batches may write.
 struct Allowed {
-    binding: std::sync::Arc<TenantBinding>,
+    binding: std::sync::Arc<Binding>,
     policy: TenantPolicy,
 }
 
 impl Allowed {
-    /// `Err((reason, message))` when the batch's tenant is not this agent's.
-    fn check(&self, tenant: &protocols::Tenant) -> Result<(), (&'static str, String)> {
-        match self.binding.as_ref() {
+    /// `Err((reason, message))` when the agent id is not the one the certificate names.
+    fn check_agent(&self, agent: &protocols::wire::AgentId) -> Result<(), (&'static str, String)> {
+        match &self.binding.agent {
+            AgentBinding::Bound(id) if *id == agent.0 => Ok(()),
+            AgentBinding::Bound(id) => Err((
+                "agent_mismatch",
+                format!(
+                    "this agent's certificate is bound to agent id {id:?}, not {:?}",
+                    agent.0
+                ),
+            )),
+            AgentBinding::Unbound if self.policy.unbound_may_write_any => Ok(()),
+            AgentBinding::Unbound => Err((
+                "cert_without_agent_id",
+                "the agent certificate names no agent id: issue one with \
+                 `core-node certs --force --agent-id ID`"
+                    .into(),
+            )),
+            AgentBinding::Invalid(why) => Err((
+                "cert_without_agent_id",
+                format!("the agent certificate's agent id is invalid: {why}"),
+            )),
+        }
+    }
+
+    /// `Err((reason, message))` when the batch's tenant or agent id is not this agent's.
+    fn check(
+        &self,
+        tenant: &protocols::Tenant,
+        agent: &protocols::wire::AgentId,
+    ) -> Result<(), (&'static str, String)> {
+        self.check_agent(agent)?;
+        match &self.binding.tenant {
             TenantBinding::Bound(t) if t == tenant => Ok(()),
             TenantBinding::Bound(t) => Err((
                 "tenant_mismatch",
@@ -177,6 +237,10 @@ async fn serve_stream(
     let batch = match Message::decode(&frame) {
         Ok(Message::WriteBatch(b)) => b,
         Ok(Message::ResumeQuery(q)) => {
+            if let Err((reason, message)) = allowed.check_agent(&q.agent_id) {
+                refuse(&mut send, remote, 0, 0, &q.agent_id, None, reason, message).await;
+                return;
+            }
             let storage = storage.clone();
             let agent = q.agent_id.0.clone();
             let applied = tokio::task::spawn_blocking(move || storage.agent_offset(&agent)).await;
@@ -242,24 +306,15 @@ async fn serve_stream(
         .await;
         return;
     }
-    if let Err((reason, message)) = allowed.check(&batch.tenant) {
-        metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
-        tracing::warn!(
-            target: "audit",
-            event = "batch_refused",
-            %remote,
-            agent = %batch.agent_id.0,
-            tenant = batch.tenant.as_str(),
-            reason,
-            "QUIC batch for a tenant the agent certificate does not allow"
-        );
-        reject(
+    if let Err((reason, message)) = allowed.check(&batch.tenant, &batch.agent_id) {
+        refuse(
             &mut send,
             remote,
             epoch,
             sequence,
+            &batch.agent_id,
+            Some(&batch.tenant),
             reason,
-            ErrorCode::Unauthorized,
             message,
         )
         .await;
@@ -310,6 +365,41 @@ async fn apply(storage: &Storage, batch: WriteBatch) -> AckOutcome {
     }
 }
 
+/// Refuses a frame the agent's certificate does not allow: audit log, auth-failure counter,
+/// `unauthorized` answer.
+#[allow(clippy::too_many_arguments)]
+async fn refuse(
+    send: &mut quinn::SendStream,
+    remote: SocketAddr,
+    epoch: u64,
+    sequence: u64,
+    agent: &protocols::wire::AgentId,
+    tenant: Option<&protocols::Tenant>,
+    reason: &'static str,
+    message: String,
+) {
+    metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+    tracing::warn!(
+        target: "audit",
+        event = "batch_refused",
+        %remote,
+        agent = %agent.0,
+        tenant = tenant.map_or("", |t| t.as_str()),
+        reason,
+        "QUIC frame for a tenant or agent id the agent certificate does not allow"
+    );
+    reject(
+        send,
+        remote,
+        epoch,
+        sequence,
+        reason,
+        ErrorCode::Unauthorized,
+        message,
+    )
+    .await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn reject(
     send: &mut quinn::SendStream,
@@ -336,4 +426,40 @@ async fn write_ack(send: &mut quinn::SendStream, ack: &Message) {
         return;
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::wire::AgentId;
+
+    fn allowed(agent: AgentBinding, dev: bool) -> Allowed {
+        Allowed {
+            binding: std::sync::Arc::new(Binding {
+                tenant: TenantBinding::Bound(protocols::Tenant::default()),
+                agent,
+            }),
+            policy: TenantPolicy {
+                unbound_may_write_any: dev,
+            },
+        }
+    }
+
+    #[test]
+    fn agent_ids_are_held_to_the_certificate_unless_it_names_none_in_dev_mode() {
+        let tenant = protocols::Tenant::default();
+        let id = |s: &str| AgentId(s.to_owned());
+        let reason = |a: &Allowed, s: &str| a.check(&tenant, &id(s)).err().map(|(r, _)| r);
+        for dev in [false, true] {
+            let bound = allowed(AgentBinding::Bound("edge-1".into()), dev);
+            assert_eq!(reason(&bound, "edge-1"), None);
+            assert_eq!(reason(&bound, "edge-2"), Some("agent_mismatch"));
+            let invalid = allowed(AgentBinding::Invalid("two ids".into()), dev);
+            assert_eq!(reason(&invalid, "edge-1"), Some("cert_without_agent_id"));
+        }
+        let unbound = allowed(AgentBinding::Unbound, false);
+        assert_eq!(reason(&unbound, "edge-1"), Some("cert_without_agent_id"));
+        let unbound_dev = allowed(AgentBinding::Unbound, true);
+        assert_eq!(reason(&unbound_dev, "anyone"), None);
+    }
 }

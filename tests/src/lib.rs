@@ -175,10 +175,11 @@ pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
         .sum()
 }
 
-/// Creates the CA and certificates with the real `core-node certs` command.
+/// Creates the CA and certificates with the real `core-node certs` command; the agent
+/// certificate is bound to the agent id [`Agent::start`] uses (`test-agent`).
 pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
     let out = Command::new(binary("core-node"))
-        .args(["certs", "--dir"])
+        .args(["certs", "--agent-id", "test-agent", "--dir"])
         .arg(dir)
         .output()?;
     if !out.status.success() {
