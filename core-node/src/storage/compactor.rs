@@ -125,6 +125,9 @@ pub(super) fn forget_empty_series(
         let Ok(id) = <[u8; 8]>::try_from(key.as_ref()) else {
             continue;
         };
+        let Ok(value) = ks.vault.open_index(&key, &value) else {
+            continue;
+        };
         let Ok((owner, _)) = postcard::from_bytes::<(Tenant, protocols::Labels)>(&value) else {
             continue;
         };
@@ -260,7 +263,12 @@ fn plan_merge(
             Ok(key) => key,
             Err(_) => continue,
         };
-        match codec::decode(&v) {
+        let opened = ks
+            .vault
+            .open_chunk(&k, &v)
+            .map_err(|e| e.to_string())
+            .and_then(|v| codec::decode(&v).map_err(|e| e.to_string()));
+        match opened {
             Ok(samples) => tagged.extend(samples.iter().map(|s| (s.timestamp_ms, seq, s.value))),
             Err(e) => {
                 // Leave a damaged chunk where it is (reads report it); merge the rest.
@@ -280,10 +288,9 @@ fn plan_merge(
                 keyspace: "chunks",
                 detail: format!("re-encoding merged samples of {series}: {e}"),
             })?;
-            add.push((
-                keys::chunk_key(series, block[0].timestamp_ms, max_seq),
-                bytes,
-            ));
+            let key = keys::chunk_key(series, block[0].timestamp_ms, max_seq);
+            let bytes = ks.vault.seal_chunk(&key, bytes)?;
+            add.push((key, bytes));
         }
         metrics::counter!("updraft_core_compaction_chunks_merged_total")
             .increment(remove.len() as u64);

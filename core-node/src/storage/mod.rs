@@ -10,6 +10,17 @@
 //! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
 //! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` / `last-flush` | epoch ++ sequence / u64 / ms since the epoch (all BE) |
 //!
+//! | `meta` | `encryption` (only in an encrypted store) | `aes-256-gcm/1` |
+//!
+//! The table shows the store in clear. **Encrypted at rest** (`StorageOptions::encryption`,
+//! the node's `--master-key-file`), every value of `chunks~…` and `series`, and every WAL
+//! record, is a `crypt` sealed record (AES-256-GCM, the data key's id in each record, the
+//! storage key as additional data), and `postings` hold keyed hashes of label names and
+//! values plus an encrypted dictionary of them: the layout, and what stays in clear, is in
+//! [`vault`]. The `meta` key `encryption` marks such a store; a store is never opened in the
+//! other mode (an encrypted one without keys, or a plain one holding data with keys), so the
+//! two formats never mix.
+//!
 //! Keys are built in [`keys`]. Chunks live in one keyspace per tenant and week
 //! ([`partitions`]); retention drops a tenant's partitions once they are wholly older than
 //! its retention, so old data goes without tombstones; the series it left without any chunk
@@ -50,9 +61,11 @@ mod compactor;
 mod keys;
 pub mod partitions;
 mod read;
+mod vault;
 mod writer;
 
 pub use partitions::{Retention, parse_retention};
+pub use vault::Encryption;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use protocols::wire::{AckOutcome, WriteBatch};
@@ -85,6 +98,8 @@ pub struct StorageOptions {
     pub compaction: CompactionOptions,
     pub limits: Limits,
     pub retention: Retention,
+    /// Encryption at rest ([`vault`]); `None` stores everything in clear.
+    pub encryption: Option<Encryption>,
 }
 
 impl Default for StorageOptions {
@@ -96,6 +111,7 @@ impl Default for StorageOptions {
             compaction: CompactionOptions::default(),
             limits: Limits::default(),
             retention: Retention::default(),
+            encryption: None,
         }
     }
 }
@@ -163,6 +179,11 @@ pub enum StorageError {
     Thread(std::io::Error),
     #[error("write-ahead log: {0}")]
     Wal(#[from] seglog::LogError),
+    #[error("encryption at rest: {0}")]
+    Crypt(#[from] crypt::CryptError),
+    /// The store's encryption does not match the options: opening it would mix formats.
+    #[error("{0}")]
+    EncryptionMismatch(String),
 }
 
 /// Why a batch was not queued. The batch is handed back so nothing is lost.
@@ -181,6 +202,7 @@ pub(crate) struct Keyspaces {
     chunks: partitions::Partitions,
     dirty: Keyspace,
     meta: Keyspace,
+    vault: vault::Vault,
 }
 
 impl Keyspaces {
@@ -192,12 +214,40 @@ impl Keyspaces {
         let Some(v) = self.series.get(keys::series_key(id))? else {
             return Ok(None);
         };
+        let v = self.vault.open_index(&keys::series_key(id), &v)?;
         let (tenant, _): (protocols::Tenant, protocols::Labels) = postcard::from_bytes(&v)
             .map_err(|e| StorageError::Corrupt {
                 keyspace: "series",
                 detail: format!("entry of {id}: {e}"),
             })?;
         Ok(Some(tenant))
+    }
+}
+
+/// Refuses to open an encrypted store without keys, or a plain one that holds data with keys;
+/// marks a new store as encrypted.
+fn check_format(ks: &Keyspaces) -> Result<(), StorageError> {
+    let marked = ks.meta.get(vault::FORMAT_KEY)?.is_some();
+    match (marked, ks.vault.is_sealed()) {
+        (true, true) | (false, false) => Ok(()),
+        (true, false) => Err(StorageError::EncryptionMismatch(
+            "storage is encrypted at rest: a master key is needed (--master-key-file or \
+             UPDRAFT_MASTER_KEY)"
+                .into(),
+        )),
+        (false, true) => {
+            let holds_data =
+                !ks.series.is_empty()? || !ks.chunks.all().is_empty() || !ks.meta.is_empty()?;
+            if holds_data {
+                return Err(StorageError::EncryptionMismatch(
+                    "storage holds unencrypted data; refusing to mix it with encrypted data \
+                     (start without a master key, or with an empty data directory)"
+                        .into(),
+                ));
+            }
+            ks.meta.insert(vault::FORMAT_KEY, vault::SEALED_FORMAT)?;
+            Ok(())
+        }
     }
 }
 
@@ -251,8 +301,13 @@ impl Storage {
             chunks: partitions::Partitions::open(&db)?,
             dirty: db.keyspace("dirty", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
+            vault: match options.encryption.clone() {
+                Some(e) => vault::Vault::Sealed(e),
+                None => vault::Vault::Plain,
+            },
             db,
         });
+        check_format(&ks)?;
         let (queue, writer_thread) = writer::start(ks.clone(), dir, &options)?;
         let (stop_tx, stop_rx) = mpsc::channel();
         let compactor_thread = compactor::start(

@@ -1,5 +1,6 @@
 //! The read side: [`query::DataSource`] over the keyspaces.
 
+use super::vault::{Encryption, Vault};
 use super::{Storage, keys};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
@@ -17,6 +18,9 @@ impl Storage {
         name: &str,
         accept: impl Fn(&str) -> bool,
     ) -> Result<HashSet<SeriesId>, DataSourceError> {
+        if let Vault::Sealed(e) = &self.ks.vault {
+            return self.sealed_ids_for(e, tenant, name, accept);
+        }
         let prefix = keys::name_prefix(tenant, name);
         let mut ids = HashSet::new();
         for kv in self.ks.postings.prefix(&prefix) {
@@ -33,6 +37,85 @@ impl Storage {
         Ok(ids)
     }
 
+    /// [`Self::ids_for`] over the hashed index: the dictionary's values of `name` are opened
+    /// and matched, then the postings of the matching ones are read.
+    fn sealed_ids_for(
+        &self,
+        e: &Encryption,
+        tenant: &str,
+        name: &str,
+        accept: impl Fn(&str) -> bool,
+    ) -> Result<HashSet<SeriesId>, DataSourceError> {
+        let mut ids = HashSet::new();
+        let name_postings = Vault::sealed_name_postings(e, tenant, name);
+        let name_hash = &name_postings[keys::tenant_prefix(tenant).len() + 1..];
+        for (value_hash, value) in self.sealed_dictionary(&Vault::sealed_values(e, tenant, name))? {
+            if !accept(&value) {
+                continue;
+            }
+            let prefix = Vault::sealed_postings_of(tenant, name_hash, &value_hash);
+            for kv in self.ks.postings.prefix(&prefix) {
+                let key = kv.key().map_err(unavailable)?;
+                if let Some(id) = keys::posting_series(&key) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The dictionary entries under `prefix`: (the hash after the prefix, the opened text).
+    fn sealed_dictionary(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, String)>, DataSourceError> {
+        let mut out = Vec::new();
+        for kv in self.ks.postings.prefix(prefix) {
+            let (k, v) = kv.into_inner().map_err(unavailable)?;
+            let text = self.ks.vault.open_index(&k, &v).map_err(unavailable)?;
+            let text = String::from_utf8_lossy(&text).into_owned();
+            out.push((k[prefix.len()..].to_vec(), text));
+        }
+        Ok(out)
+    }
+
+    /// Whether any posting starts with `prefix`.
+    fn any_posting(&self, prefix: &[u8]) -> Result<bool, DataSourceError> {
+        match self.ks.postings.prefix(prefix).next() {
+            Some(kv) => kv.key().map(|_| true).map_err(unavailable),
+            None => Ok(false),
+        }
+    }
+
+    /// Label names (`name: None`) or the values of one name, from the encrypted dictionary:
+    /// only those that still have a posting.
+    fn sealed_listing(
+        &self,
+        e: &Encryption,
+        tenant: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<String>, DataSourceError> {
+        let mut out = BTreeSet::new();
+        match name {
+            None => {
+                for (name_hash, name) in self.sealed_dictionary(&Vault::sealed_names(tenant))? {
+                    if self.any_posting(&Vault::sealed_postings_of(tenant, &name_hash, &[]))? {
+                        out.insert(name);
+                    }
+                }
+            }
+            Some(name) => {
+                let name_postings = Vault::sealed_name_postings(e, tenant, name);
+                let name_hash = &name_postings[keys::tenant_prefix(tenant).len() + 1..];
+                let values = Vault::sealed_values(e, tenant, name);
+                for (value_hash, value) in self.sealed_dictionary(&values)? {
+                    let prefix = Vault::sealed_postings_of(tenant, name_hash, &value_hash);
+                    if self.any_posting(&prefix)? {
+                        out.insert(value);
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Candidate series for a selector: the intersection of every equality matcher's
     /// postings, or else the postings of the first matcher that rejects the empty string.
     /// Every candidate is still checked against all matchers afterwards.
@@ -47,7 +130,7 @@ impl Storage {
                 if v.is_empty() {
                     continue;
                 }
-                let prefix = keys::pair_prefix(tenant, &m.name, v);
+                let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
                 let mut ids = HashSet::new();
                 for kv in self.ks.postings.prefix(&prefix) {
                     let key = kv.key().map_err(unavailable)?;
@@ -79,6 +162,14 @@ impl Storage {
         else {
             return Ok(None);
         };
+        let v = self
+            .ks
+            .vault
+            .open_index(&keys::series_key(id), &v)
+            .map_err(|e| DataSourceError::Corrupt {
+                series: id,
+                detail: format!("series entry: {e}"),
+            })?;
         postcard::from_bytes(&v)
             .map(Some)
             .map_err(|e| DataSourceError::Corrupt {
@@ -107,7 +198,22 @@ impl Storage {
     }
 
     fn all_series_of(&self, tenant: &str) -> Result<HashSet<SeriesId>, DataSourceError> {
-        self.ids_for(tenant, protocols::model::METRIC_NAME_LABEL, |_| true)
+        let name = protocols::model::METRIC_NAME_LABEL;
+        let Vault::Sealed(e) = &self.ks.vault else {
+            return self.ids_for(tenant, name, |_| true);
+        };
+        let mut ids = HashSet::new();
+        for kv in self
+            .ks
+            .postings
+            .prefix(Vault::sealed_name_postings(e, tenant, name))
+        {
+            let key = kv.key().map_err(unavailable)?;
+            if let Some(id) = keys::posting_series(&key) {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
     }
 }
 
@@ -175,6 +281,11 @@ impl DataSource for Storage {
                 let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
                 let (_, _, seq) = keys::decode_chunk_key(&k)
                     .ok_or_else(|| corrupt(format!("chunk key of {} bytes", k.len())))?;
+                let v = self
+                    .ks
+                    .vault
+                    .open_chunk(&k, &v)
+                    .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
                 let header = codec::header(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
                 if header.max_ts < start_ms {
                     continue;
@@ -193,10 +304,16 @@ impl DataSource for Storage {
     }
 
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {
+        if let Vault::Sealed(e) = &self.ks.vault {
+            return self.sealed_listing(e, tenant.as_str(), None);
+        }
         self.distinct_fields(&keys::tenant_prefix(tenant.as_str()))
     }
 
     fn label_values(&self, tenant: &Tenant, name: &str) -> Result<Vec<String>, DataSourceError> {
+        if let Vault::Sealed(e) = &self.ks.vault {
+            return self.sealed_listing(e, tenant.as_str(), Some(name));
+        }
         self.distinct_fields(&keys::name_prefix(tenant.as_str(), name))
     }
 }

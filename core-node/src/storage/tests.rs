@@ -17,13 +17,31 @@ fn batch(seq: u64, series: Vec<(Labels, Vec<Sample>)>) -> WriteBatch {
     }
 }
 
-/// Options whose background compactor never runs during a test.
+thread_local! {
+    /// The keys of the running test's storage when it runs encrypted (each test has its own
+    /// thread): the same keys on every open, as a node's keyring gives them.
+    static ENCRYPTION: std::cell::RefCell<Option<Encryption>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `test` with encryption at rest on: every storage it opens through [`quiet`] seals.
+fn encrypted(test: fn()) {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let master = crypt::MasterKey::generate().expect("random");
+    let ring = crypt::Keyring::create(keys.path(), &master, crypt::CORE_STORES).expect("keyring");
+    let e = Encryption::from_keyring(&ring).expect("keys");
+    ENCRYPTION.with(|cell| *cell.borrow_mut() = Some(e));
+    test();
+}
+
+/// Options whose background compactor never runs during a test (encrypted in the
+/// `encrypted` copy of each test).
 fn quiet() -> StorageOptions {
     StorageOptions {
         compaction: CompactionOptions {
             interval: Duration::from_secs(3600),
             ..CompactionOptions::default()
         },
+        encryption: ENCRYPTION.with(|cell| cell.borrow().clone()),
         ..StorageOptions::default()
     }
 }
@@ -40,7 +58,6 @@ fn write(s: &Storage, b: WriteBatch) -> AckOutcome {
         .expect("stored")
 }
 
-#[test]
 fn stores_reads_and_deduplicates_across_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Tenant::default();
@@ -136,7 +153,6 @@ fn stores_reads_and_deduplicates_across_restart() {
     );
 }
 
-#[test]
 fn last_write_wins_for_a_timestamp_and_new_epoch_is_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -152,7 +168,6 @@ fn last_write_wins_for_a_timestamp_and_new_epoch_is_applied() {
     );
 }
 
-#[test]
 fn label_listing_handles_names_that_prefix_each_other() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -189,7 +204,6 @@ fn chunk_count(s: &Storage, id: SeriesId) -> usize {
         .sum()
 }
 
-#[test]
 fn compaction_merges_a_day_into_one_block_and_later_writes_still_win() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -258,7 +272,6 @@ fn compaction_merges_a_day_into_one_block_and_later_writes_still_win() {
     assert_eq!(s.samples(id, day + 500, day + 500).expect("read"), after);
 }
 
-#[test]
 fn a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -299,7 +312,6 @@ fn a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored() {
     );
 }
 
-#[test]
 fn limits_refuse_only_the_offending_series() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = quiet();
@@ -373,7 +385,6 @@ fn limits_refuse_only_the_offending_series() {
     assert_eq!(s.samples(id, 0, 10).expect("read").len(), 2);
 }
 
-#[test]
 fn retention_drops_whole_partitions_per_tenant_and_refuses_old_samples() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = Tenant::new("acme").expect("tenant");
@@ -452,7 +463,6 @@ fn retention_drops_whole_partitions_per_tenant_and_refuses_old_samples() {
     );
 }
 
-#[test]
 fn flush_settles_everything_and_keeps_the_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -485,7 +495,6 @@ fn table_files(ks: &fjall::Keyspace) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
 fn flush_leaves_no_replaced_table_files_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Storage::open(dir.path(), quiet()).expect("open");
@@ -528,7 +537,6 @@ fn flush_leaves_no_replaced_table_files_behind() {
     assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 150);
 }
 
-#[test]
 fn series_left_without_data_by_retention_leave_the_index_and_can_come_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = quiet();
@@ -618,4 +626,244 @@ fn series_left_without_data_by_retention_leave_the_index_and_can_come_back() {
         s.samples(id, i64::MIN, i64::MAX).expect("read"),
         vec![Sample::new(now, 4.0)]
     );
+}
+
+fn every_matcher_and_listing_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let other = Tenant::new("other").expect("tenant");
+    write(
+        &s,
+        batch(
+            1,
+            vec![
+                (
+                    labels("temp", &[("site", "s1"), ("dev", "a")]),
+                    vec![Sample::new(1, 1.0)],
+                ),
+                (
+                    labels("temp", &[("site", "s2"), ("dev", "b")]),
+                    vec![Sample::new(1, 2.0)],
+                ),
+                (labels("hum", &[("site", "s1")]), vec![Sample::new(1, 3.0)]),
+            ],
+        ),
+    );
+    let mut b = batch(
+        2,
+        vec![(labels("temp", &[("site", "x9")]), vec![Sample::new(1, 4.0)])],
+    );
+    b.tenant = other.clone();
+    write(&s, b);
+    let t = Tenant::default();
+    let select = |matchers: &[Matcher]| {
+        let mut out: Vec<String> = s
+            .select_series(&t, matchers)
+            .expect("select")
+            .into_iter()
+            .map(|r| r.labels.to_string())
+            .collect();
+        out.sort();
+        out
+    };
+    let name = |v: &str| Matcher::equal("__name__", v);
+    assert_eq!(
+        select(&[name("temp"), Matcher::equal("site", "s1")]).len(),
+        1
+    );
+    assert_eq!(
+        select(&[name("temp"), Matcher::not_equal("site", "s1")]),
+        vec![labels("temp", &[("site", "s2"), ("dev", "b")]).to_string()]
+    );
+    let re = |n: &str, p: &str| Matcher::regex(n, p).expect("regex");
+    let nre = |n: &str, p: &str| Matcher::not_regex(n, p).expect("regex");
+    assert_eq!(select(&[re("site", "s.*")]).len(), 3);
+    assert_eq!(select(&[re("dev", "a|b")]).len(), 2);
+    assert_eq!(select(&[name("temp"), nre("dev", "a")]).len(), 1);
+    assert_eq!(
+        select(&[re("__name__", ".+")]).len(),
+        3,
+        "no other tenant's series"
+    );
+    assert_eq!(select(&[Matcher::equal("site", "x9")]).len(), 0);
+    assert_eq!(select(&[name("temp"), Matcher::equal("dev", "")]).len(), 0);
+    assert_eq!(select(&[name("hum"), Matcher::equal("dev", "")]).len(), 1);
+    assert_eq!(
+        s.label_names(&t).expect("names"),
+        vec!["__name__", "dev", "site"]
+    );
+    assert_eq!(
+        s.label_values(&t, "site").expect("values"),
+        vec!["s1", "s2"]
+    );
+    assert_eq!(s.label_values(&other, "site").expect("values"), vec!["x9"]);
+    assert_eq!(
+        s.label_values(&t, "nope").expect("values"),
+        Vec::<String>::new()
+    );
+}
+
+/// Every behaviour test above, once in clear and once encrypted at rest.
+macro_rules! in_clear_and_encrypted {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn in_clear() {
+                super::$name();
+            }
+
+            #[test]
+            fn encrypted() {
+                super::encrypted(super::$name);
+            }
+        }
+    )*};
+}
+
+in_clear_and_encrypted!(
+    every_matcher_and_listing_works,
+    stores_reads_and_deduplicates_across_restart,
+    last_write_wins_for_a_timestamp_and_new_epoch_is_applied,
+    label_listing_handles_names_that_prefix_each_other,
+    compaction_merges_a_day_into_one_block_and_later_writes_still_win,
+    a_corrupt_chunk_is_rejected_and_the_rest_of_the_batch_is_stored,
+    limits_refuse_only_the_offending_series,
+    retention_drops_whole_partitions_per_tenant_and_refuses_old_samples,
+    flush_settles_everything_and_keeps_the_data,
+    flush_leaves_no_replaced_table_files_behind,
+    series_left_without_data_by_retention_leave_the_index_and_can_come_back,
+);
+
+#[test]
+fn encrypted_and_plain_storage_never_mix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Storage::open(dir.path(), quiet()).expect("plain, empty"));
+    let keys = tempfile::tempdir().expect("tempdir");
+    let master = crypt::MasterKey::generate().expect("random");
+    let ring = crypt::Keyring::create(keys.path(), &master, crypt::CORE_STORES).expect("keyring");
+    let e = Encryption::from_keyring(&ring).expect("keys");
+    let sealed = || StorageOptions {
+        encryption: Some(e.clone()),
+        ..quiet()
+    };
+    // An empty plain store may become encrypted.
+    let s = Storage::open(dir.path(), sealed()).expect("encrypted");
+    write(
+        &s,
+        batch(
+            1,
+            vec![(labels("m", &[("a", "1")]), vec![Sample::new(1, 1.0)])],
+        ),
+    );
+    drop(s);
+    let err = Storage::open(dir.path(), quiet()).err().expect("no keys");
+    assert!(err.to_string().contains("a master key is needed"), "{err}");
+
+    let plain = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(plain.path(), quiet()).expect("plain");
+    write(
+        &s,
+        batch(
+            1,
+            vec![(labels("m", &[("a", "1")]), vec![Sample::new(1, 1.0)])],
+        ),
+    );
+    drop(s);
+    let err = Storage::open(plain.path(), sealed()).err().expect("mixing");
+    assert!(err.to_string().contains("refusing to mix"), "{err}");
+}
+
+#[test]
+fn rotated_keys_keep_old_data_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let master = crypt::MasterKey::generate().expect("random");
+    let mut ring =
+        crypt::Keyring::create(keys.path(), &master, crypt::CORE_STORES).expect("keyring");
+    let options = |ring: &crypt::Keyring| StorageOptions {
+        encryption: Some(Encryption::from_keyring(ring).expect("keys")),
+        ..quiet()
+    };
+    let old = labels("m", &[("a", "old")]);
+    let s = Storage::open(dir.path(), options(&ring)).expect("open");
+    write(&s, batch(1, vec![(old.clone(), vec![Sample::new(1, 1.0)])]));
+    drop(s);
+    ring.rotate().expect("rotate");
+    let s = Storage::open(dir.path(), options(&ring)).expect("reopen after rotation");
+    let new = labels("m", &[("a", "new")]);
+    write(&s, batch(2, vec![(new.clone(), vec![Sample::new(2, 2.0)])]));
+    let t = Tenant::default();
+    for (l, sample) in [(old, Sample::new(1, 1.0)), (new, Sample::new(2, 2.0))] {
+        let id = SeriesId::of(&t, &l);
+        assert_eq!(s.samples(id, 0, 10).expect("samples"), vec![sample], "{l}");
+    }
+    assert_eq!(s.label_values(&t, "a").expect("values"), vec!["new", "old"]);
+    s.compact_now(&CompactionOptions {
+        seal_after: Duration::ZERO,
+        ..CompactionOptions::default()
+    })
+    .expect("compact");
+    // The keyring read back from disk holds every key, old and new.
+    let first = crypt::Keyring::open(keys.path(), &master).expect("ring");
+    drop(s);
+    let s = Storage::open(dir.path(), options(&first)).expect("reopen");
+    assert_eq!(
+        s.samples(SeriesId::of(&t, &labels("m", &[("a", "old")])), 0, 10)
+            .expect("samples")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn encrypted_files_hold_no_label_text_or_raw_values() {
+    let secret_value = 271_828.182_845_9_f64;
+    let scan = |dir: &std::path::Path| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).expect("read");
+                let needles: [&[u8]; 4] = [
+                    b"zq_secret_label",
+                    b"zq_secret_value_91823",
+                    &secret_value.to_le_bytes(),
+                    &secret_value.to_be_bytes(),
+                ];
+                for n in needles {
+                    if bytes.windows(n.len()).any(|w| w == n) {
+                        found.push(format!("{} holds {:?}", path.display(), n));
+                    }
+                }
+            }
+        }
+        found
+    };
+    let run = |options: StorageOptions| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path(), options).expect("open");
+        let l = labels("zq_metric", &[("zq_secret_label", "zq_secret_value_91823")]);
+        write(&s, batch(1, vec![(l, vec![Sample::new(1, secret_value)])]));
+        drop(s);
+        let found = scan(dir.path());
+        (dir, found)
+    };
+    let (_plain, found) = run(quiet());
+    assert!(
+        !found.is_empty(),
+        "the scan finds clear text in a plain store"
+    );
+    let keys = tempfile::tempdir().expect("tempdir");
+    let master = crypt::MasterKey::generate().expect("random");
+    let ring = crypt::Keyring::create(keys.path(), &master, crypt::CORE_STORES).expect("keyring");
+    let (_sealed, found) = run(StorageOptions {
+        encryption: Some(Encryption::from_keyring(&ring).expect("keys")),
+        ..quiet()
+    });
+    assert!(found.is_empty(), "{found:#?}");
 }

@@ -160,6 +160,7 @@ pub(super) fn start(
             .as_ref()
             .try_into()
             .map_err(|_| corrupt("series", format!("key of {} bytes", key.len())))?;
+        let value = ks.vault.open_index(&key, &value)?;
         let (tenant, _): (Tenant, Labels) = postcard::from_bytes(&value).map_err(|e| {
             corrupt(
                 "series",
@@ -202,11 +203,12 @@ pub(super) fn start(
         "storage opened"
     );
 
-    let (wal, wal_reader, recovery) = seglog::open(
+    let (wal, wal_reader, recovery) = seglog::open_encrypted(
         &dir.join("wal"),
         LogOptions {
             segment_max_bytes: WAL_SEGMENT_BYTES,
         },
+        ks.vault.wal(),
     )?;
     if recovery.corrupt_bytes > 0 {
         metrics::counter!("updraft_core_wal_corrupt_bytes_total").increment(recovery.corrupt_bytes);
@@ -364,6 +366,7 @@ impl Writer {
             let Some(value) = self.ks.series.get(keys::series_key(id))? else {
                 continue;
             };
+            let value = self.ks.vault.open_index(&keys::series_key(id), &value)?;
             let (owner, labels): (Tenant, Labels) = postcard::from_bytes(&value)
                 .map_err(|e| corrupt("series", format!("entry of {id}: {e}")))?;
             if &owner != tenant {
@@ -371,7 +374,10 @@ impl Writer {
             }
             wb.remove(&self.ks.series, keys::series_key(id));
             for l in labels.iter() {
-                let k = keys::posting_key(tenant.as_str(), &l.name, &l.value, id);
+                let k = self
+                    .ks
+                    .vault
+                    .posting_key(tenant.as_str(), &l.name, &l.value, id);
                 wb.remove(&self.ks.postings, k);
             }
             p.forgotten.push((owner, id));
@@ -501,15 +507,17 @@ impl Writer {
                     continue;
                 }
             };
-            if !self.known.contains(&id) && p.series.insert(id) {
-                *p.tenant_series.entry(b.tenant.clone()).or_default() += 1;
-                // Serialising owned, serde-derived values into a Vec cannot fail.
-                let value = postcard::to_allocvec(&(&b.tenant, &s.labels)).unwrap_or_default();
-                wb.insert(&self.ks.series, keys::series_key(id), value);
-                for l in s.labels.iter() {
-                    let k = keys::posting_key(b.tenant.as_str(), &l.name, &l.value, id);
-                    wb.insert(&self.ks.postings, k, []);
+            if !self.known.contains(&id) && !p.series.contains(&id) {
+                if let Err(e) = self.stage_series(wb, &b.tenant, id, &s.labels) {
+                    reject(
+                        "storage",
+                        format!("sealing the series entry: {e}"),
+                        &s.labels,
+                    );
+                    continue;
                 }
+                p.series.insert(id);
+                *p.tenant_series.entry(b.tenant.clone()).or_default() += 1;
             }
             let newest = pieces.last().map(|(_, _, max)| *max).unwrap_or(i64::MIN);
             let cutoff = self.retention.cutoff(&b.tenant, now_ms());
@@ -536,10 +544,20 @@ impl Writer {
                     continue;
                 }
             };
+            let mut sealed_all = true;
             for ((min_ts, bytes, _), partition) in pieces.into_iter().zip(targets) {
                 let seq = p.next_seq;
+                let key = keys::chunk_key(id, min_ts, seq);
+                let bytes = match self.ks.vault.seal_chunk(&key, bytes) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        reject("storage", format!("sealing a chunk: {e}"), &s.labels);
+                        sealed_all = false;
+                        break;
+                    }
+                };
                 p.next_seq += 1;
-                wb.insert(&partition, keys::chunk_key(id, min_ts, seq), bytes);
+                wb.insert(&partition, key, bytes);
                 let day = keys::day_start(min_ts);
                 let mark = match self.dirty_of(p, (id, day)) {
                     Some(d) => Dirty {
@@ -554,7 +572,9 @@ impl Writer {
                 p.dirty.insert((id, day), Some(mark));
                 metrics::counter!("updraft_core_chunks_written_total").increment(1);
             }
-            stored += count as u64;
+            if sealed_all {
+                stored += count as u64;
+            }
         }
         if tracked {
             let mut offset = Vec::with_capacity(16);
@@ -568,6 +588,33 @@ impl Writer {
             rejected_series: rejected,
             rejection,
         }
+    }
+
+    /// Adds a new series' entry, postings and (encrypted) dictionary entries to the batch.
+    fn stage_series(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        tenant: &Tenant,
+        id: SeriesId,
+        labels: &Labels,
+    ) -> Result<(), crypt::CryptError> {
+        let vault = &self.ks.vault;
+        // Serialising owned, serde-derived values into a Vec cannot fail.
+        let value = postcard::to_allocvec(&(tenant, labels)).unwrap_or_default();
+        let value = vault.seal_index(&keys::series_key(id), value)?;
+        let mut entries = Vec::new();
+        for l in labels.iter() {
+            entries.extend(vault.dictionary(tenant.as_str(), &l.name, &l.value)?);
+        }
+        wb.insert(&self.ks.series, keys::series_key(id), value);
+        for l in labels.iter() {
+            let k = vault.posting_key(tenant.as_str(), &l.name, &l.value, id);
+            wb.insert(&self.ks.postings, k, []);
+        }
+        for (k, v) in entries {
+            wb.insert(&self.ks.postings, k, v);
+        }
+        Ok(())
     }
 
     fn apply_replace(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, r: &Replace) {
