@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// A tenant's own retention, as TENANT=RETENTION (repeatable), e.g. acme=30d.
     #[arg(long = "tenant-retention", value_name = "TENANT=RETENTION")]
     pub tenant_retention: Vec<String>,
+    /// Encrypt storage at rest with this master key (32 raw bytes or 64 hex digits; create
+    /// one with `core-node keys init`). Without it the key is read from UPDRAFT_MASTER_KEY
+    /// (hex); with neither, storage is not encrypted [default: none].
+    #[arg(long, env = "UPDRAFT_CORE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -112,6 +117,7 @@ struct FileConfig {
     retention: Option<String>,
     #[serde(default)]
     tenant_retention: std::collections::BTreeMap<String, String>,
+    master_key_file: Option<PathBuf>,
 }
 
 /// A validated configuration.
@@ -133,6 +139,8 @@ pub struct CoreConfig {
     pub ingest_rate_limit: Option<f64>,
     pub limits: Limits,
     pub retention: Retention,
+    /// Master key file for encryption at rest (else `UPDRAFT_MASTER_KEY`, else none).
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl CoreConfig {
@@ -150,6 +158,7 @@ impl CoreConfig {
             ingest_rate_limit: None,
             limits: Limits::default(),
             retention: Retention::default(),
+            master_key_file: None,
         }
     }
 
@@ -224,6 +233,7 @@ impl CoreConfig {
         Ok(Self {
             limits,
             retention,
+            master_key_file: args.master_key_file.or(file.master_key_file),
             http_tls,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args

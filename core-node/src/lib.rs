@@ -42,13 +42,16 @@ pub async fn run(
     let durability = config.durability;
     let limits = config.limits.clone();
     let retention = config.retention.clone();
+    let master_key_file = config.master_key_file.clone();
     let storage = tokio::task::spawn_blocking(move || {
+        let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
         storage::Storage::open(
             &data_dir,
             storage::StorageOptions {
                 durability,
                 limits,
                 retention,
+                encryption,
                 ..Default::default()
             },
         )

@@ -24,6 +24,42 @@ enum Command {
     /// Manage API tokens in the data directory's token store; a running node picks changes
     /// up within a second.
     Tokens(TokensArgs),
+    /// Encryption at rest: create a master key, list or rotate the data keys.
+    Keys(KeysArgs),
+}
+
+#[derive(clap::Args)]
+struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new random master key (64 hex digits) to a new file with mode 0600.
+    Init {
+        /// The file to create (never overwritten).
+        #[arg(long, default_value = "master.key")]
+        out: PathBuf,
+    },
+    /// Add a new data key for chunks, index and WAL; new writes use it after the node's next
+    /// start, and every old key stays, so old data stays readable.
+    Rotate(KeyDirArgs),
+    /// List the data keys (ids, stores, creation times; never the keys).
+    List(KeyDirArgs),
+}
+
+#[derive(clap::Args)]
+struct KeyDirArgs {
+    /// The node's data directory [default: ./data/core, or data_dir of --config].
+    #[arg(long, env = "UPDRAFT_CORE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The node's TOML configuration file (for its data_dir and master_key_file).
+    #[arg(long, env = "UPDRAFT_CORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The master key file (else UPDRAFT_MASTER_KEY).
+    #[arg(long, env = "UPDRAFT_CORE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -116,9 +152,93 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Tokens(args)) => tokens(args),
-        Some(Command::Run(args)) => serve(*args),
-        None => serve(cli.run),
+        Some(Command::Keys(args)) => keys(args),
+        Some(Command::Run(args)) => exit_2_on_key_errors(serve(*args)),
+        None => exit_2_on_key_errors(serve(cli.run)),
     }
+}
+
+/// A node that cannot open its data for want of the right key exits with status 2 and says
+/// why (service managers then do not restart it in a loop for nothing).
+fn exit_2_on_key_errors(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let Err(err) = result else {
+        return Ok(());
+    };
+    let key_error = err.chain().any(|e| {
+        e.downcast_ref::<crypt::CryptError>().is_some()
+            || matches!(
+                e.downcast_ref::<core_node::storage::StorageError>(),
+                Some(
+                    core_node::storage::StorageError::EncryptionMismatch(_)
+                        | core_node::storage::StorageError::Crypt(_)
+                )
+            )
+            || matches!(
+                e.downcast_ref::<seglog::LogError>(),
+                Some(seglog::LogError::EncryptionMismatch { .. })
+            )
+    });
+    if key_error {
+        eprintln!("error: {err:#}");
+        std::process::exit(2);
+    }
+    Err(err)
+}
+
+fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    let rotate = matches!(args.command, KeysCommand::Rotate(_));
+    let dir_args = match args.command {
+        KeysCommand::Init { out } => {
+            crypt::MasterKey::generate()?.write_new_file(&out)?;
+            eprintln!(
+                "wrote a new master key to {} (mode 0600); keep a copy outside the data \
+                 directory: without it, encrypted data cannot be read",
+                out.display()
+            );
+            return Ok(());
+        }
+        KeysCommand::Rotate(a) | KeysCommand::List(a) => a,
+    };
+    let config = config::CoreConfig::from_args(config::RunArgs {
+        config: dir_args.config,
+        data_dir: dir_args.data_dir,
+        master_key_file: dir_args.master_key_file,
+        ..Default::default()
+    })?;
+    let Some(master) = crypt::MasterKey::resolve(config.master_key_file.as_deref())? else {
+        anyhow::bail!(
+            "no master key: pass --master-key-file or set {}",
+            crypt::MASTER_KEY_ENV
+        );
+    };
+    if !crypt::Keyring::exists_in(&config.data_dir) {
+        anyhow::bail!(
+            "{} is not encrypted (no {})",
+            config.data_dir.display(),
+            crypt::KEYRING_FILE
+        );
+    }
+    let mut ring = crypt::Keyring::open(&config.data_dir, &master)?;
+    if rotate {
+        for (store, id) in ring.rotate()? {
+            eprintln!("new data key {id} for {}", store.as_str());
+        }
+        eprintln!("a running node seals with the new keys after its next start");
+    }
+    println!("{:>4}  {:<10}  {:<24}  current", "id", "store", "created");
+    for k in ring.keys() {
+        let created = chrono::DateTime::from_timestamp_millis(k.created_ms as i64)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        println!(
+            "{:>4}  {:<10}  {:<24}  {}",
+            k.id,
+            k.store.as_str(),
+            created,
+            if k.current { "yes" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn tokens(args: TokensArgs) -> anyhow::Result<()> {

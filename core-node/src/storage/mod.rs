@@ -224,6 +224,44 @@ impl Keyspaces {
     }
 }
 
+/// The storage keys of the data directory `dir`: `None` when it is not encrypted and no master
+/// key is given (`master_key_file`, else the `UPDRAFT_MASTER_KEY` environment variable). With a
+/// master key, a directory without a keyring gets one, unless it already holds plain storage.
+/// Errors are [`StorageError::EncryptionMismatch`] (a node should exit with status 2) and
+/// [`StorageError::Crypt`] (bad or wrong master key, damaged keyring).
+pub fn load_encryption(
+    dir: &Path,
+    master_key_file: Option<&Path>,
+) -> Result<Option<Encryption>, StorageError> {
+    let master = crypt::MasterKey::resolve(master_key_file)?;
+    let has_keyring = crypt::Keyring::exists_in(dir);
+    match (master, has_keyring) {
+        (None, false) => Ok(None),
+        (None, true) => Err(StorageError::EncryptionMismatch(format!(
+            "data directory {} is encrypted at rest: a master key is needed (--master-key-file \
+             or {})",
+            dir.display(),
+            crypt::MASTER_KEY_ENV
+        ))),
+        (Some(master), true) => {
+            let ring = crypt::Keyring::open(dir, &master)?;
+            Ok(Some(Encryption::from_keyring(&ring)?))
+        }
+        (Some(master), false) => {
+            if dir.join("storage").exists() || dir.join("wal").exists() {
+                return Err(StorageError::EncryptionMismatch(format!(
+                    "data directory {} holds unencrypted storage; refusing to mix it with \
+                     encrypted data (start without a master key, or use an empty directory)",
+                    dir.display()
+                )));
+            }
+            let ring = crypt::Keyring::create(dir, &master, crypt::CORE_STORES)?;
+            tracing::info!(keyring = %crypt::Keyring::path_in(dir).display(), "created the data keys for encryption at rest");
+            Ok(Some(Encryption::from_keyring(&ring)?))
+        }
+    }
+}
+
 /// Refuses to open an encrypted store without keys, or a plain one that holds data with keys;
 /// marks a new store as encrypted.
 fn check_format(ks: &Keyspaces) -> Result<(), StorageError> {
