@@ -89,6 +89,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use crypt;
 pub use reader::LogReader;
 pub use writer::LogWriter;
 
@@ -143,7 +144,7 @@ pub enum LogError {
         if *encrypted { "without a master key" } else { "with encryption" }
     )]
     EncryptionMismatch { path: PathBuf, encrypted: bool },
-    #[error("sealing a record: {0}")]
+    #[error("encryption at rest: {0}")]
     Seal(#[from] crypt::CryptError),
     #[error("cannot acknowledge offset {requested}: only {durable} is durable")]
     AckBeyondEnd { requested: Offset, durable: Offset },
