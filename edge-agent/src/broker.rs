@@ -19,11 +19,19 @@
 //!
 //! Packets are decoded and encoded by rumqttc's `mqttbytes` codecs (v4 and v5). The protocol
 //! level in the CONNECT packet picks the codec, so both listeners take both versions. Optional
-//! per-device username/password authentication and optional TLS (rustls with ring) apply to
-//! both listeners.
+//! per-device username/password authentication (Argon2id hashes, see `users`), topic ACLs
+//! (see `acl`) and TLS (rustls with ring, optionally requiring device client certificates)
+//! apply to both listeners.
+//!
+//! A publish the ACLs deny is dropped and counted, and acknowledged as MQTT asks: QoS 1 gets
+//! its PUBACK (MQTT 5: reason code 0x87 Not authorized), QoS 2 its PUBREC (MQTT 5: 0x87, which
+//! ends the flow), so a well-behaved client does not resend it forever. Those acknowledgements
+//! go out at once, possibly before those of earlier messages still waiting for their fsync.
 
+use crate::acl::{Acl, AclError};
 use crate::ingest::{AckTicket, Incoming};
 use crate::telemetry;
+use crate::users::{Users, UsersError};
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use rumqttc::mqttbytes::{self as mqtt4, v4};
@@ -64,10 +72,10 @@ pub(crate) enum BrokerError {
         addr: SocketAddr,
         source: io::Error,
     },
-    #[error("cannot read --mqtt-users-file {path}: {source}")]
-    UsersFile { path: PathBuf, source: io::Error },
-    #[error("invalid --mqtt-users-file {path} line {line}: expected USERNAME:PASSWORD")]
-    UsersLine { path: PathBuf, line: usize },
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error(transparent)]
+    Acl(#[from] AclError),
     #[error("cannot read MQTT TLS {what} from {path}: {source}")]
     TlsPem {
         what: &'static str,
@@ -76,59 +84,17 @@ pub(crate) enum BrokerError {
     },
     #[error("invalid MQTT TLS certificate or key: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("invalid --mqtt-tls-client-ca {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
 }
 
-/// Usernames and passwords of the devices allowed to connect.
-struct Users(HashMap<String, String>);
-
-impl Users {
-    /// Reads `USERNAME:PASSWORD` lines (the password is everything after the first `:`); blank
-    /// lines and lines starting with `#` are ignored.
-    fn load(path: &Path) -> Result<Self, BrokerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::UsersFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|line| BrokerError::UsersLine {
-            path: path.to_owned(),
-            line,
-        })
-    }
-
-    /// Err carries the 1-based number of the first bad line.
-    fn parse(text: &str) -> Result<Self, usize> {
-        let mut users = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            match line.split_once(':') {
-                Some((user, password)) if !user.is_empty() => {
-                    users.insert(user.to_owned(), password.to_owned());
-                }
-                _ => return Err(i + 1),
-            }
-        }
-        Ok(Self(users))
-    }
-
-    fn check(&self, login: Option<&Login>) -> bool {
-        let Some(login) = login else { return false };
-        match self.0.get(&login.username) {
-            Some(expected) => constant_time_eq(expected.as_bytes(), login.password.as_bytes()),
-            None => false,
-        }
-    }
-}
-
-/// Compares without an early exit on the first differing byte (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A rustls server configuration (ring provider) from a PEM certificate chain and key.
-fn server_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
+/// A rustls server configuration (ring provider) from a PEM certificate chain and key; with
+/// `client_ca`, clients must present a certificate that chains to it.
+fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let pem_err = |what, path: &Path| {
@@ -141,18 +107,47 @@ fn server_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Brok
         .map_err(pem_err("certificate", cert))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err("key", key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let bad = |reason: String| BrokerError::ClientCa {
+                path: ca.to_owned(),
+                reason,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+                roots
+                    .add(c.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What every connection of the endpoint shares.
 struct Settings {
     max_payload_bytes: usize,
-    users: Option<Users>,
+    users: Option<Arc<Users>>,
+    acl: Option<Acl>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Clients must present a certificate.
+    client_certs: bool,
+    /// The client certificate's CN is the username; no password check.
+    cert_as_username: bool,
     ingest: mpsc::Sender<Incoming>,
 }
 
@@ -169,8 +164,11 @@ pub(crate) struct Listeners {
     pub mqtt: SocketAddr,
     pub mqtt5: SocketAddr,
     listeners: [TcpListener; 2],
-    users: Option<Users>,
+    users: Option<Arc<Users>>,
+    acl: Option<Acl>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    client_certs: bool,
+    cert_as_username: bool,
 }
 
 impl Listeners {
@@ -182,9 +180,12 @@ impl Listeners {
             .mqtt_users_file
             .as_deref()
             .map(Users::load)
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
+        let acl = config.mqtt_acl_file.as_deref().map(Acl::load).transpose()?;
+        let client_ca = config.mqtt_tls_client_ca.as_deref();
         let tls = match (&config.mqtt_tls_cert, &config.mqtt_tls_key) {
-            (Some(cert), Some(key)) => Some(server_tls(cert, key)?),
+            (Some(cert), Some(key)) => Some(server_tls(cert, key, client_ca)?),
             _ => None,
         };
         Ok(Self {
@@ -192,18 +193,31 @@ impl Listeners {
             mqtt5,
             listeners: [l4, l5],
             users,
+            acl,
+            client_certs: tls.is_some() && client_ca.is_some(),
             tls,
+            cert_as_username: config.mqtt_tls_client_cert_as_username,
         })
     }
 
     /// Whether clients must log in / speak TLS (for the start-up line).
-    pub(crate) fn describe(&self) -> &'static str {
-        match (self.users.is_some(), self.tls.is_some()) {
-            (false, false) => "plain, anonymous",
-            (true, false) => "plain, users file",
-            (false, true) => "tls, anonymous",
-            (true, true) => "tls, users file",
-        }
+    pub(crate) fn describe(&self) -> String {
+        let transport = match (self.tls.is_some(), self.client_certs) {
+            (false, _) => "plain",
+            (true, false) => "tls",
+            (true, true) => "tls with client certificates",
+        };
+        let login = match (self.cert_as_username, self.users.is_some()) {
+            (true, _) => "certificate name as username",
+            (false, true) => "users file",
+            (false, false) => "anonymous",
+        };
+        let acl = if self.acl.is_some() {
+            ", topic ACLs"
+        } else {
+            ""
+        };
+        format!("{transport}, {login}{acl}")
     }
 
     /// Serves both listeners until `stop` turns true.
@@ -216,7 +230,10 @@ impl Listeners {
         let settings = Arc::new(Settings {
             max_payload_bytes,
             users: self.users,
+            acl: self.acl,
             tls: self.tls,
+            client_certs: self.client_certs,
+            cert_as_username: self.cert_as_username,
             ingest,
         });
         let limit = connection_limit();
@@ -307,14 +324,46 @@ async fn connection(
     // Acknowledgements are small and latency matters more than packing.
     socket.set_nodelay(true)?;
     match &settings.tls {
-        None => session(socket, peer, settings, stop).await,
+        None => session(socket, peer, settings, None, stop).await,
         Some(acceptor) => {
             let tls = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(socket))
                 .await
-                .map_err(|_| SessionError::ConnectTimeout)??;
-            session(tls, peer, settings, stop).await
+                .map_err(|_| SessionError::ConnectTimeout)?
+                .inspect_err(|e| {
+                    // Most likely a device without an acceptable certificate: worth a line.
+                    if settings.client_certs {
+                        warn!(%peer, error = %e, "MQTT TLS handshake failed");
+                    }
+                })?;
+            let cert_name = if settings.cert_as_username {
+                let name = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| common_name(leaf.as_ref()));
+                if name.is_none() {
+                    counter!(telemetry::MQTT_AUTH_FAILURES).increment(1);
+                    warn!(%peer, "refused MQTT client: its certificate has no common name");
+                    return Err(SessionError::Refused("client certificate without a name"));
+                }
+                name
+            } else {
+                None
+            };
+            session(tls, peer, settings, cert_name, stop).await
         }
     }
+}
+
+/// The (first) common name of a DER certificate's subject.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str()
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,10 +432,19 @@ enum Reply {
     ConnAck(ConnCode),
     PubAck(u16),
     PubRec(u16),
+    /// Acknowledgements of publishes the ACLs dropped (MQTT 5: reason 0x87).
+    PubAckDenied(u16),
+    PubRecDenied(u16),
     PubComp(u16),
     PingResp,
-    SubAck { pkid: u16, filters: usize },
-    UnsubAck { pkid: u16, filters: usize },
+    SubAck {
+        pkid: u16,
+        filters: usize,
+    },
+    UnsubAck {
+        pkid: u16,
+        filters: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -544,8 +602,13 @@ fn reply_v4(reply: Reply) -> v4::Packet {
             },
             false,
         )),
-        Reply::PubAck(pkid) => v4::Packet::PubAck(v4::PubAck::new(pkid)),
-        Reply::PubRec(pkid) => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+        // MQTT 3.1.1 has no way to say "refused": the acknowledgement is the plain one.
+        Reply::PubAck(pkid) | Reply::PubAckDenied(pkid) => {
+            v4::Packet::PubAck(v4::PubAck::new(pkid))
+        }
+        Reply::PubRec(pkid) | Reply::PubRecDenied(pkid) => {
+            v4::Packet::PubRec(v4::PubRec::new(pkid))
+        }
         Reply::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
         Reply::PingResp => v4::Packet::PingResp,
         Reply::SubAck { pkid, filters } => v4::Packet::SubAck(v4::SubAck::new(
@@ -592,6 +655,16 @@ fn reply_v5(reply: Reply) -> v5::Packet {
         }
         Reply::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
         Reply::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(pkid, None)),
+        Reply::PubAckDenied(pkid) => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: v5::PubAckReason::NotAuthorized,
+            properties: None,
+        }),
+        Reply::PubRecDenied(pkid) => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: v5::PubRecReason::NotAuthorized,
+            properties: None,
+        }),
         Reply::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
         Reply::PingResp => v5::Packet::PingResp(v5::PingResp),
         Reply::SubAck { pkid, filters } => v5::Packet::SubAck(v5::SubAck {
@@ -636,6 +709,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     settings: &Settings,
+    cert_name: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -675,9 +749,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "first packet is not CONNECT".to_owned(),
         ));
     };
-    if let Some(users) = &settings.users
-        && !users.check(login.as_ref())
-    {
+    // Who the client is, for the ACLs: its certificate's name, or the username it logged in
+    // with (checked against the users file when there is one).
+    let username = match cert_name {
+        Some(name) => Some(name),
+        None => login.as_ref().map(|l| l.username.clone()),
+    };
+    let logged_in = match (&settings.users, settings.cert_as_username, &login) {
+        (None, _, _) | (_, true, _) => true,
+        (Some(users), false, Some(l)) => users.check(&l.username, &l.password).await,
+        (Some(_), false, None) => false,
+    };
+    if !logged_in {
         counter!(telemetry::MQTT_AUTH_FAILURES).increment(1);
         warn!(
             %peer,
@@ -703,6 +786,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // MQTT: the server closes a connection silent for 1.5 times the keep-alive.
     let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let mut deadline = idle.map(|d| Instant::now() + d);
+    // The first ACL denial of a connection is logged at warn, the rest at debug.
+    let mut warned = false;
 
     let result = 'session: loop {
         let can_read = inflight < MAX_INFLIGHT;
@@ -739,6 +824,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     match event {
                         Event::Publish { qos, pkid, topic, payload } => {
+                            if !acl_allows(settings, username.as_deref(), &client_id, &topic, peer, &mut warned) {
+                                match (qos, version) {
+                                    (1, _) => version.write(Reply::PubAckDenied(pkid), &mut out),
+                                    // MQTT 5: a PUBREC with a failure code ends the exchange.
+                                    (2, Version::V5) => version.write(Reply::PubRecDenied(pkid), &mut out),
+                                    (2, Version::V4) => {
+                                        // 3.1.1: the client still sends PUBREL.
+                                        qos2.insert(pkid, true);
+                                        version.write(Reply::PubRecDenied(pkid), &mut out);
+                                    }
+                                    _ => {}
+                                }
+                                continue;
+                            }
                             let ack = match qos {
                                 0 => None,
                                 2 if qos2.contains_key(&pkid) => {
@@ -808,9 +907,49 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = wr.write_all(&out).await;
     }
     if result.is_err() {
+        if let Some(w) = &will
+            && !acl_allows(
+                settings,
+                username.as_deref(),
+                &client_id,
+                &w.topic,
+                peer,
+                &mut warned,
+            )
+        {
+            will = None;
+        }
         publish_will(will, settings, peer).await;
     }
     result
+}
+
+/// Whether the ACLs (if any) let this client publish to `topic`; a denial is counted and
+/// logged (at warn the first time per connection).
+fn acl_allows(
+    settings: &Settings,
+    username: Option<&str>,
+    client_id: &str,
+    topic: &[u8],
+    peer: SocketAddr,
+    warned: &mut bool,
+) -> bool {
+    let Some(acl) = &settings.acl else {
+        return true;
+    };
+    // MQTT topics are UTF-8; anything else matches no rule.
+    let topic = std::str::from_utf8(topic).unwrap_or_default();
+    if !topic.is_empty() && acl.allows(username, client_id, topic) {
+        return true;
+    }
+    counter!(telemetry::MQTT_ACL_DENIED).increment(1);
+    if *warned {
+        debug!(%peer, client_id, username, topic, "MQTT publish denied by the ACLs; dropped");
+    } else {
+        *warned = true;
+        warn!(%peer, client_id, username, topic, "MQTT publish denied by the ACLs; dropped (further denials on this connection are logged at debug)");
+    }
+    false
 }
 
 /// The will of a client that went away without DISCONNECT is ingested like a QoS 0 publish.
@@ -862,22 +1001,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn users_file_lines() {
-        let users = Users::parse("# devices\n\ndev1:secret\ndev2:pa:ss\r\n").expect("valid");
-        let login = |u: &str, p: &str| Login {
-            username: u.to_owned(),
-            password: p.to_owned(),
-        };
-        assert!(users.check(Some(&login("dev1", "secret"))));
-        assert!(users.check(Some(&login("dev2", "pa:ss"))));
-        assert!(!users.check(Some(&login("dev1", "secreT"))));
-        assert!(!users.check(Some(&login("dev3", "secret"))));
-        assert!(!users.check(None));
-        assert_eq!(Users::parse("ok:1\nno-colon\n").err(), Some(2));
-        assert_eq!(Users::parse(":nouser").err(), Some(1));
-    }
 
     #[test]
     fn sniff_reads_the_protocol_level() {

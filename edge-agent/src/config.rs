@@ -181,6 +181,15 @@ pub struct AgentConfig {
     /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
     pub mqtt_tls_cert: Option<PathBuf>,
     pub mqtt_tls_key: Option<PathBuf>,
+    /// Topic ACLs (mosquitto `acl_file` format): when set, a publish is taken only if a rule
+    /// allows its topic for the client's username and client id.
+    pub mqtt_acl_file: Option<PathBuf>,
+    /// CA (PEM) device client certificates must chain to: when set, the TLS listeners require
+    /// and verify a client certificate.
+    pub mqtt_tls_client_ca: Option<PathBuf>,
+    /// The client certificate's common name is the username (for ACLs); the users file is
+    /// not consulted.
+    pub mqtt_tls_client_cert_as_username: bool,
     /// Bridge mode: also subscribe to an existing broker.
     pub bridge: Option<BridgeConfig>,
 }
@@ -213,6 +222,9 @@ impl Default for AgentConfig {
             mqtt_users_file: None,
             mqtt_tls_cert: None,
             mqtt_tls_key: None,
+            mqtt_acl_file: None,
+            mqtt_tls_client_ca: None,
+            mqtt_tls_client_cert_as_username: false,
             bridge: None,
         }
     }
@@ -291,6 +303,9 @@ impl AgentConfig {
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
             mqtt_tls_cert: cli.mqtt_tls_cert.or(file.mqtt_tls_cert),
             mqtt_tls_key: cli.mqtt_tls_key.or(file.mqtt_tls_key),
+            mqtt_acl_file: cli.mqtt_acl_file.or(file.mqtt_acl_file),
+            mqtt_tls_client_ca: cli.mqtt_tls_client_ca.or(file.mqtt_tls_client_ca),
+            mqtt_tls_client_cert_as_username: layer!(mqtt_tls_client_cert_as_username),
             bridge_broker: cli.bridge_broker.or(file.bridge_broker),
             bridge_topic: layer!(bridge_topic),
             bridge_client_id: cli.bridge_client_id.or(file.bridge_client_id),
@@ -347,6 +362,15 @@ impl AgentConfig {
             (None, Some(_)) => return Err(ConfigError::Requires("mqtt-tls-key", "mqtt-tls-cert")),
             _ => {}
         }
+        if self.mqtt_tls_client_ca.is_some() && self.mqtt_tls_cert.is_none() {
+            return Err(ConfigError::Requires("mqtt-tls-client-ca", "mqtt-tls-cert"));
+        }
+        if self.mqtt_tls_client_cert_as_username && self.mqtt_tls_client_ca.is_none() {
+            return Err(ConfigError::Requires(
+                "mqtt-tls-client-cert-as-username",
+                "mqtt-tls-client-ca",
+            ));
+        }
         let listeners = [
             ("mqtt-listen", self.mqtt_listen),
             ("mqtt5-listen", self.mqtt5_listen),
@@ -382,7 +406,12 @@ fn range(option: &'static str, value: u64, min: u64, max: u64) -> Result<(), Con
 /// by --config (keys are the option names without `--`). Flags override the environment, which
 /// overrides the file, which overrides the defaults.
 #[derive(Debug, Parser)]
-#[command(name = "edge-agent", version)]
+#[command(
+    name = "edge-agent",
+    version,
+    after_help = "Subcommand: `edge-agent passwd --file PATH USERNAME` writes a device's password \
+                  hash into the MQTT users file (see `edge-agent passwd --help`)."
+)]
 struct Cli {
     /// TOML file with any of the options below
     #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_CONFIG")]
@@ -475,8 +504,10 @@ struct Cli {
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BACKLOG_RATE", default_value_t = DEFAULT_BACKLOG_RATE)]
     backlog_rate: u64,
 
-    /// File of USERNAME:PASSWORD lines; when given, MQTT clients must log in with one of them
-    /// (others get CONNACK "bad username or password", counted and logged)
+    /// File of USERNAME:PASSWORD_HASH lines (write them with `edge-agent passwd --file PATH
+    /// USER`; plaintext passwords still work, with a deprecation warning); when given, MQTT
+    /// clients must log in with one of them (others get CONNACK "bad username or password",
+    /// counted and logged)
     #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MQTT_USERS_FILE")]
     mqtt_users_file: Option<PathBuf>,
 
@@ -487,6 +518,22 @@ struct Cli {
     /// Private key (PEM) for --mqtt-tls-cert
     #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_MQTT_TLS_KEY")]
     mqtt_tls_key: Option<PathBuf>,
+
+    /// Topic ACL file (mosquitto acl_file format: `user NAME`, `topic write FILTER`,
+    /// `pattern write FILTER` with %u = username, %c = client id, + and # wildcards); when
+    /// given, a publish to a topic no rule allows is dropped and counted
+    #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MQTT_ACL_FILE")]
+    mqtt_acl_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) for device client certificates: the TLS listeners then require a
+    /// client certificate that chains to it (needs --mqtt-tls-cert)
+    #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_MQTT_TLS_CLIENT_CA")]
+    mqtt_tls_client_ca: Option<PathBuf>,
+
+    /// Use the client certificate's common name as the MQTT username (for ACLs); no password
+    /// is checked (needs --mqtt-tls-client-ca)
+    #[arg(long, env = "UPDRAFT_EDGE_MQTT_TLS_CLIENT_CERT_AS_USERNAME")]
+    mqtt_tls_client_cert_as_username: bool,
 
     /// Bridge mode: also subscribe to this existing MQTT broker (HOST:PORT, MQTT 3.1.1,
     /// persistent session, QoS 1, acknowledged only after the buffer's fsync)
@@ -584,6 +631,9 @@ impl Cli {
             mqtt_users_file: self.mqtt_users_file,
             mqtt_tls_cert: self.mqtt_tls_cert,
             mqtt_tls_key: self.mqtt_tls_key,
+            mqtt_acl_file: self.mqtt_acl_file,
+            mqtt_tls_client_ca: self.mqtt_tls_client_ca,
+            mqtt_tls_client_cert_as_username: self.mqtt_tls_client_cert_as_username,
             bridge,
         };
         config.validate()?;
@@ -616,6 +666,9 @@ struct FileConfig {
     mqtt_users_file: Option<PathBuf>,
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,
+    mqtt_acl_file: Option<PathBuf>,
+    mqtt_tls_client_ca: Option<PathBuf>,
+    mqtt_tls_client_cert_as_username: Option<bool>,
     bridge_broker: Option<String>,
     bridge_topic: Option<Vec<String>>,
     bridge_client_id: Option<String>,

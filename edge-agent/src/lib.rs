@@ -16,7 +16,11 @@
 //! - [`config`]: command line, environment and TOML file, layered into a validated
 //!   [`config::AgentConfig`].
 //! - `broker`: the embedded MQTT 3.1.1/5 listeners (rumqttc's packet codecs), with optional
-//!   users file and TLS; a QoS 1 PUBACK goes out only after the fsync.
+//!   users file, topic ACLs and TLS (optionally with device client certificates); a QoS 1
+//!   PUBACK goes out only after the fsync.
+//! - [`users`]: the users file (Argon2id password hashes, `edge-agent passwd`) and the
+//!   cached password check.
+//! - `acl`: topic ACLs (mosquitto `acl_file` format, `%u`/`%c`, `+`/`#`).
 //! - `bridge`: bridge mode, a persistent rumqttc session on another broker, acknowledged
 //!   manually after the fsync.
 //! - `mapping`: mapping rules (topic patterns, first match wins) and payload decoders (number,
@@ -41,6 +45,7 @@
 
 pub mod config;
 
+mod acl;
 mod bridge;
 mod broker;
 mod buffer;
@@ -49,6 +54,7 @@ mod ingest;
 mod mapping;
 mod telemetry;
 mod uplink;
+pub mod users;
 
 use anyhow::{Context, anyhow};
 use buffer::LogOptions;

@@ -1,5 +1,8 @@
 //! `edge-agent`: parses the configuration, sets up logs and metrics, and runs the agent until
 //! Ctrl-C or SIGTERM. Everything else lives in the library.
+//!
+//! One subcommand: `edge-agent passwd --file FILE USERNAME` sets a device's password hash in
+//! the MQTT users file (the password is read from the terminal, without echo, or from stdin).
 
 use edge_agent::config::AgentConfig;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -26,6 +29,9 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    if std::env::args_os().nth(1).is_some_and(|a| a == "passwd") {
+        return passwd();
+    }
     // Exits with clap's usage message (status 2) on unknown flags, prints --help/--version.
     let config = match AgentConfig::from_args() {
         Ok(config) => config,
@@ -39,6 +45,75 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(None, &e, 1),
     }
+}
+
+/// `edge-agent passwd`: sets a device's password in the MQTT users file.
+#[derive(clap::Parser)]
+#[command(
+    name = "edge-agent passwd",
+    about = "Set a device's MQTT password in the users file (--mqtt-users-file), as an Argon2id \
+             hash; the line of that user is replaced, other lines are kept. The password is read \
+             from the terminal without echo, or as the first line of stdin."
+)]
+struct PasswdArgs {
+    /// The users file (created if missing, mode 0600)
+    #[arg(long, value_name = "PATH")]
+    file: std::path::PathBuf,
+    /// The device's MQTT username
+    username: String,
+}
+
+fn passwd() -> ExitCode {
+    use clap::Parser;
+    let args = PasswdArgs::parse_from(std::env::args_os().skip(1));
+    let password = match read_password(&args.username) {
+        Ok(p) => p,
+        Err(e) => return fail(Some("cannot read the password"), &e, 1),
+    };
+    if password.is_empty() {
+        eprintln!("edge-agent passwd: empty password refused");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match edge_agent::users::set_password(&args.file, &args.username, &password) {
+        Ok(replaced) => {
+            let what = if replaced { "replaced" } else { "added" };
+            eprintln!(
+                "{what} the password of {} in {}; agents read the file at start",
+                args.username,
+                args.file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(None, &e, 1),
+    }
+}
+
+/// The first line of stdin; from a terminal, after a prompt and with echo turned off (by
+/// `stty`, which works on the terminal it inherits).
+fn read_password(username: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if tty {
+        eprint!("password for {username}: ");
+        if !stty("-echo") {
+            anyhow::bail!("cannot turn the terminal's echo off (stty); pipe the password in");
+        }
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if tty {
+        stty("echo");
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// Prints one line with the error and its causes. Causes whose text the previous message

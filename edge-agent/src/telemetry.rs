@@ -24,6 +24,7 @@ pub(crate) const UPLINK_ERRORS: &str = "updraft_edge_uplink_errors_total";
 pub(crate) const UPLINK_RTT: &str = "updraft_edge_uplink_rtt_seconds";
 pub(crate) const UPLINK_ACTIVE: &str = "updraft_edge_uplink_active";
 pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
+pub(crate) const MQTT_ACL_DENIED: &str = "updraft_edge_mqtt_acl_denied_total";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
 pub(crate) const BUFFER_MAX_BYTES: &str = "updraft_edge_buffer_max_bytes";
@@ -81,7 +82,12 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
         BRIDGE_ERRORS,
         "bridge connection failures (each is followed by a reconnect attempt)"
     );
+    describe_counter!(
+        MQTT_ACL_DENIED,
+        "MQTT publishes dropped because the --mqtt-acl-file does not allow their topic"
+    );
     counter!(MQTT_AUTH_FAILURES).absolute(0);
+    counter!(MQTT_ACL_DENIED).absolute(0);
     counter!(BRIDGE_REDELIVERED).absolute(0);
     counter!(BRIDGE_ERRORS).absolute(0);
     describe_counter!(
