@@ -9,7 +9,9 @@
 //! nothing. Every acknowledgement and every read must match the model exactly (values bit for
 //! bit). On a mismatch proptest shrinks the operation list and prints it, one op per line.
 
-use core_node::storage::{CompactionOptions, Durability, Pending, Storage, StorageOptions};
+use core_node::storage::{
+    CompactionOptions, Durability, Encryption, Pending, Storage, StorageOptions,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -677,8 +679,9 @@ fn scratch_dir() -> Result<tempfile::TempDir, String> {
     dir.map_err(|e| format!("temporary directory: {e}"))
 }
 
-fn open(dir: &Path) -> Result<Storage, String> {
+fn open(dir: &Path, encryption: Option<&Encryption>) -> Result<Storage, String> {
     let options = StorageOptions {
+        encryption: encryption.cloned(),
         // No fsync per group commit: the test reopens in-process, where what the OS holds is
         // what a reopen reads back; fsyncs would only slow it down.
         durability: Durability::Buffered,
@@ -722,12 +725,14 @@ struct Harness {
     /// Every batch submitted so far, for resends.
     history: Vec<WriteOp>,
     pending: Vec<InFlight>,
+    /// The data keys every open uses when the case runs with encryption at rest.
+    encryption: Option<Encryption>,
 }
 
 impl Harness {
-    fn new() -> Result<Self, String> {
+    fn new(encryption: Option<Encryption>) -> Result<Self, String> {
         let dir = scratch_dir()?;
-        let storage = Some(open(dir.path())?);
+        let storage = Some(open(dir.path(), encryption.as_ref())?);
         Ok(Self {
             dir,
             storage,
@@ -735,6 +740,7 @@ impl Harness {
             stats: Stats::default(),
             history: Vec::new(),
             pending: Vec::new(),
+            encryption,
         })
     }
 
@@ -783,7 +789,7 @@ impl Harness {
                 self.stats.queued_at_drop += self.pending.len();
                 self.storage = None;
                 drain(&mut self.pending, &mut self.stats)?;
-                self.storage = Some(open(self.dir.path())?);
+                self.storage = Some(open(self.dir.path(), self.encryption.as_ref())?);
                 return check_all(self.storage()?, &self.model);
             }
             _ => {}
@@ -821,7 +827,12 @@ impl Harness {
 
 /// Replays `ops` against a fresh storage and the model; the error names the op that diverged.
 fn run(ops: &[Op]) -> Result<Stats, String> {
-    let mut h = Harness::new()?;
+    run_with(ops, None)
+}
+
+/// [`run`], with encryption at rest when `encryption` is given.
+fn run_with(ops: &[Op], encryption: Option<Encryption>) -> Result<Stats, String> {
+    let mut h = Harness::new(encryption)?;
     for (i, op) in ops.iter().enumerate() {
         h.step(i, op)
             .map_err(|e| format!("at op #{i} {op:?}: {e}"))?;
@@ -841,8 +852,23 @@ fn cases() -> u32 {
 /// The property: whatever the operations, storage answers exactly as the model does.
 #[test]
 fn storage_agrees_with_a_last_write_wins_model() {
+    check_property(cases(), || None);
+}
+
+/// The same property with encryption at rest (sealed values, hashed posting keys, the
+/// encrypted label dictionary), on half as many cases.
+#[test]
+fn encrypted_storage_agrees_with_a_last_write_wins_model() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let master = crypt::MasterKey::generate().expect("random");
+    let ring = crypt::Keyring::create(keys.path(), &master, crypt::CORE_STORES).expect("keyring");
+    let encryption = Encryption::from_keyring(&ring).expect("keys");
+    check_property(cases().div_ceil(2), || Some(encryption.clone()));
+}
+
+fn check_property(cases: u32, encryption: impl Fn() -> Option<Encryption>) {
     let config = Config {
-        cases: cases(),
+        cases,
         max_shrink_iters: 4096,
         // A failure shrinks for at most this long (ms), then reports the smallest list so far.
         max_shrink_time: 60_000,
@@ -854,7 +880,7 @@ fn storage_agrees_with_a_last_write_wins_model() {
     let ops = prop::collection::vec(op(), 1..=40).prop_map(Ops);
     let totals = Cell::new(Stats::default());
     let result = TestRunner::new(config).run(&ops, |ops| {
-        let stats = run(&ops.0).map_err(TestCaseError::fail)?;
+        let stats = run_with(&ops.0, encryption()).map_err(TestCaseError::fail)?;
         let mut t = totals.get();
         t.add(stats);
         totals.set(t);
