@@ -13,14 +13,18 @@
 //! rounds), [`chunking`] (how each system cuts series into chunks), [`quic_client`] (batches to
 //! a core node over QUIC), and [`DatasetArgs`] (which datasets, how large).
 
+pub mod all;
 pub mod billion;
 pub mod chunking;
 pub mod codec;
 pub mod figure;
+pub mod freshness;
+pub mod ingest;
 pub mod machine;
 pub mod mqtt;
 pub mod query;
 pub mod quic_client;
+pub mod storage;
 pub mod table;
 pub mod timing;
 
@@ -53,16 +57,37 @@ pub enum Scenario {
     /// MQTT msgs/s (QoS 0, 1) into the edge agent's fsynced buffer and PUBACK latency, RSS and
     /// CPU, against mosquitto 2.0 forwarding to one subscriber, both pinned to one CPU.
     Mqtt(mqtt::MqttArgs),
+    /// Bytes/sample on disk after compaction: a core-node process against Prometheus 2.42
+    /// (promtool blocks) and InfluxDB 1.6.7, on the three datasets.
+    Storage(storage::StorageArgs),
+    /// Samples/s, CPU per sample and peak RSS: remote_write against Prometheus 2.42, line
+    /// protocol against InfluxDB 1.6.7.
+    Ingest(ingest::IngestArgs),
+    /// MQTT publish to queryable through a real edge agent and core node: p50/p99/p99.9.
+    Freshness(freshness::FreshnessArgs),
+    /// Every scenario in turn (at least 3 rounds where medians are reported); with
+    /// `--write-markdown BENCHMARKS.md`, the tables, the machine and the commands.
+    All(all::AllArgs),
 }
 
 /// Runs one scenario; its figures go to stdout as a table or JSON lines.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut reporter = Reporter::new(args.json);
-    match args.scenario {
-        Scenario::Codec(a) => codec::run(&a, &mut reporter)?,
-        Scenario::Billion(a) => billion::run(&a, &mut reporter)?,
-        Scenario::Query(a) => query::run(&a, &mut reporter)?,
-        Scenario::Mqtt(a) => mqtt::run(&a, &mut reporter)?,
+    run_scenario(args.scenario, &mut reporter)
+}
+
+/// Runs one scenario with `reporter` (`bench all` runs several with one).
+pub fn run_scenario(scenario: Scenario, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let reporter = &mut *reporter;
+    match scenario {
+        Scenario::Codec(a) => codec::run(&a, reporter)?,
+        Scenario::Billion(a) => billion::run(&a, reporter)?,
+        Scenario::Query(a) => query::run(&a, reporter)?,
+        Scenario::Mqtt(a) => mqtt::run(&a, reporter)?,
+        Scenario::Storage(a) => storage::run(&a, reporter)?,
+        Scenario::Ingest(a) => ingest::run(&a, reporter)?,
+        Scenario::Freshness(a) => freshness::run(&a, reporter)?,
+        Scenario::All(a) => all::run(&a, reporter)?,
     }
     Ok(())
 }
@@ -139,6 +164,8 @@ pub fn describe_spec(spec: &DatasetSpec) -> String {
 pub struct Reporter {
     json: bool,
     machine: Machine,
+    /// Every result printed so far, as markdown (kept with `--json` too), for BENCHMARKS.md.
+    results: Vec<String>,
 }
 
 impl Reporter {
@@ -146,6 +173,7 @@ impl Reporter {
         Self {
             json,
             machine: Machine::detect(),
+            results: Vec::new(),
         }
     }
 
@@ -175,19 +203,26 @@ impl Reporter {
         table: &Table,
         footnotes: &[String],
     ) {
+        let mut md = format!("\n### {heading}\n\n{}\n", table.render());
+        // A blank line after each footnote: each is its own paragraph in markdown.
+        for f in footnotes {
+            md.push_str(f);
+            md.push_str("\n\n");
+        }
+        md.push_str(&format!("Machine: {}.\n", self.machine));
         if self.json {
             for f in figures {
                 println!("{}", f.to_json_line());
             }
-            return;
+        } else {
+            print!("{md}");
         }
-        println!("\n### {heading}\n");
-        print!("{}", table.render());
-        println!();
-        for f in footnotes {
-            println!("{f}");
-        }
-        println!("Machine: {}.", self.machine);
+        self.results.push(md);
+    }
+
+    /// The markdown of every result since the last call (for `bench all`).
+    pub fn take_results(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.results)
     }
 }
 

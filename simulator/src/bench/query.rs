@@ -29,8 +29,8 @@
 //! Durability is not equal by default: Updraft fsyncs its WAL before answering a write
 //! (`--durability buffered` hands it to the OS only), Prometheus writes its WAL without fsync.
 
-mod http;
-mod servers;
+pub(crate) mod http;
+pub(crate) mod servers;
 
 use super::codec::thousands;
 use super::table::{Table, format_value};
@@ -165,7 +165,7 @@ fn shapes(long: &DatasetSpec, short: &DatasetSpec) -> Vec<Shape> {
 
 /// Remote_write bodies for `series`, in global time order: for each window of
 /// `samples_per_series` samples, the series in groups of `series_per_request`.
-fn encode_requests(
+pub(crate) fn encode_requests(
     series: &[SeriesData],
     series_per_request: usize,
     samples_per_series: usize,
@@ -327,7 +327,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 }
 
 /// Bytes of every file under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The value of an unlabelled sample in Prometheus exposition text.
-pub(super) fn metric_value(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (n, v) = l.rsplit_once(' ')?;
         (n == name).then(|| v.parse().ok())?
@@ -15,7 +15,7 @@ pub(super) fn metric_value(text: &str, name: &str) -> Option<f64> {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct DiskUsage {
+pub(crate) struct DiskUsage {
     pub total: u64,
     /// Bytes by part, largest first: `wal` (the node's write-ahead log), `fjall journal`,
     /// `keyspaces/<id>` (one fjall keyspace's tables; fjall numbers keyspaces in creation
@@ -40,7 +40,7 @@ impl DiskUsage {
 }
 
 /// Waits (at most a minute) until the directory's size stops changing, then measures it.
-pub(super) fn settle_disk(dir: &Path) -> anyhow::Result<DiskUsage> {
+pub(crate) fn settle_disk(dir: &Path) -> anyhow::Result<DiskUsage> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = disk_usage(dir)?;
     let mut stable = 0;
@@ -99,7 +99,7 @@ fn disk_usage(dir: &Path) -> anyhow::Result<DiskUsage> {
 }
 
 /// A `kB` field of /proc/self/status, in bytes.
-pub(super) fn proc_status_bytes(field: &str) -> Option<u64> {
+pub(crate) fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status
         .lines()
@@ -109,7 +109,7 @@ pub(super) fn proc_status_bytes(field: &str) -> Option<u64> {
 }
 
 /// CPU time (user + system) of a thread from `/proc/<path>/stat`, e.g. `thread-self`.
-pub(super) fn thread_cpu(path: &str) -> Option<Duration> {
+pub(crate) fn thread_cpu(path: &str) -> Option<Duration> {
     Some(parse_stat(&std::fs::read_to_string(format!("/proc/{path}/stat")).ok()?)?.1)
 }
 
@@ -127,7 +127,7 @@ fn parse_stat(stat: &str) -> Option<(String, Duration)> {
 }
 
 /// CPU time of every live thread of this process, by thread id.
-pub(super) fn threads_cpu() -> HashMap<String, (String, Duration)> {
+pub(crate) fn threads_cpu() -> HashMap<String, (String, Duration)> {
     let mut out = HashMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
@@ -146,7 +146,7 @@ pub(super) fn threads_cpu() -> HashMap<String, (String, Duration)> {
 
 /// CPU used between two snapshots, summed per thread name, largest first. Threads that ended
 /// in between are missing (the generator reports its own).
-pub(super) fn cpu_diff(
+pub(crate) fn cpu_diff(
     before: &HashMap<String, (String, Duration)>,
     after: &HashMap<String, (String, Duration)>,
 ) -> Vec<(String, Duration)> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
-pub(super) struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: Vec<u8>,
 }
@@ -24,12 +24,12 @@ impl Response {
 }
 
 /// `GET path_and_query`.
-pub(super) fn get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<Response> {
+pub(crate) fn get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<Response> {
     request(addr, "GET", path_and_query, &[], &[])
 }
 
 /// `POST path` with `body` and extra `headers`.
-pub(super) fn post(
+pub(crate) fn post(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -132,7 +132,7 @@ fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
-pub(super) fn encode_component(s: &str) -> String {
+pub(crate) fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One server process and where it answers HTTP.
-pub(super) struct Server {
+pub(crate) struct Server {
     pub name: &'static str,
     pub addr: SocketAddr,
     /// Path of remote_write's endpoint.
@@ -22,8 +22,53 @@ pub(super) struct Server {
 }
 
 impl Server {
+    /// Wraps a started process; [`Server::wait_ready`] next.
+    pub(crate) fn new(
+        name: &'static str,
+        addr: SocketAddr,
+        write_path: &'static str,
+        child: Child,
+    ) -> Self {
+        Self {
+            name,
+            addr,
+            write_path,
+            child,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM` of `/proc/<pid>/status`).
+    pub(crate) fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        parse_status_kib(&status, "VmHWM").with_context(|| format!("no VmHWM in {path}"))
+    }
+
+    /// Stops the process the way an operator would (SIGTERM through `kill`, so no unsafe
+    /// code here), waits up to `limit` for it to exit, and kills it after that.
+    pub(crate) fn terminate(mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!(
+                    "{} still running {limit:?} after SIGTERM; killed",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// CPU time (user + system) the process has used so far, all threads.
@@ -53,7 +98,7 @@ impl Server {
         Ok(start.elapsed())
     }
 
-    fn wait_ready(&mut self, path: &str, log: &Path) -> anyhow::Result<()> {
+    pub(crate) fn wait_ready(&mut self, path: &str, log: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -63,7 +108,8 @@ impl Server {
                     log.display()
                 );
             }
-            if http::get(self.addr, path).is_ok_and(|r| r.status == 200) {
+            // 2xx: InfluxDB 1.6's `/ping` answers 204.
+            if http::get(self.addr, path).is_ok_and(|r| (200..300).contains(&r.status)) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -96,23 +142,32 @@ fn parse_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// A `kB` field of a `/proc/<pid>/status` text, in bytes.
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A loopback TCP address nobody listens on right now.
-pub(super) fn free_tcp() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_tcp() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn free_udp() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_udp() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+pub(crate) fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
 
 /// Starts Prometheus on `data_dir` (which may already hold backfilled blocks) and waits until
 /// it is ready. Retention is ten years so the 2024 blocks are not deleted as expired.
-pub(super) fn start_prometheus(
+pub(crate) fn start_prometheus(
     binary: &Path,
     root: &Path,
     data_dir: &Path,
@@ -147,11 +202,20 @@ pub(super) fn start_prometheus(
 
 /// Creates certificates (the QUIC listener needs them even though only HTTP is used), then
 /// starts `core-node` on a fresh data directory and waits for `/health`.
-pub(super) fn start_core_node(
+pub(crate) fn start_core_node(
     binary: &Path,
     root: &Path,
     durability: Durability,
 ) -> anyhow::Result<Server> {
+    start_core_node_with_quic(binary, root, durability).map(|(server, _)| server)
+}
+
+/// [`start_core_node`], also returning the node's QUIC address (for an edge agent).
+pub(crate) fn start_core_node_with_quic(
+    binary: &Path,
+    root: &Path,
+    durability: Durability,
+) -> anyhow::Result<(Server, SocketAddr)> {
     let certs = root.join("certs");
     let status = Command::new(binary)
         .args(["certs", "--dir"])
@@ -197,10 +261,10 @@ pub(super) fn start_core_node(
         child,
     };
     server.wait_ready("/health", &log)?;
-    Ok(server)
+    Ok((server, quic))
 }
 
-pub(super) fn durability_name(d: Durability) -> &'static str {
+pub(crate) fn durability_name(d: Durability) -> &'static str {
     match d {
         Durability::Fsync => "fsync",
         Durability::Buffered => "buffered",
@@ -209,7 +273,7 @@ pub(super) fn durability_name(d: Durability) -> &'static str {
 
 /// `core-node` next to the running simulator (both are built into the same target directory),
 /// else `target/release/core-node` under the current directory.
-pub(super) fn default_core_node() -> PathBuf {
+pub(crate) fn default_core_node() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.join("core-node")))
@@ -228,5 +292,12 @@ mod tests {
         assert_eq!(parse_cpu("garbage"), None);
         let own = std::fs::read_to_string("/proc/self/stat").expect("linux");
         assert!(parse_cpu(&own).is_some());
+    }
+
+    #[test]
+    fn reads_peak_rss_from_a_status_text() {
+        let status = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(2048 * 1024));
+        assert_eq!(parse_status_kib(status, "VmHW"), None);
     }
 }

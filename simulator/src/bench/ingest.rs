@@ -1,0 +1,487 @@
+//! `simulator bench ingest`: samples/s, CPU per sample and peak RSS of the server process,
+//! Updraft against each peer on its own protocol, real processes on loopback ports.
+//!
+//! # Pairs
+//!
+//! - **remote_write**: Updraft `core-node` `/api/v1/write` against Prometheus 2.42's
+//!   remote-write receiver (`--web.enable-remote-write-receiver`). Prometheus writes its WAL
+//!   without fsync, so Updraft runs with `--durability buffered` (its journal handed to the
+//!   OS before the answer, no fsync): both survive a process crash, neither a power loss.
+//! - **line protocol**: Updraft `/write` against InfluxDB 1.6.7's `/write` (`?db=bench&
+//!   precision=ns`). InfluxDB fsyncs its WAL before answering (`wal-fsync-delay = "0s"`, its
+//!   default), so Updraft runs with `--durability fsync`.
+//!
+//! # Client and data
+//!
+//! Every system gets the same requests, byte for byte within a protocol and sample for sample
+//! across the two: the dataset cut into windows of `--window` and groups of
+//! `--series-per-request` series ([`batches`]). `--connections` threads send them, thread `w`
+//! taking the groups `g` with `g mod connections = w`, each group's requests in time order,
+//! one request in flight per thread and one TCP connection per request (the same blocking
+//! HTTP/1.1 client for everyone). Bodies are built before the clock starts.
+//!
+//! # Figures (per dataset, medians of `--rounds`; each run on a fresh process and directory)
+//!
+//! - `<protocol>_samples_per_s`: samples ÷ wall time from the first request to the last
+//!   answer.
+//! - `<protocol>_cpu_ns_per_sample`: utime + stime of the server process (`/proc/<pid>/stat`,
+//!   all threads) from just before the first request until the process is idle again (under
+//!   2 % of a core for 3 s in a row, at most 60 s), so deferred work (flushes, WAL
+//!   compression, snapshots) counts; ÷ samples.
+//! - `<protocol>_peak_rss_bytes`: `VmHWM` of the server process after that.
+//!
+//! The machine's cores are shared by the client and the server; the client's own CPU is not
+//! counted, but it competes with the server for the same cores, equally for every system.
+
+pub mod batches;
+
+use super::codec::thousands;
+use super::query::http;
+use super::query::servers::{self, Server};
+use super::storage::{Root, influxdb, missing};
+use super::table::{Table, format_value};
+use super::{DatasetArgs, Figure, Reporter};
+use crate::datasets::{self, Dataset, DatasetSpec, SeriesData};
+use anyhow::{Context, bail};
+use batches::{Batch, Cut, Format};
+use core_node::storage::Durability;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = "ingest";
+/// The issue's target: line-protocol ingest at least 3 × InfluxDB 1.6.7's samples/s.
+const TARGET_LINE_PROTOCOL: f64 = 3.0;
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+/// InfluxDB's defaults for the cache snapshot (10 min) apply during `ingest`.
+const INFLUX_COLD: Duration = Duration::from_secs(600);
+
+/// `simulator bench ingest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Datasets to run on (repeat or comma-separate); all three by default.
+    #[arg(long = "dataset", value_enum, value_delimiter = ',')]
+    pub datasets: Vec<Dataset>,
+    /// Trucks in iot-trucks.
+    #[arg(long, default_value_t = 100)]
+    pub trucks: u64,
+    /// Devices in sensor-mix.
+    #[arg(long, default_value_t = 200)]
+    pub devices: u64,
+    /// Hosts in metrics-mix.
+    #[arg(long, default_value_t = 50)]
+    pub hosts: u64,
+    /// Period generated, e.g. 2h, 1d.
+    #[arg(long, default_value = "2h", value_parser = datasets::parse_duration_ms)]
+    pub duration: i64,
+    /// Seed of every random stream.
+    #[arg(long, default_value_t = datasets::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Runs of each system on each dataset; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Time span of one request's samples.
+    #[arg(long, default_value = "10m", value_parser = datasets::parse_duration_ms)]
+    pub window: i64,
+    /// Series per request (groups of series are what the client threads share out, so keep
+    /// at least `--connections` groups: iot-trucks 100 trucks has 1,000 series).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub series_per_request: u64,
+    /// Client threads, one request in flight each.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub connections: u64,
+    /// The core-node binary [default: next to this simulator, else target/release/core-node].
+    #[arg(long)]
+    pub core_node: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/bin/prometheus")]
+    pub prometheus: PathBuf,
+    #[arg(long, default_value = "/usr/bin/influxd")]
+    pub influxd: PathBuf,
+    /// Directory for the servers' data and logs, kept afterwards [default: a temporary
+    /// directory, removed afterwards].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl IngestArgs {
+    fn specs(&self) -> Vec<DatasetSpec> {
+        DatasetArgs {
+            datasets: self.datasets.clone(),
+            trucks: self.trucks,
+            devices: self.devices,
+            hosts: self.hosts,
+            duration: self.duration,
+            seed: self.seed,
+        }
+        .specs()
+    }
+}
+
+/// The systems measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Updraft(Durability),
+    Prometheus,
+    Influx,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Updraft(_) => "updraft",
+            System::Prometheus => "prometheus",
+            System::Influx => "influxdb",
+        }
+    }
+}
+
+/// One protocol's comparison.
+struct Pair {
+    protocol: &'static str,
+    format: Format,
+    updraft: Durability,
+    peer: System,
+    missing: Option<String>,
+}
+
+/// One run's measurements.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    samples_per_s: f64,
+    cpu_ns_per_sample: f64,
+    peak_rss_bytes: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A started server, and what must stay alive while it runs.
+struct Started {
+    server: Server,
+}
+
+fn start(
+    system: System,
+    args: &IngestArgs,
+    core_node: &Path,
+    dir: &Path,
+) -> anyhow::Result<Started> {
+    let server = match system {
+        System::Updraft(d) => servers::start_core_node(core_node, dir, d)?,
+        System::Prometheus => {
+            servers::start_prometheus(&args.prometheus, dir, &dir.join("prometheus"))?
+        }
+        System::Influx => influxdb::start(&args.influxd, dir, INFLUX_COLD)?.server,
+    };
+    Ok(Started { server })
+}
+
+/// The server path of `format` on `system`.
+fn write_path(system: System, format: Format, server: &Server) -> &'static str {
+    match (system, format) {
+        (System::Updraft(_), Format::LineProtocol) => "/write?db=bench&precision=ns",
+        _ => server.write_path,
+    }
+}
+
+fn headers(format: Format) -> &'static [(&'static str, &'static str)] {
+    match format {
+        Format::RemoteWrite => &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ("User-Agent", "updraft-simulator"),
+        ],
+        Format::LineProtocol => &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("User-Agent", "updraft-simulator"),
+        ],
+    }
+}
+
+/// Sends every batch on `connections` threads (see the module doc).
+pub(crate) fn send_parallel(
+    server: &Server,
+    path: &str,
+    hdrs: &[(&str, &str)],
+    bodies: &[Batch],
+    connections: usize,
+) -> anyhow::Result<Duration> {
+    let connections = connections.max(1);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..connections)
+            .map(|w| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for b in bodies.iter().filter(|b| b.group % connections == w) {
+                        let r = http::post(server.addr, path, hdrs, &b.body)?;
+                        if !(200..300).contains(&r.status) {
+                            bail!(
+                                "{} answered a write of {} samples with {}: {}",
+                                server.name,
+                                b.samples,
+                                r.status,
+                                r.text().trim()
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(r) => r?,
+                Err(_) => bail!("a client thread panicked"),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed())
+}
+
+fn measure_one(
+    system: System,
+    format: Format,
+    args: &IngestArgs,
+    core_node: &Path,
+    dir: &Path,
+    bodies: &[Batch],
+    samples: u64,
+) -> anyhow::Result<Run> {
+    let Started { server } = start(system, args, core_node, dir)?;
+    server.settle(SETTLE_LIMIT)?;
+    let cpu_before = server.cpu()?;
+    let wall = send_parallel(
+        &server,
+        write_path(system, format, &server),
+        headers(format),
+        bodies,
+        args.connections as usize,
+    )?;
+    server.settle(SETTLE_LIMIT)?;
+    let cpu = server.cpu()?.saturating_sub(cpu_before);
+    let hwm = server.peak_rss_bytes()?;
+    let _ = server.terminate(STOP_LIMIT);
+    Ok(Run {
+        samples_per_s: samples as f64 / wall.as_secs_f64().max(1e-9),
+        cpu_ns_per_sample: cpu.as_nanos() as f64 / samples.max(1) as f64,
+        peak_rss_bytes: hwm as f64,
+    })
+}
+
+pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let root = Root::new(&args.data_dir, "updraft-bench-ingest-")?;
+    let core_node = args
+        .core_node
+        .clone()
+        .unwrap_or_else(servers::default_core_node);
+    let pairs = [
+        Pair {
+            protocol: "remote_write",
+            format: Format::RemoteWrite,
+            updraft: Durability::Buffered,
+            peer: System::Prometheus,
+            missing: missing(&args.prometheus, "prometheus"),
+        },
+        Pair {
+            protocol: "line_protocol",
+            format: Format::LineProtocol,
+            updraft: Durability::Fsync,
+            peer: System::Influx,
+            missing: missing(&args.influxd, "influxdb"),
+        },
+    ];
+    let mut notes = Vec::new();
+    for p in &pairs {
+        if let Some(m) = &p.missing {
+            reporter.note(&format!("ingest: {m}: reported missing"));
+            notes.push(format!(
+                "MISSING: {m}; its rows say so, no figure is made up."
+            ));
+        }
+    }
+    let cut = Cut {
+        window_ms: args.window,
+        series_per_request: args.series_per_request as usize,
+    };
+    let mut figures = Vec::new();
+    let mut table = Table::new([
+        "dataset",
+        "protocol",
+        "system (durability)",
+        "samples/s",
+        "CPU ns/sample",
+        "peak RSS (MiB)",
+        "updraft/peer samples/s",
+        "target",
+    ]);
+    for spec in args.specs() {
+        let name = spec.dataset.name();
+        let series: Vec<SeriesData> = datasets::generate(&spec).collect();
+        let samples: u64 = series.iter().map(|s| s.samples.len() as u64).sum();
+        for pair in &pairs {
+            let bodies = batches::build(&series, cut, pair.format)?;
+            let bytes: usize = bodies.iter().map(|b| b.body.len()).sum();
+            reporter.note(&format!(
+                "ingest: {name} {} over {}: {} samples in {} requests, {:.1} MB",
+                super::describe_spec(&spec),
+                pair.protocol,
+                thousands(samples),
+                thousands(bodies.len() as u64),
+                bytes as f64 / 1e6
+            ));
+            let mut systems = vec![System::Updraft(pair.updraft)];
+            if pair.missing.is_none() {
+                systems.push(pair.peer);
+            }
+            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); systems.len()];
+            for round in 0..args.rounds as usize {
+                for k in 0..systems.len() {
+                    // Alternate who goes first: a warm page cache or a busy neighbour should
+                    // not always favour the same system.
+                    let i = (round + k) % systems.len();
+                    let system = systems[i];
+                    let dir = root.fresh(&format!(
+                        "{name}-{}-{}-{round}",
+                        pair.protocol,
+                        system.name()
+                    ))?;
+                    let r = measure_one(
+                        system,
+                        pair.format,
+                        args,
+                        &core_node,
+                        &dir,
+                        &bodies,
+                        samples,
+                    )
+                    .with_context(|| format!("{} on {name}", system.name()))?;
+                    reporter.note(&format!(
+                        "ingest: {name} {} round {}: {} {:.0} samples/s, {:.0} ns CPU/sample, peak RSS {:.0} MiB",
+                        pair.protocol,
+                        round + 1,
+                        system.name(),
+                        r.samples_per_s,
+                        r.cpu_ns_per_sample,
+                        r.peak_rss_bytes / f64::from(1u32 << 20)
+                    ));
+                    runs[i].push(r);
+                    if args.data_dir.is_none() {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+            }
+            let medians: Vec<Run> = runs
+                .iter()
+                .map(|rs| Run {
+                    samples_per_s: median(rs.iter().map(|r| r.samples_per_s).collect()),
+                    cpu_ns_per_sample: median(rs.iter().map(|r| r.cpu_ns_per_sample).collect()),
+                    peak_rss_bytes: median(rs.iter().map(|r| r.peak_rss_bytes).collect()),
+                })
+                .collect();
+            for (system, m) in systems.iter().zip(&medians) {
+                let f = |fig: &str, v: f64, unit: &str| {
+                    Figure::new(
+                        SCENARIO,
+                        name,
+                        system.name(),
+                        &format!("{}_{fig}", pair.protocol),
+                        v,
+                        unit,
+                    )
+                };
+                figures.push(f("samples_per_s", m.samples_per_s, "samples/s"));
+                figures.push(f("cpu_ns_per_sample", m.cpu_ns_per_sample, "ns"));
+                figures.push(f("peak_rss_bytes", m.peak_rss_bytes, "B"));
+            }
+            let ratio = medians
+                .get(1)
+                .map(|p| medians[0].samples_per_s / p.samples_per_s);
+            for (i, (system, m)) in systems.iter().zip(&medians).enumerate() {
+                let durability = match system {
+                    System::Updraft(Durability::Fsync) => "fsync",
+                    System::Updraft(Durability::Buffered) => "buffered",
+                    System::Prometheus => "WAL, no fsync",
+                    System::Influx => "WAL fsync per write",
+                };
+                let (ratio_cell, target) = if i == 0 {
+                    let r = ratio.map_or_else(|| "no peer".to_owned(), |r| format!("{r:.2}×"));
+                    let t = match (pair.format, ratio) {
+                        (Format::LineProtocol, Some(r)) if r >= TARGET_LINE_PROTOCOL => "≥ 3×: met",
+                        (Format::LineProtocol, Some(_)) => "≥ 3×: not met",
+                        (Format::LineProtocol, None) => "≥ 3×: no peer",
+                        (Format::RemoteWrite, _) => "–",
+                    };
+                    (r, t.to_owned())
+                } else {
+                    (String::new(), String::new())
+                };
+                table.push_row([
+                    name.to_owned(),
+                    pair.protocol.to_owned(),
+                    format!("{} ({durability})", system.name()),
+                    format_value(m.samples_per_s),
+                    format_value(m.cpu_ns_per_sample),
+                    format!("{:.0}", m.peak_rss_bytes / f64::from(1u32 << 20)),
+                    ratio_cell,
+                    target,
+                ]);
+            }
+            if let Some(m) = &pair.missing {
+                table.push_row([
+                    name.to_owned(),
+                    pair.protocol.to_owned(),
+                    format!("{}: missing", pair.peer.name()),
+                    m.clone(),
+                ]);
+            }
+        }
+    }
+    notes.insert(
+        0,
+        format!(
+            "Data: {}. Requests of ≤ {} series × {} s of samples, {} client threads, one request \
+             in flight each, one connection per request; identical requests for both systems \
+             of a protocol. Medians of {} runs, each on a fresh process and directory, the \
+             order of the systems alternating. CPU: the server process only, until idle again. \
+             Updraft's durability matches the peer's: buffered against Prometheus (WAL without \
+             fsync), fsync against InfluxDB (wal-fsync-delay 0s).",
+            args.specs()
+                .iter()
+                .map(|s| format!("{} {}", s.dataset.name(), super::describe_spec(s)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            args.series_per_request,
+            args.window / 1000,
+            args.connections,
+            args.rounds
+        ),
+    );
+    if reporter.json() {
+        for n in &notes {
+            reporter.note(n);
+        }
+    }
+    reporter.dataset_result(
+        "ingest: Updraft against Prometheus 2.42 (remote_write) and InfluxDB 1.6.7 (line protocol)",
+        &figures,
+        &table,
+        &notes,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_an_odd_and_even_count() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 4.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+}
