@@ -19,7 +19,8 @@ struct Cli {
 enum Command {
     /// Run the node (the default when no subcommand is given).
     Run(Box<config::RunArgs>),
-    /// Create a local CA plus core and agent certificates (missing files only).
+    /// Create a local CA plus core and agent certificates (missing files only); the core
+    /// certificate serves both QUIC ingest and HTTPS (--http-tls-cert certs/core.pem).
     Certs(CertsArgs),
     /// Manage API tokens in the data directory's token store; a running node picks changes
     /// up within a second.
@@ -106,7 +107,8 @@ struct CertsArgs {
     /// [default: localhost, 127.0.0.1, ::1].
     #[arg(long = "host")]
     hosts: Vec<String>,
-    /// Agent id written into the agent certificate.
+    /// Agent id the agent certificate binds (CN and a SAN URI updraft://agent/<ID>): the core
+    /// refuses its batches under any other agent id, so run the agent with this --agent-id.
     #[arg(long, default_value = "edge-agent")]
     agent_id: String,
     /// Tenant the agent certificate binds the agent to (a SAN URI updraft://tenant/<T>):
