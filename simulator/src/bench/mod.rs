@@ -328,6 +328,76 @@ mod tests {
     }
 
     #[test]
+    fn peer_scenarios_take_their_scale_and_binaries() {
+        let Scenario::Storage(s) = parse(&["x", "bench", "storage"]).scenario else {
+            panic!("parsed as storage")
+        };
+        assert_eq!((s.trucks, s.duration, s.rounds), (100, 6 * 3_600_000, 1));
+        assert_eq!(s.prom_block_duration, "18h");
+        assert_eq!(s.influxd, std::path::PathBuf::from("/usr/bin/influxd"));
+        let Scenario::Storage(s) = parse(&[
+            "x",
+            "bench",
+            "storage",
+            "--dataset",
+            "iot-trucks",
+            "--duration",
+            "1d",
+            "--rounds",
+            "3",
+        ])
+        .scenario
+        else {
+            panic!("parsed as storage")
+        };
+        assert_eq!(
+            (s.datasets.len(), s.duration, s.rounds),
+            (1, datasets::DAY_MS, 3)
+        );
+        let Scenario::Ingest(i) = parse(&["x", "bench", "ingest"]).scenario else {
+            panic!("parsed as ingest")
+        };
+        assert_eq!(
+            (i.duration, i.rounds, i.window),
+            (2 * 3_600_000, 3, 600_000)
+        );
+        assert_eq!((i.series_per_request, i.connections), (250, 4));
+        assert!(Cli::try_parse_from(["x", "bench", "ingest", "--connections", "0"]).is_err());
+        let Scenario::Freshness(f) = parse(&[
+            "x",
+            "bench",
+            "freshness",
+            "--markers",
+            "10",
+            "--load-rate",
+            "0",
+        ])
+        .scenario
+        else {
+            panic!("parsed as freshness")
+        };
+        assert_eq!((f.markers, f.load_rate, f.qos, f.poll_ms), (10, 0, 1, 5));
+        assert_eq!(f.durability, core_node::storage::Durability::Fsync);
+        let b = parse(&[
+            "x",
+            "bench",
+            "all",
+            "--write-markdown",
+            "BENCHMARKS.md",
+            "--json",
+        ]);
+        assert!(b.json);
+        let Scenario::All(a) = b.scenario else {
+            panic!("parsed as all")
+        };
+        assert_eq!(a.rounds, 3);
+        assert_eq!(
+            a.write_markdown,
+            Some(std::path::PathBuf::from("BENCHMARKS.md"))
+        );
+    }
+
+    #[test]
     fn dataset_flags_scale_each_dataset() {
         let b = parse(&[
             "x",
