@@ -51,13 +51,10 @@ pub fn plan(args: &AllArgs) -> Vec<(&'static str, Option<Vec<String>>)> {
         ),
         ("storage", v(&["storage", "--rounds", &rounds])),
         ("ingest", v(&["ingest", "--rounds", &rounds])),
-        ("mqtt", MQTT),
+        ("mqtt", v(&["mqtt"])),
         ("freshness", v(&["freshness"])),
     ]
 }
-
-/// `bench mqtt` (another engineer's scenario) is not in this build yet.
-const MQTT: Option<Vec<String>> = None;
 
 #[derive(Debug, Parser)]
 #[command(no_binary_name = true)]
