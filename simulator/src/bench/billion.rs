@@ -372,14 +372,13 @@ async fn ingest(
     let mut core = tokio::spawn(core_node::run(config, metrics.clone(), async move {
         let _ = stop_rx.await;
     }));
-    let client = quic_client::client_config(
-        &certs_dir.join("ca.pem"),
-        &certs_dir.join("agent.pem"),
-        &certs_dir.join("agent-key.pem"),
-    )?;
-    let endpoint = quic_client::endpoint(client)?;
     let mut conns = Vec::new();
-    for _ in 0..args.agents {
+    let mut endpoints = Vec::new();
+    for i in 0..args.agents as usize {
+        // The core binds each batch's agent id to the agent id in the client certificate, so
+        // every simulated agent gets its own certificate from the run's CA.
+        let endpoint = quic_client::endpoint(lane_client(&certs_dir, i)?)?;
+        endpoints.push(endpoint.clone());
         let conn = tokio::select! {
             c = quic_client::connect(&endpoint, quic_addr, "localhost") => c?,
             exited = &mut core => match exited {
@@ -397,7 +396,7 @@ async fn ingest(
     let mut agents = Vec::new();
     for (i, conn) in conns.iter().enumerate() {
         let (tx, rx) = mpsc::channel(2);
-        agents.push((AgentId(format!("bench-agent-{i}")), tx));
+        agents.push((AgentId(lane_agent_id(i)), tx));
         lanes.spawn(lane(conn.clone(), rx, acked.clone()));
     }
     let generator = Generator {
@@ -459,7 +458,9 @@ async fn ingest(
     let gen_result = gen_thread.join();
     let rendered = metrics.render();
 
-    quic_client::close(&endpoint, &conns).await;
+    for (endpoint, conn) in endpoints.iter().zip(&conns) {
+        quic_client::close(endpoint, std::slice::from_ref(conn)).await;
+    }
     let _ = stop_tx.send(());
     let core_result = core.await;
     if let Some(e) = failure {
@@ -589,6 +590,35 @@ fn free_port(udp: bool) -> anyhow::Result<std::net::SocketAddr> {
     } else {
         std::net::TcpListener::bind(any)?.local_addr()?
     })
+}
+
+/// The name simulated agent `i` sends its batches under.
+fn lane_agent_id(i: usize) -> String {
+    format!("bench-agent-{i}")
+}
+
+/// A QUIC client configuration with a certificate for simulated agent `i`, issued by the CA in
+/// `certs_dir` into `certs_dir/lane-<i>`.
+fn lane_client(certs_dir: &Path, i: usize) -> anyhow::Result<quinn::ClientConfig> {
+    let dir = certs_dir.join(format!("lane-{i}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for file in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(certs_dir.join(file), dir.join(file))
+            .with_context(|| format!("copying {file}"))?;
+    }
+    core_node::certs::ensure(&core_node::certs::CertRequest {
+        dir: dir.clone(),
+        core_hosts: core_node::certs::CertRequest::default_hosts(),
+        agent_id: lane_agent_id(i),
+        agent_tenant: Tenant::default(),
+        force: false,
+    })
+    .with_context(|| format!("certificate of agent {i}"))?;
+    quic_client::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("agent.pem"),
+        &dir.join("agent-key.pem"),
+    )
 }
 
 /// Opens the stopped node's storage; retries briefly while a straggling handle lets go.

@@ -17,6 +17,7 @@ pub mod all;
 pub mod billion;
 pub mod chunking;
 pub mod codec;
+pub mod encryption;
 pub mod figure;
 pub mod freshness;
 pub mod ingest;
@@ -65,6 +66,9 @@ pub enum Scenario {
     Ingest(ingest::IngestArgs),
     /// MQTT publish to queryable through a real edge agent and core node: p50/p99/p99.9.
     Freshness(freshness::FreshnessArgs),
+    /// Storage with and without encryption at rest, in one process on the same data: ingest
+    /// CPU per sample, compaction CPU and query latency, with the encrypted ÷ plain ratio.
+    Encryption(encryption::EncryptionArgs),
     /// Every scenario in turn (at least 3 rounds where medians are reported); with
     /// `--write-markdown BENCHMARKS.md`, the tables, the machine and the commands.
     All(all::AllArgs),
@@ -87,6 +91,7 @@ pub fn run_scenario(scenario: Scenario, reporter: &mut Reporter) -> anyhow::Resu
         Scenario::Storage(a) => storage::run(&a, reporter)?,
         Scenario::Ingest(a) => ingest::run(&a, reporter)?,
         Scenario::Freshness(a) => freshness::run(&a, reporter)?,
+        Scenario::Encryption(a) => encryption::run(&a, reporter)?,
         Scenario::All(a) => all::run(&a, reporter)?,
     }
     Ok(())
