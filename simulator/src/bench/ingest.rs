@@ -18,7 +18,9 @@
 //! `--series-per-request` series ([`batches`]). `--connections` threads send them, thread `w`
 //! taking the groups `g` with `g mod connections = w`, each group's requests in time order,
 //! one request in flight per thread and one TCP connection per request (the same blocking
-//! HTTP/1.1 client for everyone). Bodies are built before the clock starts.
+//! HTTP/1.1 client for everyone); the threads meet at the end of every window, so the data
+//! reaches the server roughly in time order, as Prometheus needs. Bodies are built before
+//! the clock starts.
 //!
 //! # Figures (per dataset, medians of `--rounds`; each run on a fresh process and directory)
 //!
@@ -46,6 +48,7 @@ use anyhow::{Context, bail};
 use batches::{Batch, Cut, Format};
 use core_node::storage::Durability;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "ingest";
@@ -201,7 +204,9 @@ fn headers(format: Format) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-/// Sends every batch on `connections` threads (see the module doc).
+/// Sends every batch on `connections` threads (see the module doc). The threads wait for each
+/// other at the end of each window of time: a thread with less work would otherwise run more
+/// than an hour of data ahead, and Prometheus refuses samples older than its newest − 1 h.
 pub(crate) fn send_parallel(
     server: &Server,
     path: &str,
@@ -210,24 +215,34 @@ pub(crate) fn send_parallel(
     connections: usize,
 ) -> anyhow::Result<Duration> {
     let connections = connections.max(1);
+    let windows = bodies.last().map_or(0, |b| b.window + 1);
+    let barrier = std::sync::Barrier::new(connections);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let start = Instant::now();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..connections)
             .map(|w| {
+                let (barrier, failed) = (&barrier, &failed);
                 scope.spawn(move || -> anyhow::Result<()> {
-                    for b in bodies.iter().filter(|b| b.group % connections == w) {
-                        let r = http::post(server.addr, path, hdrs, &b.body)?;
-                        if !(200..300).contains(&r.status) {
-                            bail!(
-                                "{} answered a write of {} samples with {}: {}",
-                                server.name,
-                                b.samples,
-                                r.status,
-                                r.text().trim()
-                            );
+                    let mut result = Ok(());
+                    let mut mine = bodies
+                        .iter()
+                        .filter(|b| b.group % connections == w)
+                        .peekable();
+                    for window in 0..windows {
+                        while let Some(b) = mine.next_if(|b| b.window == window) {
+                            if result.is_err() || failed.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            result = post_one(server, path, hdrs, b);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
                         }
+                        // Every thread reaches every window's barrier, failed or not.
+                        barrier.wait();
                     }
-                    Ok(())
+                    result
                 })
             })
             .collect();
@@ -240,6 +255,22 @@ pub(crate) fn send_parallel(
         Ok(())
     })?;
     Ok(start.elapsed())
+}
+
+fn post_one(server: &Server, path: &str, hdrs: &[(&str, &str)], b: &Batch) -> anyhow::Result<()> {
+    let r = http::post(server.addr, path, hdrs, &b.body)?;
+    if !(200..300).contains(&r.status) {
+        bail!(
+            "{} answered a write of {} samples (window {}, group {}) with {}: {}",
+            server.name,
+            b.samples,
+            b.window,
+            b.group,
+            r.status,
+            r.text().trim()
+        );
+    }
+    Ok(())
 }
 
 fn measure_one(

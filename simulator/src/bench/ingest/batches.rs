@@ -27,6 +27,8 @@ pub(crate) enum Format {
 /// One request body and the samples it carries.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
+    /// Which window of time, from 0.
+    pub window: usize,
     /// Which group of series (the same group in every window).
     pub group: usize,
     pub body: Vec<u8>,
@@ -65,6 +67,7 @@ pub(crate) fn for_each(
     };
     let mut cursor = vec![0usize; series.len()];
     let mut start = first;
+    let mut window = 0;
     while start <= last {
         let end = start.saturating_add(window_ms);
         for (group, chunk) in series.chunks(per_request).enumerate() {
@@ -84,12 +87,14 @@ pub(crate) fn for_each(
             let samples = parts.iter().map(|(_, r)| r.len() as u64).sum();
             let body = encode(&parts, format)?;
             each(Batch {
+                window,
                 group,
                 body,
                 samples,
             })?;
         }
         start = end;
+        window += 1;
     }
     Ok(())
 }
@@ -166,6 +171,9 @@ mod tests {
         assert_eq!(rw_batches.iter().map(|b| b.samples).sum::<u64>(), total);
         // 24 series: groups 0, 1 and 2; the 1 s device has samples in every window.
         assert!(rw_batches.iter().any(|b| b.group == 2));
+        // 30 minutes in windows of 2: 15 windows, in order.
+        assert_eq!(rw_batches.last().map(|b| b.window), Some(14));
+        assert!(rw_batches.windows(2).all(|w| w[0].window <= w[1].window));
         let mut newest_per_series = std::collections::HashMap::new();
         for b in &rw_batches {
             let req = rw::decode_request(&b.body, rw::DEFAULT_MAX_DECODED_BYTES).expect("decodes");
