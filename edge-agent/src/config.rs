@@ -46,6 +46,8 @@ pub const DEFAULT_BUFFER_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// 0: the backlog is sent as fast as the link allows (fresh data still goes first).
 pub const DEFAULT_BACKLOG_RATE: u64 = 0;
+/// Fsync every burst at once by default.
+pub const DEFAULT_BUFFER_FSYNC_INTERVAL_MS: u64 = 0;
 
 /// Longest accepted agent id, in bytes.
 const MAX_AGENT_ID_BYTES: usize = 128;
@@ -176,6 +178,9 @@ pub struct AgentConfig {
     pub buffer_max_bytes: u64,
     /// Most backlog samples per second sent after an outage (0: no limit).
     pub backlog_rate: u64,
+    /// Shortest time between two fsyncs of the buffer (0: one per burst, at once). Every
+    /// acknowledgement still waits for the fsync covering its message.
+    pub buffer_fsync_interval: Duration,
     /// `USERNAME:PASSWORD` lines; when set, MQTT clients must log in with one of them.
     pub mqtt_users_file: Option<PathBuf>,
     /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
@@ -219,6 +224,7 @@ impl Default for AgentConfig {
             buffer_segment_bytes: DEFAULT_BUFFER_SEGMENT_BYTES,
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             backlog_rate: DEFAULT_BACKLOG_RATE,
+            buffer_fsync_interval: Duration::from_millis(DEFAULT_BUFFER_FSYNC_INTERVAL_MS),
             mqtt_users_file: None,
             mqtt_tls_cert: None,
             mqtt_tls_key: None,
@@ -300,6 +306,7 @@ impl AgentConfig {
             buffer_segment_bytes: layer!(buffer_segment_bytes),
             buffer_max_bytes: layer!(buffer_max_bytes),
             backlog_rate: layer!(backlog_rate),
+            buffer_fsync_interval_ms: layer!(buffer_fsync_interval_ms),
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
             mqtt_tls_cert: cli.mqtt_tls_cert.or(file.mqtt_tls_cert),
             mqtt_tls_key: cli.mqtt_tls_key.or(file.mqtt_tls_key),
@@ -504,6 +511,13 @@ struct Cli {
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_BACKLOG_RATE", default_value_t = DEFAULT_BACKLOG_RATE)]
     backlog_rate: u64,
 
+    /// Shortest time between two fsyncs of the buffer, in ms: messages arriving meanwhile
+    /// wait and share the next fsync (fewer fsyncs on slow storage, e.g. SD cards, at the cost
+    /// of acknowledgement latency). 0: fsync each burst at once. An acknowledgement (PUBACK,
+    /// bridge ack) is never sent before the fsync that covers its message
+    #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FSYNC_INTERVAL_MS", default_value_t = DEFAULT_BUFFER_FSYNC_INTERVAL_MS)]
+    buffer_fsync_interval_ms: u64,
+
     /// File of USERNAME:PASSWORD_HASH lines (write them with `edge-agent passwd --file PATH
     /// USER`; plaintext passwords still work, with a deprecation warning); when given, MQTT
     /// clients must log in with one of them (others get CONNACK "bad username or password",
@@ -628,6 +642,7 @@ impl Cli {
             buffer_segment_bytes: self.buffer_segment_bytes,
             buffer_max_bytes: self.buffer_max_bytes,
             backlog_rate: self.backlog_rate,
+            buffer_fsync_interval: Duration::from_millis(self.buffer_fsync_interval_ms),
             mqtt_users_file: self.mqtt_users_file,
             mqtt_tls_cert: self.mqtt_tls_cert,
             mqtt_tls_key: self.mqtt_tls_key,
@@ -663,6 +678,7 @@ struct FileConfig {
     buffer_segment_bytes: Option<u64>,
     buffer_max_bytes: Option<u64>,
     backlog_rate: Option<u64>,
+    buffer_fsync_interval_ms: Option<u64>,
     mqtt_users_file: Option<PathBuf>,
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,

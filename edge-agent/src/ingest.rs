@@ -79,6 +79,8 @@ pub(crate) struct IngestSettings {
     pub record_max_samples: usize,
     /// The buffer's byte bound and overflow policies.
     pub bound: crate::buffer::overflow::Bound,
+    /// Shortest time between two fsyncs; messages arriving meanwhile join the next one.
+    pub fsync_interval: Duration,
 }
 
 /// Starts the ingest thread. It stops after one last drain and fsync once `stop` turns true
@@ -110,6 +112,7 @@ pub(crate) fn spawn(
         pending_bytes: 0,
         burst_samples: 0,
         appended: false,
+        last_sync: Instant::now(),
         warnings: LogLimiter::new(WARNINGS_PER_WINDOW, WARNING_WINDOW),
         received: counter!(telemetry::MESSAGES_RECEIVED),
         samples_received: counter!(telemetry::SAMPLES_RECEIVED),
@@ -148,6 +151,8 @@ struct Ingest {
     /// Samples appended since the last fsync.
     burst_samples: u64,
     appended: bool,
+    /// When the last fsync finished (see [`IngestSettings::fsync_interval`]).
+    last_sync: Instant,
     warnings: LogLimiter,
     received: Counter,
     samples_received: Counter,
@@ -168,6 +173,12 @@ impl Ingest {
                 drained += 1;
                 // Take what else is already queued without blocking: one burst, one fsync.
                 while drained < MAX_BURST_MESSAGES && self.recv(Instant::now())? {
+                    drained += 1;
+                }
+                // With a minimum fsync interval, what arrives until it has passed joins this
+                // burst's fsync (its acknowledgements wait for it like the others).
+                let due = self.last_sync + self.settings.fsync_interval;
+                while !stopping && drained < MAX_BURST_MESSAGES && self.recv(due)? {
                     drained += 1;
                 }
             }
@@ -325,6 +336,7 @@ impl Ingest {
             return Ok(());
         }
         let durable_end = self.writer.sync()?;
+        self.last_sync = Instant::now();
         self.appended = false;
         let samples = std::mem::take(&mut self.burst_samples);
         self.samples_buffered.increment(samples);
@@ -398,6 +410,73 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::Rule;
+    use std::sync::{Arc, Mutex};
+
+    /// With a minimum fsync interval, a message that arrives while the interval runs shares
+    /// the fsync of the one before it: the first acknowledgement waits for the second message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_within_the_fsync_interval_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (writer, reader, _) = crate::buffer::open(
+            dir.path(),
+            crate::buffer::LogOptions {
+                segment_max_bytes: 1 << 20,
+            },
+        )
+        .expect("open");
+        let (queue_tx, queue_rx) = mpsc::channel(16);
+        let (progress_tx, _progress_rx) = watch::channel(Progress {
+            durable_end: reader.acked(),
+            samples: 0,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let done = spawn(
+            queue_rx,
+            writer,
+            reader,
+            IngestSettings {
+                mapper: Mapper::new(vec![Rule::default()], 65_536),
+                tenant: Tenant::default(),
+                record_max_samples: 10_000,
+                bound: crate::buffer::overflow::Bound::new(u64::MAX),
+                fsync_interval: Duration::from_millis(600),
+            },
+            progress_tx,
+            stop_rx,
+        )
+        .expect("spawn");
+        let acks: Arc<Mutex<Vec<(&str, Instant)>>> = Arc::default();
+        let send = |name: &'static str| {
+            let acks = acks.clone();
+            Incoming {
+                topic: Bytes::from_static(b"site1/dev1/temp"),
+                payload: Bytes::from_static(b"21.5"),
+                ack: Some(AckTicket::new(move || {
+                    acks.lock().expect("lock").push((name, Instant::now()));
+                })),
+            }
+        };
+        queue_tx.send(send("first")).await.expect("queued");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second_sent = Instant::now();
+        queue_tx.send(send("second")).await.expect("queued");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acks.lock().expect("lock").len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let acks = acks.lock().expect("lock").clone();
+        assert_eq!(
+            acks.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["first", "second"]
+        );
+        assert!(
+            acks[0].1 > second_sent,
+            "the first message was acknowledged before the second arrived: no shared fsync"
+        );
+        stop_tx.send(true).expect("stop");
+        done.await.expect("ingest ended").expect("ingest ok");
+    }
 
     #[test]
     fn log_limiter_caps_lines_per_window() {

@@ -180,6 +180,7 @@ impl Agent {
                 tenant: config.tenant.clone(),
                 record_max_samples: config.batch_max_samples,
                 bound: buffer::overflow::Bound::new(config.buffer_max_bytes),
+                fsync_interval: config.buffer_fsync_interval,
             },
             progress_tx,
             stop_rx.clone(),
