@@ -220,9 +220,10 @@ fn packets_to_the_core_dropped_for_a_while_lose_no_sample_and_keep_order() -> an
     };
     let work = tempfile::tempdir()?;
     let certs = work.path().join("certs");
-    // The core's certificate must name the address the agent dials.
+    // The core's certificate must name the address the agent dials; the agent's must carry
+    // the agent id `Agent::start` runs under (the core binds batches to it).
     let out = Command::new(binary("core-node"))
-        .args(["certs", "--dir"])
+        .args(["certs", "--agent-id", "test-agent", "--dir"])
         .arg(&certs)
         .args(["--host", &ns.inside.to_string()])
         .output()?;
