@@ -2,8 +2,8 @@
 //! then the core comes back: no sample is lost, every series reads back in order, and data
 //! published after the restore is visible while the backlog is still draining.
 //!
-//! The outage lasts `UPDRAFT_TEST_OUTAGE_SECS` seconds (default 10 for CI; the issue's
-//! scenario is 60).
+//! The outage lasts `UPDRAFT_TEST_OUTAGE_SECS` seconds: 60 by default, the edge issue's
+//! scenario (set it lower for a quick local run).
 
 use std::time::Duration;
 use updraft_tests::*;
@@ -12,7 +12,7 @@ fn outage() -> Duration {
     let secs = std::env::var("UPDRAFT_TEST_OUTAGE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(60);
     Duration::from_secs(secs)
 }
 
