@@ -148,6 +148,8 @@ struct Settings {
     client_certs: bool,
     /// The client certificate's CN is the username; no password check.
     cert_as_username: bool,
+    /// Most PUBLISH packets per second per connection (0: no limit).
+    max_publish_rate: u32,
     ingest: mpsc::Sender<Incoming>,
 }
 
@@ -169,6 +171,7 @@ pub(crate) struct Listeners {
     tls: Option<tokio_rustls::TlsAcceptor>,
     client_certs: bool,
     cert_as_username: bool,
+    max_publish_rate: u32,
 }
 
 impl Listeners {
@@ -197,6 +200,7 @@ impl Listeners {
             client_certs: tls.is_some() && client_ca.is_some(),
             tls,
             cert_as_username: config.mqtt_tls_client_cert_as_username,
+            max_publish_rate: config.mqtt_max_publish_rate,
         })
     }
 
@@ -234,6 +238,7 @@ impl Listeners {
             tls: self.tls,
             client_certs: self.client_certs,
             cert_as_username: self.cert_as_username,
+            max_publish_rate: self.max_publish_rate,
             ingest,
         });
         let limit = connection_limit();
@@ -312,6 +317,35 @@ async fn accept_loop(
                 debug!(%peer, error = %e, "MQTT connection closed");
             }
         });
+    }
+}
+
+/// A per-connection publish rate (GCRA): `rate` messages per second on average, bursts of up
+/// to `rate` messages (at least one).
+struct Pace {
+    interval: Option<Duration>,
+    burst: Duration,
+    /// When the connection's next message is due on an even spread.
+    due: Option<Instant>,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Self {
+        let interval = (rate > 0).then(|| Duration::from_secs(1) / rate);
+        Self {
+            interval,
+            burst: interval.map_or(Duration::ZERO, |i| i * rate.saturating_sub(1)),
+            due: None,
+        }
+    }
+
+    /// Takes one message at `now`; how long to wait first when it is over the rate.
+    fn admit(&mut self, now: Instant) -> Option<Duration> {
+        let interval = self.interval?;
+        let due = self.due.map_or(now, |d| d.max(now));
+        self.due = Some(due + interval);
+        let allowed_from = due.checked_sub(self.burst).unwrap_or(now);
+        (allowed_from > now).then(|| allowed_from - now)
     }
 }
 
@@ -788,6 +822,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut deadline = idle.map(|d| Instant::now() + d);
     // The first ACL denial of a connection is logged at warn, the rest at debug.
     let mut warned = false;
+    let mut pace = Pace::new(settings.max_publish_rate);
 
     let result = 'session: loop {
         let can_read = inflight < MAX_INFLIGHT;
@@ -859,6 +894,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                                     }))
                                 }
                             };
+                            // Over its rate, the connection waits here and reads nothing more:
+                            // its publisher is slowed by TCP, and nothing is dropped.
+                            if let Some(wait) = pace.admit(Instant::now()) {
+                                counter!(telemetry::MQTT_THROTTLED).increment(1);
+                                tokio::time::sleep(wait).await;
+                            }
                             let incoming = Incoming { topic, payload, ack };
                             if settings.ingest.send(incoming).await.is_err() {
                                 break 'session Err(SessionError::Stopping);
@@ -1001,6 +1042,27 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_lets_a_burst_through_then_spreads_messages_at_the_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(10);
+        for k in 0..10 {
+            assert_eq!(pace.admit(t0), None, "message {k} of the burst");
+        }
+        // The 11th at the same instant waits one interval; the 12th two.
+        assert_eq!(pace.admit(t0), Some(Duration::from_millis(100)));
+        assert_eq!(pace.admit(t0), Some(Duration::from_millis(200)));
+        // A connection that stayed quiet for a long while gets a whole burst again.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..10 {
+            assert_eq!(pace.admit(later), None);
+        }
+        assert!(pace.admit(later).is_some());
+        // No limit: never a wait.
+        let mut free = Pace::new(0);
+        assert!((0..10_000).all(|_| free.admit(t0).is_none()));
+    }
 
     #[test]
     fn sniff_reads_the_protocol_level() {

@@ -46,6 +46,8 @@ pub const DEFAULT_BUFFER_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// 0: the backlog is sent as fast as the link allows (fresh data still goes first).
 pub const DEFAULT_BACKLOG_RATE: u64 = 0;
+/// No publish rate limit by default.
+pub const DEFAULT_MQTT_MAX_PUBLISH_RATE: u32 = 0;
 /// Fsync every burst at once by default.
 pub const DEFAULT_BUFFER_FSYNC_INTERVAL_MS: u64 = 0;
 
@@ -181,6 +183,8 @@ pub struct AgentConfig {
     /// Shortest time between two fsyncs of the buffer (0: one per burst, at once). Every
     /// acknowledgement still waits for the fsync covering its message.
     pub buffer_fsync_interval: Duration,
+    /// Most PUBLISH packets per second per MQTT connection, i.e. per device (0: no limit).
+    pub mqtt_max_publish_rate: u32,
     /// `USERNAME:PASSWORD` lines; when set, MQTT clients must log in with one of them.
     pub mqtt_users_file: Option<PathBuf>,
     /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
@@ -225,6 +229,7 @@ impl Default for AgentConfig {
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             backlog_rate: DEFAULT_BACKLOG_RATE,
             buffer_fsync_interval: Duration::from_millis(DEFAULT_BUFFER_FSYNC_INTERVAL_MS),
+            mqtt_max_publish_rate: DEFAULT_MQTT_MAX_PUBLISH_RATE,
             mqtt_users_file: None,
             mqtt_tls_cert: None,
             mqtt_tls_key: None,
@@ -307,6 +312,7 @@ impl AgentConfig {
             buffer_max_bytes: layer!(buffer_max_bytes),
             backlog_rate: layer!(backlog_rate),
             buffer_fsync_interval_ms: layer!(buffer_fsync_interval_ms),
+            mqtt_max_publish_rate: layer!(mqtt_max_publish_rate),
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
             mqtt_tls_cert: cli.mqtt_tls_cert.or(file.mqtt_tls_cert),
             mqtt_tls_key: cli.mqtt_tls_key.or(file.mqtt_tls_key),
@@ -518,6 +524,12 @@ struct Cli {
     #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FSYNC_INTERVAL_MS", default_value_t = DEFAULT_BUFFER_FSYNC_INTERVAL_MS)]
     buffer_fsync_interval_ms: u64,
 
+    /// Most PUBLISH packets per second per MQTT connection (a device), bursts of up to that
+    /// many allowed; a faster connection is slowed down (its socket is not read meanwhile,
+    /// counted in updraft_edge_mqtt_throttled_total), never dropped. 0: no limit
+    #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_MQTT_MAX_PUBLISH_RATE", default_value_t = DEFAULT_MQTT_MAX_PUBLISH_RATE)]
+    mqtt_max_publish_rate: u32,
+
     /// File of USERNAME:PASSWORD_HASH lines (write them with `edge-agent passwd --file PATH
     /// USER`; plaintext passwords still work, with a deprecation warning); when given, MQTT
     /// clients must log in with one of them (others get CONNACK "bad username or password",
@@ -643,6 +655,7 @@ impl Cli {
             buffer_max_bytes: self.buffer_max_bytes,
             backlog_rate: self.backlog_rate,
             buffer_fsync_interval: Duration::from_millis(self.buffer_fsync_interval_ms),
+            mqtt_max_publish_rate: self.mqtt_max_publish_rate,
             mqtt_users_file: self.mqtt_users_file,
             mqtt_tls_cert: self.mqtt_tls_cert,
             mqtt_tls_key: self.mqtt_tls_key,
@@ -679,6 +692,7 @@ struct FileConfig {
     buffer_max_bytes: Option<u64>,
     backlog_rate: Option<u64>,
     buffer_fsync_interval_ms: Option<u64>,
+    mqtt_max_publish_rate: Option<u32>,
     mqtt_users_file: Option<PathBuf>,
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,

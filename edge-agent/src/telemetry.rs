@@ -25,6 +25,7 @@ pub(crate) const UPLINK_RTT: &str = "updraft_edge_uplink_rtt_seconds";
 pub(crate) const UPLINK_ACTIVE: &str = "updraft_edge_uplink_active";
 pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
 pub(crate) const MQTT_ACL_DENIED: &str = "updraft_edge_mqtt_acl_denied_total";
+pub(crate) const MQTT_THROTTLED: &str = "updraft_edge_mqtt_throttled_total";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
 pub(crate) const BUFFER_MAX_BYTES: &str = "updraft_edge_buffer_max_bytes";
@@ -88,6 +89,12 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     );
     counter!(MQTT_AUTH_FAILURES).absolute(0);
     counter!(MQTT_ACL_DENIED).absolute(0);
+    describe_counter!(
+        MQTT_THROTTLED,
+        "MQTT publishes held back because their connection was over --mqtt-max-publish-rate \
+         (delayed, never dropped)"
+    );
+    counter!(MQTT_THROTTLED).absolute(0);
     counter!(BRIDGE_REDELIVERED).absolute(0);
     counter!(BRIDGE_ERRORS).absolute(0);
     describe_counter!(
