@@ -185,6 +185,9 @@ pub struct AgentConfig {
     pub buffer_fsync_interval: Duration,
     /// Most PUBLISH packets per second per MQTT connection, i.e. per device (0: no limit).
     pub mqtt_max_publish_rate: u32,
+    /// The master key for encryption at rest of the buffer (32 bytes, raw or hex); without
+    /// it, `UPDRAFT_MASTER_KEY` (hex) if set, else the buffer is not encrypted.
+    pub master_key_file: Option<PathBuf>,
     /// `USERNAME:PASSWORD` lines; when set, MQTT clients must log in with one of them.
     pub mqtt_users_file: Option<PathBuf>,
     /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
@@ -230,6 +233,7 @@ impl Default for AgentConfig {
             backlog_rate: DEFAULT_BACKLOG_RATE,
             buffer_fsync_interval: Duration::from_millis(DEFAULT_BUFFER_FSYNC_INTERVAL_MS),
             mqtt_max_publish_rate: DEFAULT_MQTT_MAX_PUBLISH_RATE,
+            master_key_file: None,
             mqtt_users_file: None,
             mqtt_tls_cert: None,
             mqtt_tls_key: None,
@@ -313,6 +317,7 @@ impl AgentConfig {
             backlog_rate: layer!(backlog_rate),
             buffer_fsync_interval_ms: layer!(buffer_fsync_interval_ms),
             mqtt_max_publish_rate: layer!(mqtt_max_publish_rate),
+            master_key_file: cli.master_key_file.or(file.master_key_file),
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
             mqtt_tls_cert: cli.mqtt_tls_cert.or(file.mqtt_tls_cert),
             mqtt_tls_key: cli.mqtt_tls_key.or(file.mqtt_tls_key),
@@ -530,6 +535,12 @@ struct Cli {
     #[arg(long, value_name = "N", env = "UPDRAFT_EDGE_MQTT_MAX_PUBLISH_RATE", default_value_t = DEFAULT_MQTT_MAX_PUBLISH_RATE)]
     mqtt_max_publish_rate: u32,
 
+    /// Master key file (32 bytes, raw or hex; `core-node keys init --out FILE` makes one):
+    /// the buffer is encrypted at rest with a data key it wraps (without it,
+    /// UPDRAFT_MASTER_KEY in hex; without either, the buffer is not encrypted)
+    #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+
     /// File of USERNAME:PASSWORD_HASH lines (write them with `edge-agent passwd --file PATH
     /// USER`; plaintext passwords still work, with a deprecation warning); when given, MQTT
     /// clients must log in with one of them (others get CONNACK "bad username or password",
@@ -656,6 +667,7 @@ impl Cli {
             backlog_rate: self.backlog_rate,
             buffer_fsync_interval: Duration::from_millis(self.buffer_fsync_interval_ms),
             mqtt_max_publish_rate: self.mqtt_max_publish_rate,
+            master_key_file: self.master_key_file,
             mqtt_users_file: self.mqtt_users_file,
             mqtt_tls_cert: self.mqtt_tls_cert,
             mqtt_tls_key: self.mqtt_tls_key,
@@ -693,6 +705,7 @@ struct FileConfig {
     backlog_rate: Option<u64>,
     buffer_fsync_interval_ms: Option<u64>,
     mqtt_max_publish_rate: Option<u32>,
+    master_key_file: Option<PathBuf>,
     mqtt_users_file: Option<PathBuf>,
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,

@@ -132,10 +132,12 @@ impl Agent {
             segment_max_bytes: config.buffer_segment_bytes,
         };
         let open_dir = dir.clone();
-        let (writer, reader, recovery) =
-            tokio::task::spawn_blocking(move || buffer::open(&open_dir, options))
-                .await?
-                .with_context(|| format!("cannot open the buffer in {}", dir.display()))?;
+        let key_file = config.master_key_file.clone();
+        let (writer, reader, recovery) = tokio::task::spawn_blocking(move || {
+            buffer::open_with_key(&open_dir, options, key_file.as_deref())
+        })
+        .await?
+        .with_context(|| format!("cannot open the buffer in {}", dir.display()))?;
         info!(
             dir = %dir.display(),
             epoch = %recovery.epoch,

@@ -1,8 +1,9 @@
 //! `edge-agent`: parses the configuration, sets up logs and metrics, and runs the agent until
 //! Ctrl-C or SIGTERM. Everything else lives in the library.
 //!
-//! One subcommand: `edge-agent passwd --file FILE USERNAME` sets a device's password hash in
-//! the MQTT users file (the password is read from the terminal, without echo, or from stdin).
+//! Subcommands: `edge-agent passwd --file FILE USERNAME` sets a device's password hash in the
+//! MQTT users file (the password is read from the terminal, without echo, or from stdin);
+//! `edge-agent keys list|rotate` shows or rotates the buffer's data keys (encryption at rest).
 
 use edge_agent::config::AgentConfig;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -32,6 +33,9 @@ async fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "passwd") {
         return passwd();
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "keys") {
+        return keys();
+    }
     // Exits with clap's usage message (status 2) on unknown flags, prints --help/--version.
     let config = match AgentConfig::from_args() {
         Ok(config) => config,
@@ -45,6 +49,76 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(None, &e, 1),
     }
+}
+
+/// `edge-agent keys`: the data keys of the buffer's encryption at rest.
+#[derive(clap::Parser)]
+#[command(
+    name = "edge-agent keys",
+    about = "List or rotate the data keys of the buffer's encryption at rest. `rotate` adds a \
+             new data key; the agent seals with it after its next start, and records sealed \
+             with older keys stay readable (each names its key)."
+)]
+struct KeysArgs {
+    /// `list` or `rotate`
+    #[arg(value_parser = ["list", "rotate"])]
+    action: String,
+    /// The agent's data directory (the keyring is in its `buffer` folder)
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./data/edge",
+        env = "UPDRAFT_EDGE_DATA_DIR"
+    )]
+    data_dir: std::path::PathBuf,
+    /// The master key file (else UPDRAFT_MASTER_KEY in hex)
+    #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MASTER_KEY_FILE")]
+    master_key_file: Option<std::path::PathBuf>,
+}
+
+fn keys() -> ExitCode {
+    use clap::Parser;
+    let args = KeysArgs::parse_from(std::env::args_os().skip(1));
+    let dir = args.data_dir.join("buffer");
+    let master = match crypt::MasterKey::resolve(args.master_key_file.as_deref()) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            eprintln!(
+                "edge-agent keys: no master key (--master-key-file or UPDRAFT_MASTER_KEY): the \
+                 buffer is not encrypted"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => return fail(Some("cannot read the master key"), &e.into(), EXIT_CONFIG),
+    };
+    if !crypt::Keyring::exists_in(&dir) {
+        eprintln!(
+            "edge-agent keys: no keyring in {} (the agent creates it at its first encrypted start)",
+            dir.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut ring = match crypt::Keyring::open(&dir, &master) {
+        Ok(r) => r,
+        Err(e) => return fail(Some("cannot open the keyring"), &e.into(), EXIT_CONFIG),
+    };
+    if args.action == "rotate" {
+        match ring.rotate() {
+            Ok(added) => {
+                for (store, id) in added {
+                    eprintln!(
+                        "new {} key {id}; the agent uses it after its next start",
+                        store.as_str()
+                    );
+                }
+            }
+            Err(e) => return fail(Some("cannot rotate the keys"), &e.into(), 1),
+        }
+    }
+    for k in ring.keys() {
+        println!("{}\t{}\t{}", k.store.as_str(), k.id, k.created_ms);
+    }
+    ExitCode::SUCCESS
 }
 
 /// `edge-agent passwd`: sets a device's password in the MQTT users file.

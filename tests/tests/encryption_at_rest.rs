@@ -137,7 +137,14 @@ fn store_and_scan(encrypted: bool) -> anyhow::Result<(Vec<String>, Vec<String>)>
             "--topic-template",
             &format!("{{{LABEL}}}/{{device}}/{{metric}}"),
         ]);
-    let mut agent = Running::spawn(cmd, work.path().join("agent.log"), encrypted)?;
+    if encrypted {
+        // The agent takes its key from a file named by a flag (the core above from the
+        // environment): both ways are covered. The file lies outside both data directories.
+        let key_file = work.path().join("edge.key");
+        std::fs::write(&key_file, MASTER_KEY)?;
+        cmd.arg("--master-key-file").arg(&key_file);
+    }
+    let mut agent = Running::spawn(cmd, work.path().join("agent.log"), false)?;
     let agent_health = format!("http://127.0.0.1:{agent_http}/health");
     wait_for("agent /health", Duration::from_secs(30), || {
         matches!(http_get(&agent_health), Ok((200, _))).then_some(())

@@ -4,15 +4,16 @@
 //!
 //! # Encryption at rest
 //!
-//! With a master key (the file named by `UPDRAFT_EDGE_MASTER_KEY_FILE`, else the hex key in
-//! `UPDRAFT_MASTER_KEY`), [`open`] keeps the buffer encrypted: a keyring with one `edge` data
+//! With a master key (the file named by `--master-key-file` or `UPDRAFT_EDGE_MASTER_KEY_FILE`,
+//! else the hex key in `UPDRAFT_MASTER_KEY`), [`open_with_key`] keeps the buffer encrypted: a keyring with one `edge` data
 //! key (wrapped by the master key) in `<buffer-dir>/keyring.json`, created on first use, and
 //! every record sealed with AES-256-GCM under it, the key id in each record (`crypt` and
 //! `seglog` docs). Records are sealed as they are, uncompressed: they are small and sealing is
 //! cheap, while compressing each would cost CPU on the fsync path for little gain. A buffer
 //! with a keyring is never opened without the key, and a buffer holding plain records is never
-//! opened with one ([`LogError::EncryptionMismatch`]): they never mix. Rotation for the edge
-//! is not offered yet (its data lives minutes to days).
+//! opened with one ([`LogError::EncryptionMismatch`]): they never mix. `edge-agent keys rotate`
+//! adds a new `edge` key; the agent seals with it after its next start and opens older records
+//! with the key each names.
 
 pub mod overflow;
 pub mod record;
@@ -26,9 +27,21 @@ pub const MASTER_KEY_FILE_ENV: &str = "UPDRAFT_EDGE_MASTER_KEY_FILE";
 
 /// Opens the buffer in `dir` like [`seglog::open`], encrypted when a master key is configured
 /// (see the module docs).
+#[cfg(test)]
 pub fn open(dir: &Path, options: LogOptions) -> Result<(LogWriter, LogReader, Recovery), LogError> {
-    let file = std::env::var_os(MASTER_KEY_FILE_ENV).map(std::path::PathBuf::from);
-    let master = crypt::MasterKey::resolve(file.as_deref())?;
+    open_with_key(dir, options, None)
+}
+
+/// Opens the buffer in `dir` like [`seglog::open`], encrypted when a master key is configured:
+/// the file `master_key_file` (`--master-key-file`) when given, else the environment (see the
+/// module docs).
+pub fn open_with_key(
+    dir: &Path,
+    options: LogOptions,
+    master_key_file: Option<&Path>,
+) -> Result<(LogWriter, LogReader, Recovery), LogError> {
+    let from_env = std::env::var_os(MASTER_KEY_FILE_ENV).map(std::path::PathBuf::from);
+    let master = crypt::MasterKey::resolve(master_key_file.or(from_env.as_deref()))?;
     let has_keyring = crypt::Keyring::exists_in(dir);
     let sealer = match master {
         None if has_keyring => {
