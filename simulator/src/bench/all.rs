@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// `simulator bench all`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AllArgs {
-    /// Rounds of the scenarios that report medians (ingest, query, storage), at least 3.
+    /// Rounds of the scenarios that report medians (ingest, query, storage, mqtt), at least 3.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(3..))]
     pub rounds: u32,
     /// Samples of the reduced `billion` run.
@@ -51,7 +51,7 @@ pub fn plan(args: &AllArgs) -> Vec<(&'static str, Option<Vec<String>>)> {
         ),
         ("storage", v(&["storage", "--rounds", &rounds])),
         ("ingest", v(&["ingest", "--rounds", &rounds])),
-        ("mqtt", v(&["mqtt"])),
+        ("mqtt", v(&["mqtt", "--rounds", &rounds])),
         ("freshness", v(&["freshness"])),
     ]
 }

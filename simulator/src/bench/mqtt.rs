@@ -53,6 +53,9 @@ const STALL: Duration = Duration::from_secs(3);
 /// `simulator bench mqtt`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MqttArgs {
+    /// Rounds; each starts both servers afresh, and every figure is the median of the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
     /// Seconds of each flat-out run.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
@@ -119,19 +122,31 @@ pub fn run(args: &MqttArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
     for qos in [0u8, 1] {
         let dataset = format!("qos{qos}");
         let mut figures = Vec::new();
-        for system in [System::Updraft, System::Mosquitto] {
-            reporter.note(&format!("{dataset}: {} ...", system.name()));
-            let dir = root.join(format!("{}-{dataset}", system.name()));
-            std::fs::create_dir_all(&dir)?;
-            let server = match system {
-                System::Updraft => Server::agent(&agent_bin, &dir, args.cpu)?,
-                System::Mosquitto => Server::mosquitto(&args.mosquitto, &dir, args.cpu)?,
-            };
-            let found = runtime.block_on(measure(&server, args, qos))?;
-            reporter.note(&format!(
-                "  {:.0} msgs/s flat out ({} of {} sent), {:.0} msgs/s paced",
-                found.rate, found.received, found.sent, found.paced_rate
-            ));
+        let mut rounds: [Vec<Found>; 2] = [Vec::new(), Vec::new()];
+        let mut binary_bytes = [0u64; 2];
+        for round in 0..args.rounds {
+            // Alternate which system goes first, so neither always meets a warmer disk.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let system = [System::Updraft, System::Mosquitto][i];
+                reporter.note(&format!("{dataset}: {} (round {round}) ...", system.name()));
+                let dir = root.join(format!("{}-{dataset}-{round}", system.name()));
+                std::fs::create_dir_all(&dir)?;
+                let server = match system {
+                    System::Updraft => Server::agent(&agent_bin, &dir, args.cpu)?,
+                    System::Mosquitto => Server::mosquitto(&args.mosquitto, &dir, args.cpu)?,
+                };
+                let found = runtime.block_on(measure(&server, args, qos))?;
+                reporter.note(&format!(
+                    "  {:.0} msgs/s flat out ({} of {} sent), {:.0} msgs/s paced",
+                    found.rate, found.received, found.sent, found.paced_rate
+                ));
+                binary_bytes[i] = server.binary_bytes;
+                rounds[i].push(found);
+            }
+        }
+        for (i, system) in [System::Updraft, System::Mosquitto].into_iter().enumerate() {
+            let found = Found::median(&rounds[i]);
             let fig = |name: &str, value: f64, unit: &str| {
                 Figure::new(SCENARIO, &dataset, system.name(), name, value, unit)
             };
@@ -144,7 +159,7 @@ pub fn run(args: &MqttArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
                 figures.push(fig("puback_p99_ms", found.paced_p99_ms, "ms"));
                 figures.push(fig("puback_p99_ms_flat_out", found.flat_p99_ms, "ms"));
             }
-            figures.push(fig("binary_bytes", server.binary_bytes as f64, "B"));
+            figures.push(fig("binary_bytes", binary_bytes[i] as f64, "B"));
         }
         let (table, notes) = render(&figures, &dataset, args);
         reporter.dataset_result(&format!("bench mqtt, QoS {qos}"), &figures, &table, &notes);
@@ -177,13 +192,15 @@ fn render(figures: &[Figure], dataset: &str, args: &MqttArgs) -> (Table, Vec<Str
         "Each server pinned to CPU {} (taskset); {} publisher connections, QoS 1 window {} each; \
          flat out for {} s, paced at {} msgs/s for {} s (RSS and PUBACK latency). Updraft: \
          edge-agent into its fsynced buffer, core unreachable (the uplink is not measured); \
-         mosquitto: persistence off, forwarding to one counting subscriber.",
+         mosquitto: persistence off, forwarding to one counting subscriber. Medians of {} \
+         rounds, each with both servers started afresh.",
         args.cpu,
         args.connections,
         args.inflight,
         args.seconds,
         args.paced_rate,
-        args.paced_seconds
+        args.paced_seconds,
+        args.rounds
     )];
     if let (Some(u), Some(m)) = (
         get("updraft", "msgs_per_second"),
@@ -216,6 +233,7 @@ fn render(figures: &[Figure], dataset: &str, args: &MqttArgs) -> (Table, Vec<Str
 }
 
 /// What one system did at one QoS.
+#[derive(Debug, Clone, Copy, Default)]
 struct Found {
     sent: u64,
     received: u64,
@@ -227,6 +245,30 @@ struct Found {
     flat_rss: u64,
     paced_p50_ms: f64,
     paced_p99_ms: f64,
+}
+
+impl Found {
+    /// The median of every field over `rounds` (each field on its own).
+    fn median(rounds: &[Found]) -> Found {
+        fn mid<T: Copy + PartialOrd + Default>(mut v: Vec<T>) -> T {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        }
+        let f = |pick: fn(&Found) -> f64| mid(rounds.iter().map(pick).collect());
+        let u = |pick: fn(&Found) -> u64| mid(rounds.iter().map(pick).collect());
+        Found {
+            sent: u(|r| r.sent),
+            received: u(|r| r.received),
+            rate: f(|r| r.rate),
+            cpu_ms_per_1000: f(|r| r.cpu_ms_per_1000),
+            flat_p99_ms: f(|r| r.flat_p99_ms),
+            paced_rate: f(|r| r.paced_rate),
+            paced_rss: u(|r| r.paced_rss),
+            flat_rss: u(|r| r.flat_rss),
+            paced_p50_ms: f(|r| r.paced_p50_ms),
+            paced_p99_ms: f(|r| r.paced_p99_ms),
+        }
+    }
 }
 
 async fn measure(server: &Server, args: &MqttArgs, qos: u8) -> anyhow::Result<Found> {
