@@ -41,7 +41,6 @@ use core_node::storage::Durability;
 use protocols::remote_write::{self as rw, WriteRequest};
 use servers::Server;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "query";
@@ -398,25 +397,7 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         n
     };
     let om_bytes = std::fs::metadata(&om_path)?.len();
-    let out = Command::new(&args.promtool)
-        .args([
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "--max-block-duration=486h",
-            "-q",
-        ])
-        .arg(&om_path)
-        .arg(&prom_dir)
-        .output()
-        .with_context(|| format!("running {}", args.promtool.display()))?;
-    if !out.status.success() {
-        bail!(
-            "promtool failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    servers::promtool_backfill(&args.promtool, &om_path, &prom_dir, "486h")?;
     std::fs::remove_file(&om_path)?;
     let long_series: Vec<SeriesData> = datasets::generate(&long_spec).collect();
     let long_samples = samples_in(&long_series);

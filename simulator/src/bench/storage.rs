@@ -52,7 +52,6 @@ use crate::datasets::{self, Dataset, DatasetSpec, SeriesData};
 use anyhow::{Context, bail};
 use core_node::storage::{CompactionOptions, Durability};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "storage";
@@ -502,21 +501,7 @@ fn prometheus(args: &StorageArgs, spec: &DatasetSpec, dir: &Path) -> anyhow::Res
         std::io::Write::flush(&mut out)?;
     }
     let blocks = dir.join("prometheus");
-    let out = Command::new(&args.promtool)
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(format!("--max-block-duration={}", args.prom_block_duration))
-        .arg("-q")
-        .arg(&om)
-        .arg(&blocks)
-        .output()
-        .with_context(|| format!("running {}", args.promtool.display()))?;
-    if !out.status.success() {
-        bail!(
-            "promtool failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    servers::promtool_backfill(&args.promtool, &om, &blocks, &args.prom_block_duration)?;
     std::fs::remove_file(&om)?;
     let mut parts = std::collections::BTreeMap::<String, u64>::new();
     let mut block_count = 0;

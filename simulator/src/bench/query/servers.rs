@@ -281,6 +281,32 @@ pub(crate) fn default_core_node() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/core-node"))
 }
 
+/// Writes the OpenMetrics text in `openmetrics` into Prometheus blocks under `out_dir` with
+/// `promtool tsdb create-blocks-from openmetrics --max-block-duration=<max_block_duration>`.
+pub(crate) fn promtool_backfill(
+    promtool: &Path,
+    openmetrics: &Path,
+    out_dir: &Path,
+    max_block_duration: &str,
+) -> anyhow::Result<()> {
+    let out = Command::new(promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(format!("--max-block-duration={max_block_duration}"))
+        .arg("-q")
+        .arg(openmetrics)
+        .arg(out_dir)
+        .output()
+        .with_context(|| format!("running {}", promtool.display()))?;
+    if !out.status.success() {
+        bail!(
+            "promtool failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
