@@ -362,6 +362,8 @@ impl AgentConfig {
         )?;
         let delay_ms = u64::try_from(self.batch_max_delay.as_millis()).unwrap_or(u64::MAX);
         range("batch-max-delay-ms", delay_ms, 0, 60_000)?;
+        let fsync_ms = u64::try_from(self.buffer_fsync_interval.as_millis()).unwrap_or(u64::MAX);
+        range("buffer-fsync-interval-ms", fsync_ms, 0, 60_000)?;
         range(
             "buffer-segment-bytes",
             self.buffer_segment_bytes,
@@ -524,7 +526,7 @@ struct Cli {
 
     /// Shortest time between two fsyncs of the buffer, in ms: messages arriving meanwhile
     /// wait and share the next fsync (fewer fsyncs on slow storage, e.g. SD cards, at the cost
-    /// of acknowledgement latency). 0: fsync each burst at once. An acknowledgement (PUBACK,
+    /// of acknowledgement latency). 0: fsync each burst at once; at most 60000. An acknowledgement (PUBACK,
     /// bridge ack) is never sent before the fsync that covers its message
     #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FSYNC_INTERVAL_MS", default_value_t = DEFAULT_BUFFER_FSYNC_INTERVAL_MS)]
     buffer_fsync_interval_ms: u64,
@@ -882,6 +884,10 @@ mod tests {
         assert!(msg(&["--core", "::1:4433"]).contains("brackets"));
         assert!(msg(&["--topic-template", "{site}"]).contains("--topic-template"));
         assert!(msg(&["--batch-max-samples", "0"]).contains("--batch-max-samples"));
+        // An interval that would overflow the ingest thread's clock arithmetic is refused.
+        let huge = u64::MAX.to_string();
+        assert!(msg(&["--buffer-fsync-interval-ms", &huge]).contains("--buffer-fsync-interval-ms"));
+        assert!(parse(&["--buffer-fsync-interval-ms", "60000"]).is_ok());
         assert!(msg(&["--http-listen", "127.0.0.1:1883"]).contains("same address"));
         let repeated = parse(&["--core", "a:1", "--core", "b:2"]).expect("valid");
         assert_eq!(repeated.core.len(), 2);
