@@ -27,7 +27,12 @@
 //! ```
 //!
 //! A wrapped key's additional data is `"updraft-data-key" ++ id (u32 BE) ++ store name`, so a
-//! key cannot be moved to another id or store. The file is replaced atomically (mode 0600).
+//! key cannot be moved to another id or store. The file is replaced atomically (mode 0600):
+//! a temporary file, fsynced, renamed over it, then the directory fsynced.
+//!
+//! **Re-wrapping** ([`Keyring::rewrap`]) wraps every data key again under a new master key
+//! (new nonces, new `check`) and replaces the file the same way; the data keys, and so every
+//! sealed record, stay as they are. Only the new master key opens the keyring afterwards.
 //!
 //! # Sealed record (version 1)
 //!
@@ -99,6 +104,11 @@ pub enum CryptError {
     UnsupportedVersion(u8),
     #[error("the system random number generator failed")]
     Random,
+    #[error(
+        "{path} is locked by a running process (a node or agent using this data directory): \
+         stop it first"
+    )]
+    InUse { path: PathBuf },
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> CryptError {
@@ -292,6 +302,47 @@ fn wrap_aad(id: u32, store: Store) -> Vec<u8> {
     aad
 }
 
+/// `nonce ++ AES-256-GCM(master, key) ++ tag`, with a fresh random nonce.
+fn wrap(
+    master: &LessSafeKey,
+    id: u32,
+    store: Store,
+    key: &[u8; KEY_BYTES],
+) -> Result<Vec<u8>, CryptError> {
+    let nonce_bytes: [u8; NONCE_LEN] = random()?;
+    let mut sealed = key.to_vec();
+    master
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(wrap_aad(id, store)),
+            &mut sealed,
+        )
+        .map_err(|_| CryptError::Random)?;
+    let mut wrapped = nonce_bytes.to_vec();
+    wrapped.extend_from_slice(&sealed);
+    Ok(wrapped)
+}
+
+/// Takes an exclusive advisory lock (`flock`) on the lock file `path` of a running process
+/// (the edge buffer's and the core WAL's `LOCK`, fjall's `lock`), so that nothing opens the
+/// data directory while the lock is held. `Ok(None)` when the file does not exist (nothing
+/// ever ran there); [`CryptError::InUse`] when a process holds it. The lock lasts as long as
+/// the returned file stays open.
+pub fn lock_if_present(path: &Path) -> Result<Option<fs::File>, CryptError> {
+    let file = match fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Err(CryptError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(path, e)),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -423,32 +474,28 @@ impl Keyring {
     fn add_key(&mut self, store: Store) -> Result<u32, CryptError> {
         let id = self.keys.iter().map(|(w, _)| w.id).max().unwrap_or(0) + 1;
         let key: [u8; KEY_BYTES] = random()?;
-        let nonce_bytes: [u8; NONCE_LEN] = random()?;
-        let mut sealed = key.to_vec();
-        self.master
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(wrap_aad(id, store)),
-                &mut sealed,
-            )
-            .map_err(|_| CryptError::Random)?;
-        let mut wrapped = nonce_bytes.to_vec();
-        wrapped.extend_from_slice(&sealed);
         let entry = WrappedKey {
             id,
             store,
             created_ms: now_ms(),
-            wrapped: to_hex(&wrapped),
+            wrapped: to_hex(&wrap(&self.master, id, store, &key)?),
         };
         self.keys.push((entry, key));
         Ok(id)
     }
 
     fn save(&self) -> Result<(), CryptError> {
+        let keys: Vec<WrappedKey> = self.keys.iter().map(|(w, _)| w.clone()).collect();
+        self.write_file(&self.check, keys)
+    }
+
+    /// Replaces the keyring file atomically: a temporary file, fsynced, renamed over the old
+    /// one, then the directory fsynced. A crash leaves the old file or the new one, whole.
+    fn write_file(&self, check: &str, keys: Vec<WrappedKey>) -> Result<(), CryptError> {
         let file = KeyringFile {
             version: KEYRING_VERSION,
-            check: self.check.clone(),
-            keys: self.keys.iter().map(|(w, _)| w.clone()).collect(),
+            check: check.to_owned(),
+            keys,
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| CryptError::Keyring {
             path: self.path.clone(),
@@ -489,6 +536,29 @@ impl Keyring {
         }
         self.save()?;
         Ok(added)
+    }
+
+    /// Wraps every data key again under `new_master` and replaces the keyring file
+    /// atomically (see [`Keyring::write_file`]); afterwards only `new_master` opens it. The
+    /// data keys themselves do not change, so every sealed record stays readable. Each key
+    /// gets a fresh random nonce. On an error the file and this keyring are left as they were.
+    pub fn rewrap(&mut self, new_master: &MasterKey) -> Result<(), CryptError> {
+        let master = aead_key(&new_master.key)?;
+        let check = new_master.check();
+        let mut entries = Vec::with_capacity(self.keys.len());
+        for (w, key) in &self.keys {
+            entries.push(WrappedKey {
+                wrapped: to_hex(&wrap(&master, w.id, w.store, key)?),
+                ..w.clone()
+            });
+        }
+        self.write_file(&check, entries.clone())?;
+        self.master = master;
+        self.check = check;
+        for ((w, _), new) in self.keys.iter_mut().zip(entries) {
+            *w = new;
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> Vec<KeyInfo> {

@@ -126,3 +126,96 @@ fn keyed_hashes_are_stable_and_unambiguous() {
     assert_ne!(h.hash(&[b"ab", b"c"]), h.hash(&[b"a", b"bc"]));
     assert_ne!(h.hash(&[b"x"]), KeyedHash::new(&[2; 32]).hash(&[b"x"]));
 }
+
+#[test]
+fn rewrapping_moves_the_keyring_to_a_new_master_key_and_keeps_records_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (master(), master());
+    let mut ring = Keyring::create(dir.path(), &old, CORE_STORES).expect("create");
+    ring.rotate().expect("rotate");
+    let wal = ring.sealer(Store::Wal).expect("sealer");
+    let sealed = wal
+        .seal(b"k", b"written under the old master")
+        .expect("seal");
+    let hash = ring.hasher(Store::IndexHash).expect("hasher").hash(&[b"x"]);
+    let before = ring.keys();
+    let text_before = fs::read_to_string(Keyring::path_in(dir.path())).expect("read");
+
+    ring.rewrap(&new).expect("rewrap");
+    let text_after = fs::read_to_string(Keyring::path_in(dir.path())).expect("read");
+    assert_ne!(text_before, text_after, "the file was not rewritten");
+    let wrapped = |text: &str| -> Vec<String> {
+        let file: KeyringFile = serde_json::from_str(text).expect("json");
+        file.keys.into_iter().map(|k| k.wrapped).collect()
+    };
+    for (a, b) in wrapped(&text_before)
+        .iter()
+        .zip(wrapped(&text_after).iter())
+    {
+        assert_ne!(a, b, "a data key kept its old wrapping");
+    }
+    assert!(
+        !dir.path().join("keyring.json.tmp").exists(),
+        "temporary file left behind"
+    );
+
+    let err = Keyring::open(dir.path(), &old).expect_err("the old master key still opens it");
+    assert!(matches!(err, CryptError::WrongMasterKey { .. }), "{err}");
+    assert!(err.to_string().contains("wrong master key"), "{err}");
+    let reopened = Keyring::open(dir.path(), &new).expect("the new master key opens it");
+    assert_eq!(
+        reopened.keys(),
+        before,
+        "ids, stores, times and current keys kept"
+    );
+    let opener = reopened.sealer(Store::Wal).expect("sealer");
+    assert_eq!(
+        opener.open(b"k", &sealed).expect("old record"),
+        b"written under the old master"
+    );
+    assert_eq!(
+        reopened
+            .hasher(Store::IndexHash)
+            .expect("hasher")
+            .hash(&[b"x"]),
+        hash
+    );
+    // The keyring in memory follows: a later change is saved under the new master key.
+    ring.rotate().expect("rotate after rewrap");
+    assert!(Keyring::open(dir.path(), &new).is_ok());
+}
+
+#[test]
+fn a_failed_rewrap_leaves_the_old_keyring_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (master(), master());
+    let mut ring = Keyring::create(dir.path(), &old, EDGE_STORES).expect("create");
+    let before = fs::read(Keyring::path_in(dir.path())).expect("read");
+    // A directory where the temporary file must go: the write fails before any rename.
+    fs::create_dir(dir.path().join("keyring.json.tmp")).expect("mkdir");
+    assert!(ring.rewrap(&new).is_err());
+    assert_eq!(
+        fs::read(Keyring::path_in(dir.path())).expect("read"),
+        before
+    );
+    assert!(Keyring::open(dir.path(), &old).is_ok());
+    assert!(Keyring::open(dir.path(), &new).is_err());
+    // The keyring in memory still belongs to the old master key.
+    fs::remove_dir(dir.path().join("keyring.json.tmp")).expect("rmdir");
+    ring.rotate().expect("rotate");
+    assert!(Keyring::open(dir.path(), &old).is_ok());
+}
+
+#[test]
+fn a_held_lock_file_is_reported_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("LOCK");
+    assert!(lock_if_present(&path).expect("absent").is_none());
+    fs::write(&path, b"").expect("create");
+    let held = lock_if_present(&path).expect("free").expect("present");
+    let err = lock_if_present(&path).expect_err("second lock");
+    assert!(matches!(err, CryptError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("stop it first"), "{err}");
+    drop(held);
+    assert!(lock_if_present(&path).expect("free again").is_some());
+}
