@@ -25,7 +25,8 @@ enum Command {
     /// Manage API tokens in the data directory's token store; a running node picks changes
     /// up within a second.
     Tokens(TokensArgs),
-    /// Encryption at rest: create a master key, list or rotate the data keys.
+    /// Encryption at rest: create a master key, list or rotate the data keys, re-wrap them
+    /// under a new master key.
     Keys(KeysArgs),
 }
 
@@ -48,6 +49,18 @@ enum KeysCommand {
     Rotate(KeyDirArgs),
     /// List the data keys (ids, stores, creation times; never the keys).
     List(KeyDirArgs),
+    /// Wrap every data key under a new master key (the node must be stopped); afterwards only
+    /// the new key opens the data directory, and all data stays readable.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(clap::Args)]
+struct RewrapArgs {
+    #[command(flatten)]
+    dir: KeyDirArgs,
+    /// The new master key file (`keys init --out FILE` writes one).
+    #[arg(long)]
+    new_master_key_file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -199,6 +212,7 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        KeysCommand::Rewrap(a) => return rewrap(a),
         KeysCommand::Rotate(a) | KeysCommand::List(a) => a,
     };
     let config = config::CoreConfig::from_args(config::RunArgs {
@@ -240,6 +254,49 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
             if k.current { "yes" } else { "" }
         );
     }
+    Ok(())
+}
+
+/// `keys rewrap`: refuses while a node holds the data directory (the WAL's and fjall's lock
+/// files), and holds those locks itself so that no node starts meanwhile.
+fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
+    let config = config::CoreConfig::from_args(config::RunArgs {
+        config: args.dir.config,
+        data_dir: args.dir.data_dir,
+        master_key_file: args.dir.master_key_file,
+        ..Default::default()
+    })?;
+    let dir = &config.data_dir;
+    let Some(old) = crypt::MasterKey::resolve(config.master_key_file.as_deref())? else {
+        anyhow::bail!(
+            "no current master key: pass --master-key-file or set {}",
+            crypt::MASTER_KEY_ENV
+        );
+    };
+    let new = crypt::MasterKey::read_file(&args.new_master_key_file)?;
+    if !crypt::Keyring::exists_in(dir) {
+        anyhow::bail!(
+            "{} is not encrypted (no {})",
+            dir.display(),
+            crypt::KEYRING_FILE
+        );
+    }
+    let _locks = [
+        dir.join("wal").join("LOCK"),
+        dir.join("storage").join("lock"),
+    ]
+    .iter()
+    .map(|p| crypt::lock_if_present(p))
+    .collect::<Result<Vec<_>, _>>()
+    .context("a core node is running on this data directory")?;
+    crypt::Keyring::open(dir, &old)?.rewrap(&new)?;
+    eprintln!(
+        "re-wrapped every data key of {} under {}; start the node with --master-key-file {} \
+         (the old master key no longer opens it)",
+        dir.display(),
+        args.new_master_key_file.display(),
+        args.new_master_key_file.display()
+    );
     Ok(())
 }
 
