@@ -3,7 +3,8 @@
 //!
 //! Subcommands: `edge-agent passwd --file FILE USERNAME` sets a device's password hash in the
 //! MQTT users file (the password is read from the terminal, without echo, or from stdin);
-//! `edge-agent keys list|rotate` shows or rotates the buffer's data keys (encryption at rest).
+//! `edge-agent keys list|rotate|rewrap` shows or rotates the buffer's data keys, or re-wraps
+//! them under a new master key (encryption at rest).
 
 use edge_agent::config::AgentConfig;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -55,13 +56,15 @@ async fn main() -> ExitCode {
 #[derive(clap::Parser)]
 #[command(
     name = "edge-agent keys",
-    about = "List or rotate the data keys of the buffer's encryption at rest. `rotate` adds a \
-             new data key; the agent seals with it after its next start, and records sealed \
-             with older keys stay readable (each names its key)."
+    about = "List or rotate the data keys of the buffer's encryption at rest, or re-wrap them \
+             under a new master key. `rotate` adds a new data key; the agent seals with it after \
+             its next start, and records sealed with older keys stay readable (each names its \
+             key). `rewrap --new-master-key-file F` wraps every data key under the master key in \
+             F (the agent must be stopped); afterwards only F opens the buffer."
 )]
 struct KeysArgs {
-    /// `list` or `rotate`
-    #[arg(value_parser = ["list", "rotate"])]
+    /// `list`, `rotate` or `rewrap`
+    #[arg(value_parser = ["list", "rotate", "rewrap"])]
     action: String,
     /// The agent's data directory (the keyring is in its `buffer` folder)
     #[arg(
@@ -74,6 +77,9 @@ struct KeysArgs {
     /// The master key file (else UPDRAFT_MASTER_KEY in hex)
     #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MASTER_KEY_FILE")]
     master_key_file: Option<std::path::PathBuf>,
+    /// `rewrap`: the new master key file (`core-node keys init --out FILE` writes one)
+    #[arg(long, value_name = "PATH", required_if_eq("action", "rewrap"))]
+    new_master_key_file: Option<std::path::PathBuf>,
 }
 
 fn keys() -> ExitCode {
@@ -102,6 +108,13 @@ fn keys() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(Some("cannot open the keyring"), &e.into(), EXIT_CONFIG),
     };
+    if let Some(new_file) = args.new_master_key_file.as_deref() {
+        if args.action != "rewrap" {
+            eprintln!("edge-agent keys: --new-master-key-file belongs to `rewrap`");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        return rewrap(&dir, ring, new_file);
+    }
     if args.action == "rotate" {
         match ring.rotate() {
             Ok(added) => {
@@ -118,6 +131,39 @@ fn keys() -> ExitCode {
     for k in ring.keys() {
         println!("{}\t{}\t{}", k.store.as_str(), k.id, k.created_ms);
     }
+    ExitCode::SUCCESS
+}
+
+/// `keys rewrap`: refuses while an agent holds the buffer (its `LOCK` file), and holds that
+/// lock itself so that no agent starts meanwhile.
+fn rewrap(dir: &std::path::Path, mut ring: crypt::Keyring, new_file: &std::path::Path) -> ExitCode {
+    let new = match crypt::MasterKey::read_file(new_file) {
+        Ok(m) => m,
+        Err(e) => {
+            return fail(
+                Some("cannot read the new master key"),
+                &e.into(),
+                EXIT_CONFIG,
+            );
+        }
+    };
+    let _lock = match crypt::lock_if_present(&dir.join("LOCK")) {
+        Ok(lock) => lock,
+        Err(e) => {
+            let context = "an edge agent is running on this data directory";
+            return fail(Some(context), &e.into(), 1);
+        }
+    };
+    if let Err(e) = ring.rewrap(&new) {
+        return fail(Some("cannot re-wrap the keys"), &e.into(), 1);
+    }
+    eprintln!(
+        "re-wrapped every data key of {} under {}; start the agent with --master-key-file {} \
+         (the old master key no longer opens it)",
+        dir.display(),
+        new_file.display(),
+        new_file.display()
+    );
     ExitCode::SUCCESS
 }
 
