@@ -101,8 +101,15 @@ enum TokensCommand {
         /// A note shown by `tokens list`, e.g. who uses the token.
         #[arg(long, default_value = "")]
         description: String,
+        /// The token stops working this long after now: a number and s, m, h or d, e.g. 30d
+        /// [default: never expires].
+        #[arg(long, conflicts_with = "expires_at")]
+        expires_in: Option<String>,
+        /// The token stops working at this RFC 3339 time, e.g. 2026-12-31T23:59:59Z.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
-    /// List tokens (ids, tenants, roles; never the tokens).
+    /// List tokens (ids, tenants, roles, expiries; never the tokens).
     List,
     /// Revoke a token by its id.
     Revoke {
@@ -313,10 +320,19 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             tenant,
             role,
             description,
+            expires_in,
+            expires_at,
         } => {
             let tenant =
                 protocols::Tenant::new(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
-            let (record, token) = store.create(&tenant, role, &description)?;
+            let expires_ms = core_node::auth::expiry_from(
+                expires_in.as_deref(),
+                expires_at.as_deref(),
+                core_node::auth::store::now_ms(),
+            )
+            .map_err(|e| anyhow::anyhow!("--expires-in/--expires-at: {e}"))?;
+            let expires = core_node::auth::format_expiry(expires_ms);
+            let (record, token) = store.create(&tenant, role, &description, expires_ms)?;
             tracing::info!(
                 target: "audit",
                 event = "token_created",
@@ -324,10 +340,12 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
                 id = %record.id,
                 tenant = record.tenant.as_str(),
                 role = role.as_str(),
+                %expires,
                 "API token created"
             );
             eprintln!(
-                "created token {} (tenant {}, role {}) in {}; it is shown only now:",
+                "created token {} (tenant {}, role {}, expires {expires}) in {}; it is shown \
+                 only now:",
                 record.id,
                 record.tenant.as_str(),
                 role.as_str(),
@@ -337,20 +355,26 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
         }
         TokensCommand::List => {
             let tokens = store.load()?;
+            let now = core_node::auth::store::now_ms();
             println!(
-                "{:<16}  {:<20}  {:<5}  {:<24}  description",
-                "id", "tenant", "role", "created"
+                "{:<16}  {:<20}  {:<5}  {:<24}  {:<30}  description",
+                "id", "tenant", "role", "created", "expires"
             );
             for t in tokens {
                 let created = chrono::DateTime::from_timestamp_millis(t.created_ms)
                     .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_default();
+                let mut expires = core_node::auth::format_expiry(t.expires_ms);
+                if t.expired_at(now) {
+                    expires.push_str(" (expired)");
+                }
                 println!(
-                    "{:<16}  {:<20}  {:<5}  {:<24}  {}",
+                    "{:<16}  {:<20}  {:<5}  {:<24}  {:<30}  {}",
                     t.id,
                     t.tenant.as_str(),
                     t.role.as_str(),
                     created,
+                    expires,
                     t.description
                 );
             }

@@ -20,6 +20,14 @@
 //!    in a form usable elsewhere. It lives in the snapshot of the store, so any change to the
 //!    store (a revoke) empties it.
 //!
+//! # Expiry
+//!
+//! A token may carry an expiry (`expires_ms` in its record; see [`parse_expires_in`]). It is
+//! checked on every request, right after the id lookup and before the cache, so a token the
+//! cache accepted before it expired is refused once it has ([`Failure::Expired`]), and an
+//! expired token costs no Argon2 work. The clock is an argument of
+//! [`Authenticator::authenticate_at`], for tests.
+//!
 //! Argon2 itself compares hashes in constant time. At most [`MAX_CONCURRENT_VERIFICATIONS`]
 //! Argon2 verifications run at once (on the blocking pool), so a flood of wrong secrets for
 //! a known id cannot take the node's memory or every thread.
@@ -249,6 +257,9 @@ pub enum Failure {
     UnknownToken,
     /// A known id with the wrong secret.
     WrongSecret,
+    /// A known id whose expiry has passed (checked before the secret: an expired token is
+    /// refused without Argon2 work, and the id alone is public anyway).
+    Expired,
     /// Valid token, wrong role for the endpoint.
     Forbidden,
     /// The store could not be read, or verification failed to run.
@@ -262,6 +273,7 @@ impl Failure {
             Failure::Malformed => "malformed",
             Failure::UnknownToken => "unknown_token",
             Failure::WrongSecret => "wrong_secret",
+            Failure::Expired => "expired",
             Failure::Forbidden => "forbidden",
             Failure::Internal => "internal",
         }
@@ -275,6 +287,7 @@ impl Failure {
             }
             Failure::Malformed => "malformed credentials: expected an updraft_… API token",
             Failure::UnknownToken | Failure::WrongSecret => "invalid or revoked token",
+            Failure::Expired => "token expired",
             Failure::Forbidden => "the token's role does not allow this endpoint",
             Failure::Internal => "token store unavailable",
         }
@@ -289,6 +302,8 @@ pub struct TokenInfo {
     pub role: Role,
     pub created_ms: i64,
     pub description: String,
+    /// When it stops working (Unix milliseconds); `None`: never.
+    pub expires_ms: Option<i64>,
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -299,7 +314,72 @@ impl From<&TokenRecord> for TokenInfo {
             role: r.role,
             created_ms: r.created_ms,
             description: r.description.clone(),
+            expires_ms: r.expires_ms,
         }
+    }
+}
+
+/// Parses a token lifetime: a positive whole number with a unit `s`, `m`, `h` or `d`, e.g.
+/// `30d`, `12h`, `90s`.
+pub fn parse_expires_in(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let bad = || format!("invalid token lifetime {text:?}: expected e.g. 30d, 12h, 45m or 90s");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err(format!("token lifetime {text:?} would expire at once"));
+    }
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
+/// The expiry (Unix milliseconds) of a token created at `now_ms`, from either a lifetime
+/// (`expires_in`, see [`parse_expires_in`]) or an RFC 3339 time (`expires_at`); `None`
+/// for neither. Both at once, or a time not in the future, is an error.
+pub fn expiry_from(
+    expires_in: Option<&str>,
+    expires_at: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<i64>, String> {
+    let expires_ms = match (expires_in, expires_at) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err("give an expiry as a lifetime or as a time, not both".to_owned());
+        }
+        (Some(lifetime), None) => {
+            let d = parse_expires_in(lifetime)?;
+            now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }
+        (None, Some(at)) => chrono::DateTime::parse_from_rfc3339(at.trim())
+            .map_err(|e| {
+                format!(
+                    "invalid expiry time {at:?}: {e} (expected RFC 3339, e.g. 2026-12-31T23:59:59Z)"
+                )
+            })?
+            .timestamp_millis(),
+    };
+    if expires_ms <= now_ms {
+        return Err("the expiry is not in the future".to_owned());
+    }
+    Ok(Some(expires_ms))
+}
+
+/// A token expiry for lists and logs: RFC 3339 (seconds, UTC), or `never`.
+pub fn format_expiry(expires_ms: Option<i64>) -> String {
+    match expires_ms {
+        None => "never".to_owned(),
+        Some(ms) => chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| ms.to_string()),
     }
 }
 
@@ -437,8 +517,17 @@ impl Authenticator {
         }
     }
 
-    /// Who presents `token` (`None`: no credentials).
+    /// Who presents `token` (`None`: no credentials), by the wall clock.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Failure> {
+        self.authenticate_at(token, store::now_ms()).await
+    }
+
+    /// Who presents `token` at `now_ms` (Unix milliseconds; expiry is judged against it).
+    pub async fn authenticate_at(
+        &self,
+        token: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Principal, Failure> {
         let Some(text) = token else {
             return match &self.dev_tenant {
                 Some(tenant) => Ok(Principal {
@@ -456,6 +545,10 @@ impl Authenticator {
             .get(token.id())
             .ok_or(Failure::UnknownToken)?
             .clone();
+        // Before the cache: a token verified while valid is refused once it has expired.
+        if record.expired_at(now_ms) {
+            return Err(Failure::Expired);
+        }
         let principal = Principal {
             tenant: record.tenant.clone(),
             role: Some(record.role),
@@ -498,15 +591,17 @@ impl Authenticator {
     }
 
     /// Creates a token (blocking: Argon2 and the file's fsync; call it on the blocking pool).
+    /// `expires_ms`: when it stops working (Unix milliseconds), `None` for never.
     pub fn create(
         &self,
         tenant: &Tenant,
         role: Role,
         description: &str,
+        expires_ms: Option<i64>,
     ) -> anyhow::Result<(TokenInfo, Token)> {
         match &self.file {
             Some(file) => {
-                let (record, token) = file.create(tenant, role, description)?;
+                let (record, token) = file.create(tenant, role, description, expires_ms)?;
                 self.reload_after_write(file)?;
                 Ok((TokenInfo::from(&record), token))
             }
@@ -519,6 +614,7 @@ impl Authenticator {
                     hash: token.hash_secret()?,
                     created_ms: 0,
                     description: description.to_owned(),
+                    expires_ms,
                 };
                 let info = TokenInfo::from(&record);
                 let mut records: Vec<TokenRecord> =
@@ -596,7 +692,7 @@ mod tests {
     async fn a_token_authenticates_as_its_tenant_and_role_until_revoked() {
         let auth = Authenticator::in_memory(None).expect("auth");
         let (info, token) = auth
-            .create(&tenant("acme"), Role::Read, "")
+            .create(&tenant("acme"), Role::Read, "", None)
             .expect("created");
         let text = token.reveal();
         for _ in 0..2 {
@@ -627,6 +723,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_token_is_refused_even_after_the_cache_accepted_it() {
+        let auth = Authenticator::in_memory(None).expect("auth");
+        let t0 = 1_700_000_000_000;
+        let (info, token) = auth
+            .create(&tenant("acme"), Role::Read, "", Some(t0 + 1_000))
+            .expect("created");
+        assert_eq!(info.expires_ms, Some(t0 + 1_000));
+        let text = token.reveal();
+        // Accepted (Argon2, then the cache) while valid.
+        for now in [t0, t0 + 999] {
+            let p = auth.authenticate_at(Some(&text), now).await.expect("valid");
+            assert_eq!(p.tenant.as_str(), "acme");
+        }
+        // Refused from its expiry on, though the cache still holds it.
+        for now in [t0 + 1_000, t0 + 86_400_000] {
+            assert_eq!(
+                auth.authenticate_at(Some(&text), now).await,
+                Err(Failure::Expired)
+            );
+        }
+        assert_eq!(Failure::Expired.as_str(), "expired");
+        assert_eq!(Failure::Expired.message(), "token expired");
+        // A token without an expiry never expires.
+        let (_, forever) = auth
+            .create(&tenant("acme"), Role::Read, "", None)
+            .expect("created");
+        assert!(
+            auth.authenticate_at(Some(&forever.reveal()), i64::MAX)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn lifetimes_and_expiry_times_parse() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_expires_in("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_expires_in("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_expires_in("45m"), Ok(Duration::from_secs(45 * 60)));
+        assert_eq!(parse_expires_in("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["", "0s", "d", "30", "30y", "-1d", "1.5h", "30 d"] {
+            assert!(parse_expires_in(bad).is_err(), "{bad:?}");
+        }
+        let now = 1_700_000_000_000;
+        assert_eq!(expiry_from(None, None, now), Ok(None));
+        assert_eq!(expiry_from(Some("2s"), None, now), Ok(Some(now + 2_000)));
+        assert_eq!(
+            expiry_from(None, Some("2023-11-14T22:13:30Z"), now),
+            Ok(Some(1_700_000_010_000))
+        );
+        assert!(expiry_from(None, Some("2023-11-14T22:13:10Z"), now).is_err());
+        assert!(expiry_from(None, Some("tomorrow"), now).is_err());
+        assert!(expiry_from(Some("1d"), Some("2030-01-01T00:00:00Z"), now).is_err());
+        assert_eq!(format_expiry(None), "never");
+        assert_eq!(format_expiry(Some(now)), "2023-11-14T22:13:20Z");
+    }
+
+    #[tokio::test]
     async fn dev_mode_lets_requests_without_credentials_in_but_not_bad_tokens() {
         let auth = Authenticator::in_memory(Some(tenant("dev"))).expect("auth");
         let p = auth.authenticate(None).await.expect("dev");
@@ -645,7 +802,7 @@ mod tests {
         // The CLI, as another process would: straight to the file.
         let cli = TokenFileStore::in_dir(dir.path());
         let (record, token) = cli
-            .create(&tenant("acme"), Role::Write, "")
+            .create(&tenant("acme"), Role::Write, "", None)
             .expect("create");
         assert_eq!(
             auth.authenticate(Some(&token.reveal())).await,

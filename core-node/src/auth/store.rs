@@ -6,8 +6,12 @@
 //! ```json
 //! {"version":1,"tokens":[{"id":"3f9c0a1b2c3d4e5f","tenant":"acme","role":"read",
 //!   "hash":"$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>","created_ms":1700000000000,
-//!   "description":"grafana"}]}
+//!   "description":"grafana","expires_ms":1702592000000}]}
 //! ```
+//!
+//! `expires_ms` (Unix milliseconds) is present only for a token made with an expiry
+//! (`--expires-in`, `--expires-at`, or `expires_in`/`expires_at` in the admin API); a record
+//! without it never expires, so files written before expiry existed load unchanged.
 //!
 //! Only the Argon2id hash (PHC string) of each token's secret is stored; the token itself is
 //! shown once, when it is created. The file is mode 0600.
@@ -26,7 +30,9 @@
 //! # Compatibility
 //!
 //! `version` is 1. A reader refuses a higher version and unknown fields, rather than
-//! silently dropping tokens it does not understand.
+//! silently dropping tokens it does not understand. (So a build older than token expiry
+//! refuses a file holding a token with `expires_ms`, rather than letting that token in
+//! forever.)
 
 use super::{Role, Token, TokenId};
 use anyhow::{Context, bail};
@@ -56,6 +62,16 @@ pub struct TokenRecord {
     pub created_ms: i64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// When the token stops working (Unix milliseconds); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    /// Whether the token has expired at `now_ms` (it works up to, not including, its expiry).
+    pub fn expired_at(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,12 +146,14 @@ impl TokenFileStore {
     }
 
     /// Creates a token (hashing its secret: tens of milliseconds, call it off the async
-    /// runtime) and returns its record and the token, which is never stored.
+    /// runtime) and returns its record and the token, which is never stored. `expires_ms`:
+    /// when it stops working (Unix milliseconds), `None` for never.
     pub fn create(
         &self,
         tenant: &Tenant,
         role: Role,
         description: &str,
+        expires_ms: Option<i64>,
     ) -> anyhow::Result<(TokenRecord, Token)> {
         let token = Token::generate()?;
         let record = TokenRecord {
@@ -145,6 +163,7 @@ impl TokenFileStore {
             hash: token.hash_secret()?,
             created_ms: now_ms(),
             description: description.to_owned(),
+            expires_ms,
         };
         let stored = record.clone();
         self.modify(move |tokens| {
@@ -225,7 +244,8 @@ impl TokenFileStore {
     }
 }
 
-fn now_ms() -> i64 {
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -241,8 +261,10 @@ mod tests {
         let store = TokenFileStore::in_dir(dir.path());
         assert!(store.load().expect("empty").is_empty());
         let acme = Tenant::new("acme").expect("tenant");
-        let (a, token_a) = store.create(&acme, Role::Read, "grafana").expect("a");
-        let (b, _) = store.create(&acme, Role::Write, "").expect("b");
+        let (a, token_a) = store.create(&acme, Role::Read, "grafana", None).expect("a");
+        let (b, _) = store
+            .create(&acme, Role::Write, "", Some(1_800_000_000_000))
+            .expect("b");
         let text = fs::read_to_string(store.path()).expect("file");
         assert!(
             !text.contains(token_a.secret_hex()),
@@ -273,5 +295,34 @@ mod tests {
         assert!(store.load().is_err());
         fs::write(store.path(), r#"{"version":1,"tokens":[],"x":1}"#).expect("write");
         assert!(store.load().is_err());
+    }
+
+    #[test]
+    fn records_without_an_expiry_load_as_never_expiring_and_expiries_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = TokenFileStore::in_dir(dir.path());
+        // A file as written before tokens could expire.
+        fs::write(
+            store.path(),
+            r#"{"version":1,"tokens":[{"id":"3f9c0a1b2c3d4e5f","tenant":"acme","role":"read",
+               "hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA","created_ms":1}]}"#,
+        )
+        .expect("write");
+        let old = store.load().expect("old file loads");
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].expires_ms, None);
+        assert!(!old[0].expired_at(i64::MAX));
+
+        let acme = Tenant::new("acme").expect("tenant");
+        let (r, _) = store
+            .create(&acme, Role::Write, "", Some(5_000))
+            .expect("create");
+        let text = fs::read_to_string(store.path()).expect("file");
+        assert!(text.contains("\"expires_ms\": 5000"), "{text}");
+        assert!(!text.contains("\"expires_ms\": null"), "{text}");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded[1], r);
+        assert!(!r.expired_at(4_999));
+        assert!(r.expired_at(5_000));
     }
 }

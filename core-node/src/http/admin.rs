@@ -2,8 +2,8 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/v1/admin/tokens` | 200, `data`: `[{"id","tenant","role","created","description"}]` |
-//! | `POST /api/v1/admin/tokens` with `{"role":"read","tenant":"acme","description":"…"}` (`tenant` and `description` optional) | 201, `data`: the token's fields plus `"token"`, shown this once |
+//! | `GET /api/v1/admin/tokens` | 200, `data`: `[{"id","tenant","role","created","description","expires"}]` (`expires`: RFC 3339, or `null` for never) |
+//! | `POST /api/v1/admin/tokens` with `{"role":"read","tenant":"acme","description":"…","expires_in":"30d"}` (`tenant`, `description` and the expiry optional; `expires_at` with an RFC 3339 time instead of `expires_in`) | 201, `data`: the token's fields plus `"token"`, shown this once |
 //! | `DELETE /api/v1/admin/tokens/{id}` | 200, `data`: the revoked token's fields; 404 for an unknown id or another tenant's token |
 //!
 //! An admin token manages its own tenant's tokens only: asking for another tenant is 403.
@@ -32,18 +32,28 @@ struct CreateRequest {
     tenant: Option<String>,
     #[serde(default)]
     description: String,
+    /// A lifetime: `30d`, `12h`, `45m`, `90s`.
+    #[serde(default)]
+    expires_in: Option<String>,
+    /// An RFC 3339 time.
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 fn info_json(info: &TokenInfo) -> serde_json::Value {
     let created = chrono::DateTime::from_timestamp_millis(info.created_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
+    let expires = info
+        .expires_ms
+        .map(|_| crate::auth::format_expiry(info.expires_ms));
     serde_json::json!({
         "id": info.id,
         "tenant": info.tenant,
         "role": info.role,
         "created": created,
         "description": info.description,
+        "expires": expires,
     })
 }
 
@@ -92,13 +102,20 @@ pub(crate) async fn create(
             "an admin token manages its own tenant's tokens only",
         ));
     }
+    let expires_ms = crate::auth::expiry_from(
+        req.expires_in.as_deref(),
+        req.expires_at.as_deref(),
+        crate::auth::store::now_ms(),
+    )
+    .map_err(|e| ApiError::bad_data(e, super::error::Reason::BadParam))?;
     let auth = api.state.auth.clone();
     let (role, description) = (req.role, req.description);
     let t = tenant.clone();
-    let (info, token) = tokio::task::spawn_blocking(move || auth.create(&t, role, &description))
-        .await
-        .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("creating a token: {e:#}")))?;
+    let (info, token) =
+        tokio::task::spawn_blocking(move || auth.create(&t, role, &description, expires_ms))
+            .await
+            .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("creating a token: {e:#}")))?;
     tracing::info!(
         target: "audit",
         event = "token_created",
@@ -107,6 +124,7 @@ pub(crate) async fn create(
         id = %info.id,
         tenant = info.tenant.as_str(),
         role = info.role.as_str(),
+        expires = %crate::auth::format_expiry(info.expires_ms),
         "API token created"
     );
     let mut data = info_json(&info);

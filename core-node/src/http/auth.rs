@@ -123,18 +123,30 @@ pub(crate) async fn authenticate(State(api): State<Api>, mut req: Request, next:
     let remote = remote_of(&req);
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
+    let mut presented = None;
     let principal = match credentials(req.headers()) {
-        Ok(token) => api.state.auth.authenticate(token.as_deref()).await,
+        Ok(token) => {
+            let result = api.state.auth.authenticate(token.as_deref()).await;
+            presented = token;
+            result
+        }
         Err(f) => Err(f),
     };
     let principal = match principal {
         Ok(p) => p,
         Err(failure) => {
             metrics::counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+            // An expired token is named (its id is public), so the operator knows which one
+            // a client still uses.
+            let token = (failure == Failure::Expired)
+                .then(|| presented.as_deref().and_then(crate::auth::Token::parse))
+                .flatten()
+                .map(|t| t.id().to_string());
             tracing::warn!(
                 target: "audit",
                 event = "auth_failed",
                 reason = failure.as_str(),
+                token = token.as_deref(),
                 %remote,
                 %method,
                 %path,

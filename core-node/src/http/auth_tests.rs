@@ -62,7 +62,7 @@ fn tenant(s: &str) -> Tenant {
 impl Node {
     fn token(&self, tenant_name: &str, role: Role) -> String {
         self.auth
-            .create(&tenant(tenant_name), role, "")
+            .create(&tenant(tenant_name), role, "", None)
             .expect("token")
             .1
             .reveal()
@@ -229,7 +229,7 @@ async fn every_route_answers_each_kind_of_caller_with_the_documented_status() {
                 // A fresh acme token to revoke in every cell.
                 let (victim, _) = node
                     .auth
-                    .create(&tenant("acme"), Role::Read, "victim")
+                    .create(&tenant("acme"), Role::Read, "victim", None)
                     .expect("victim");
                 call_now.uri = call.uri.replace("{victim}", victim.id.as_str());
             }
@@ -302,6 +302,12 @@ fn refusals_are_counted_by_reason() {
             let node = node_with(&recorder, None);
             let write = node.token("acme", Role::Write);
             let known_id = &write[..write.len() - 64];
+            let expired = node
+                .auth
+                .create(&tenant("acme"), Role::Read, "", Some(1))
+                .expect("token")
+                .1
+                .reveal();
             for authorization in [
                 None,
                 Some("Bearer nonsense".to_owned()),
@@ -312,6 +318,7 @@ fn refusals_are_counted_by_reason() {
                 )),
                 Some(format!("Bearer {known_id}{}", "3".repeat(64))),
                 Some(format!("Bearer {write}")),
+                Some(format!("Bearer {expired}")),
             ] {
                 send(
                     &node.app,
@@ -328,6 +335,7 @@ fn refusals_are_counted_by_reason() {
         "unknown_token",
         "wrong_secret",
         "forbidden",
+        "expired",
     ] {
         assert!(
             text.contains(&format!(
@@ -547,6 +555,97 @@ async fn an_admin_manages_only_its_own_tenants_tokens() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn tokens_expire_through_the_router_and_the_admin_api_sets_and_shows_expiry() {
+    let node = node_with(&PrometheusBuilder::new().build_recorder(), None);
+    let admin = format!("Bearer {}", node.token("acme", Role::Admin));
+    // Expired a long time ago: 401 with Prometheus' error JSON and a clear message.
+    let (_, expired) = node
+        .auth
+        .create(&tenant("acme"), Role::Read, "", Some(1))
+        .expect("token");
+    let (s, body, headers) = send(
+        &node.app,
+        Call::get("/api/v1/labels").request(Some(&format!("Bearer {}", expired.reveal()))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["errorType"], "unauthorized");
+    assert_eq!(v["error"], "token expired");
+    assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+
+    // Created with a lifetime: works now, and both create and list say when it expires.
+    let (s, body, _) = send(
+        &node.app,
+        Call::post(
+            "/api/v1/admin/tokens",
+            "application/json",
+            r#"{"role":"read","expires_in":"1h"}"#,
+        )
+        .request(Some(&admin)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let expires = created["data"]["expires"]
+        .as_str()
+        .expect("expires")
+        .to_owned();
+    let at = chrono::DateTime::parse_from_rfc3339(&expires).expect("rfc 3339");
+    let in_ms = at.timestamp_millis() - crate::auth::store::now_ms();
+    assert!((3_500_000..=3_600_000).contains(&in_ms), "{expires}");
+    let token = created["data"]["token"].as_str().expect("token").to_owned();
+    let (s, _, _) = send(
+        &node.app,
+        Call::get("/api/v1/labels").request(Some(&format!("Bearer {token}"))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, listed, _) = send(
+        &node.app,
+        Call::get("/api/v1/admin/tokens").request(Some(&admin)),
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let rows = listed["data"].as_array().expect("rows");
+    assert!(rows.iter().any(|r| r["expires"] == expires.as_str()));
+    assert!(
+        rows.iter().any(|r| r["expires"].is_null()),
+        "the admin token never expires"
+    );
+
+    // An expiry that is not one, or already past, is a bad request.
+    for bad in [
+        r#"{"role":"read","expires_in":"soon"}"#,
+        r#"{"role":"read","expires_in":"0d"}"#,
+        r#"{"role":"read","expires_at":"2001-01-01T00:00:00Z"}"#,
+        r#"{"role":"read","expires_in":"1d","expires_at":"2100-01-01T00:00:00Z"}"#,
+    ] {
+        let (s, body, _) = send(
+            &node.app,
+            Call::post("/api/v1/admin/tokens", "application/json", bad).request(Some(&admin)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (s, body, _) = send(
+        &node.app,
+        Call::post(
+            "/api/v1/admin/tokens",
+            "application/json",
+            r#"{"role":"write","expires_at":"2100-01-01T00:00:00Z"}"#,
+        )
+        .request(Some(&admin)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert!(
+        body.contains(r#""expires":"2100-01-01T00:00:00Z""#),
+        "{body}"
+    );
 }
 
 #[tokio::test]
