@@ -28,6 +28,12 @@
 //! Agents whose certificate does not chain to the configured CA never get a connection: the
 //! handshake fails, is logged (`quic handshake failed`) and counted in
 //! `updraft_core_quic_handshake_failures_total`.
+//!
+//! # Certificates
+//!
+//! The listener's certificate, key and client CA are re-read without a restart when their
+//! files change or on SIGHUP ([`crate::tls::QuicCert`], which replaces the endpoint's server
+//! configuration): new handshakes use the new files, open connections keep theirs.
 
 use crate::auth::AUTH_FAILURES;
 use crate::certs::{AgentBinding, TenantBinding, agent_of, tenant_of};

@@ -10,7 +10,7 @@
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
-//!   API (optional, certificate reloaded without a restart).
+//!   API (optional), both reloaded without a restart.
 //! - [`ingest`]: the QUIC listener that turns frames into storage writes and acknowledgements.
 //! - [`storage`]: series index, samples and agent offsets on fjall; implements
 //!   [`query::DataSource`].
@@ -36,6 +36,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let quic_seen = tls::QuicStamp::of(&config.tls);
     let server_config = tls::server_config(&config.tls)
         .context("loading TLS files (create them with `core-node certs`)")?;
     let data_dir = config.data_dir.clone();
@@ -103,6 +104,11 @@ pub async fn run(
         .with_context(|| format!("binding HTTP listener on tcp {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
     let quic_addr = endpoint.local_addr()?;
+    let quic_cert = Arc::new(tls::QuicCert::new(
+        config.tls.clone(),
+        endpoint.clone(),
+        quic_seen,
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -126,6 +132,7 @@ pub async fn run(
         stopped(),
     ));
     let reload_task = http_tls.map(|t| tokio::spawn(tls::watch_reloads(t.cert, stopped())));
+    let quic_reload_task = tokio::spawn(tls::watch_reloads(quic_cert, stopped()));
     let watch_task = tokio::spawn(Arc::clone(&auth).watch(stopped()));
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint,
@@ -149,6 +156,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
     let _ = watch_task.await;
+    let _ = quic_reload_task.await;
     if let Some(task) = reload_task {
         let _ = task.await;
     }

@@ -1,7 +1,11 @@
 //! TLS for both listeners, always with the ring provider:
 //!
 //! - QUIC ingest ([`server_config`]): TLS 1.3 only, mutual authentication (every agent
-//!   presents a certificate signed by the configured CA).
+//!   presents a certificate signed by the configured CA). Reloaded without a restart: when
+//!   the CA, certificate or key file changes (checked every [`RELOAD_CHECK_INTERVAL`]) or on
+//!   SIGHUP, [`QuicCert`] builds a whole new server configuration from the three files and
+//!   hands it to quinn's `Endpoint::set_server_config`: new handshakes use it, connections
+//!   already open keep theirs. A configuration that does not build keeps the previous one.
 //! - The HTTP API ([`HttpTls`]), when `--http-tls-cert`/`--http-tls-key` are given: TLS 1.3
 //!   only unless `--tls-min-version 1.2`, server authentication only (clients send API
 //!   tokens). Its certificate is reloaded without a restart: [`ReloadingCert`] answers every
@@ -9,7 +13,8 @@
 //!   files change on disk (checked every [`RELOAD_CHECK_INTERVAL`]) or on SIGHUP. A reload
 //!   that fails (unreadable files, a key that does not match the certificate, a half-written
 //!   pair) keeps the previous certificate, logs a warning and counts
-//!   `updraft_core_tls_reloads_total{result="failed"}`; connections already open keep theirs.
+//!   `updraft_core_tls_reloads_total{listener="http",result="failed"}` (`listener="quic"` for
+//!   the QUIC listener); connections already open keep theirs.
 
 use anyhow::Context;
 use rustls::RootCertStore;
@@ -21,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-/// How often the HTTP listener's certificate files are checked for changes.
+/// How often the listeners' certificate files are checked for changes.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// PEM files of one endpoint: the CA it trusts, its certificate chain and its key.
@@ -61,6 +66,9 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<quinn::ServerConfig> {
         .with_context(|| format!("reading certificate {}", files.cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", files.cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("no certificate in {}", files.cert.display());
+    }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading key {}", files.key.display()))?;
 
@@ -134,13 +142,134 @@ impl HttpTls {
 /// Size and modification time of a certificate/key pair: what "changed on disk" means.
 type Stamp = [Option<(SystemTime, u64)>; 2];
 
+fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
 fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let one = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    };
-    [one(cert), one(key)]
+    [file_stamp(cert), file_stamp(key)]
+}
+
+/// Size and modification time of the QUIC listener's CA, certificate and key files, taken
+/// before they are loaded (see [`QuicCert::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicStamp([Option<(SystemTime, u64)>; 3]);
+
+impl QuicStamp {
+    pub fn of(files: &TlsFiles) -> Self {
+        Self([
+            file_stamp(&files.ca),
+            file_stamp(&files.cert),
+            file_stamp(&files.key),
+        ])
+    }
+}
+
+/// The QUIC listener's TLS configuration, replaced in its endpoint when its files change
+/// (see the module docs).
+pub struct QuicCert {
+    files: TlsFiles,
+    endpoint: quinn::Endpoint,
+    /// The files' stamp at the last load attempt, successful or not.
+    seen: Mutex<QuicStamp>,
+}
+
+impl std::fmt::Debug for QuicCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicCert")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicCert {
+    /// `seen`: the stamp of `files` taken before `endpoint`'s server configuration was built
+    /// from them, so a change made in between is not missed.
+    pub fn new(files: TlsFiles, endpoint: quinn::Endpoint, seen: QuicStamp) -> Self {
+        Self {
+            files,
+            endpoint,
+            seen: Mutex::new(seen),
+        }
+    }
+
+    /// Rebuilds the server configuration when a file changed since the last attempt (or
+    /// always, with `force`) and installs it for new connections. `None`: nothing to do;
+    /// `Some(Ok(fingerprint))`: the new certificate's SHA-256; `Some(Err)`: the previous
+    /// configuration stays.
+    pub fn reload(&self, force: bool) -> Option<anyhow::Result<String>> {
+        let now = QuicStamp::of(&self.files);
+        {
+            let mut seen = match self.seen.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if !force && *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        let config = match server_config(&self.files) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        self.endpoint.set_server_config(Some(config));
+        Some(Ok(leaf_fingerprint(&self.files.cert)))
+    }
+}
+
+/// The SHA-256 of the first certificate in a PEM file (empty if it does not read).
+fn leaf_fingerprint(cert: &Path) -> String {
+    CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(Result::ok)
+        .map(|c| fingerprint(&c))
+        .unwrap_or_default()
+}
+
+/// A listener certificate that [`watch_reloads`] keeps current.
+pub trait Reloadable: Send + Sync + 'static {
+    /// `http` or `quic`: the `listener` label and the log's wording.
+    fn listener(&self) -> &'static str;
+    /// The certificate file, for the log.
+    fn cert_path(&self) -> &Path;
+    /// As [`QuicCert::reload`].
+    fn try_reload(&self, force: bool) -> Option<anyhow::Result<String>>;
+}
+
+impl Reloadable for QuicCert {
+    fn listener(&self) -> &'static str {
+        "quic"
+    }
+    fn cert_path(&self) -> &Path {
+        &self.files.cert
+    }
+    fn try_reload(&self, force: bool) -> Option<anyhow::Result<String>> {
+        self.reload(force)
+    }
+}
+
+impl Reloadable for ReloadingCert {
+    fn listener(&self) -> &'static str {
+        "http"
+    }
+    fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+    fn try_reload(&self, force: bool) -> Option<anyhow::Result<String>> {
+        self.reload(force).map(|r| {
+            r.map(|()| {
+                self.current()
+                    .cert
+                    .first()
+                    .map(fingerprint)
+                    .unwrap_or_default()
+            })
+        })
+    }
 }
 
 /// A server certificate that can be replaced while the listener runs (see the module docs).
@@ -249,10 +378,10 @@ fn load_certified_key(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     Ok(certified)
 }
 
-/// Checks the HTTP certificate files every [`RELOAD_CHECK_INTERVAL`], and at once on SIGHUP,
-/// until `shutdown` resolves.
-pub async fn watch_reloads(
-    cert: Arc<ReloadingCert>,
+/// Checks a listener's certificate files every [`RELOAD_CHECK_INTERVAL`], and at once on
+/// SIGHUP, until `shutdown` resolves.
+pub async fn watch_reloads<R: Reloadable>(
+    cert: Arc<R>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -278,30 +407,39 @@ pub async fn watch_reloads(
             () = sighup => true,
         };
         let c = Arc::clone(&cert);
-        let outcome = match tokio::task::spawn_blocking(move || c.reload(force)).await {
+        let outcome = match tokio::task::spawn_blocking(move || c.try_reload(force)).await {
             Ok(o) => o,
             Err(e) => Some(Err(anyhow::anyhow!("reload task failed: {e}"))),
         };
+        let listener = cert.listener();
+        let name = listener.to_uppercase();
         match outcome {
             None => {}
-            Some(Ok(())) => {
-                let served = cert.current();
-                let fp = served.cert.first().map(fingerprint).unwrap_or_default();
-                metrics::counter!("updraft_core_tls_reloads_total", "result" => "ok").increment(1);
+            Some(Ok(fp)) => {
+                metrics::counter!(
+                    "updraft_core_tls_reloads_total",
+                    "listener" => listener,
+                    "result" => "ok"
+                )
+                .increment(1);
                 tracing::info!(
-                    cert = %cert.cert_path.display(),
+                    cert = %cert.cert_path().display(),
                     sha256 = %fp,
                     sighup = force,
-                    "HTTP TLS certificate reloaded"
+                    "{name} TLS certificate reloaded"
                 );
             }
             Some(Err(e)) => {
-                metrics::counter!("updraft_core_tls_reloads_total", "result" => "failed")
-                    .increment(1);
+                metrics::counter!(
+                    "updraft_core_tls_reloads_total",
+                    "listener" => listener,
+                    "result" => "failed"
+                )
+                .increment(1);
                 tracing::warn!(
-                    cert = %cert.cert_path.display(),
+                    cert = %cert.cert_path().display(),
                     error = format!("{e:#}"),
-                    "HTTP TLS certificate reload failed; still serving the previous one"
+                    "{name} TLS certificate reload failed; still serving the previous one"
                 );
             }
         }
@@ -401,6 +539,156 @@ mod tests {
         std::fs::write(&cert, "not a certificate").expect("write");
         assert!(matches!(served.reload(true), Some(Err(_))));
         assert_eq!(fp(&served), second);
+    }
+
+    fn issue(dir: &Path) {
+        crate::certs::ensure(&crate::certs::CertRequest {
+            dir: dir.to_path_buf(),
+            core_hosts: crate::certs::CertRequest::default_hosts(),
+            agent_id: "edge-1".into(),
+            agent_tenant: protocols::Tenant::default(),
+            force: false,
+        })
+        .expect("certs");
+    }
+
+    /// The core's three files from `from` into `to` (as an operator replacing them would).
+    fn install_core_files(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("dir");
+        for f in ["ca.pem", "core-key.pem", "core.pem"] {
+            std::fs::copy(from.join(f), to.join(f)).expect("copy");
+        }
+    }
+
+    /// An agent trusting `dir`'s CA and presenting `dir`'s agent certificate; `Some` when
+    /// the handshake with `server` succeeds.
+    async fn agent_connects(
+        dir: &Path,
+        server: std::net::SocketAddr,
+    ) -> Option<(quinn::Endpoint, quinn::Connection)> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).expect("ca") {
+            roots.add(c.expect("pem")).expect("root");
+        }
+        let chain = CertificateDer::pem_file_iter(dir.join("agent.pem"))
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pem");
+        let key = PrivateKeyDer::from_pem_file(dir.join("agent-key.pem")).expect("key");
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls 1.3")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client certificate");
+        tls.alpn_protocols = vec![protocols::wire::ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+        let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("client endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let connecting = endpoint.connect(server, "localhost").expect("connect");
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .ok()?
+            .ok()?;
+        Some((endpoint, conn))
+    }
+
+    /// One echo round trip on a new stream of `conn`.
+    async fn echoes(conn: &quinn::Connection) -> bool {
+        let round_trip = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            send.write_all(b"ping").await.ok()?;
+            send.finish().ok()?;
+            recv.read_to_end(16).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), round_trip).await,
+            Ok(Some(echo)) if echo == b"ping"
+        )
+    }
+
+    #[tokio::test]
+    async fn quic_config_reloads_for_new_handshakes_keeps_open_connections_and_survives_bad_files()
+    {
+        crate::install_crypto_provider();
+        let work = tempfile::tempdir().expect("tempdir");
+        let (a, b, live) = (
+            work.path().join("a"),
+            work.path().join("b"),
+            work.path().join("live"),
+        );
+        issue(&a);
+        issue(&b); // another CA
+        install_core_files(&a, &live);
+        let files = TlsFiles::in_dir(&live, "core");
+        let seen = QuicStamp::of(&files);
+        let endpoint = quinn::Endpoint::server(
+            server_config(&files).expect("config"),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .expect("server");
+        let addr = endpoint.local_addr().expect("addr");
+        let server = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let Ok(data) = recv.read_to_end(16).await else {
+                            return;
+                        };
+                        let _ = send.write_all(&data).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        let quic = QuicCert::new(files.clone(), endpoint.clone(), seen);
+
+        let (_ep_a, conn_a) = agent_connects(&a, addr).await.expect("CA a agent connects");
+        assert!(echoes(&conn_a).await);
+        assert!(
+            agent_connects(&b, addr).await.is_none(),
+            "CA b is not served yet"
+        );
+        assert!(
+            quic.reload(false).is_none(),
+            "unchanged files are not reloaded"
+        );
+
+        // A broken certificate: refused, the previous configuration stays.
+        std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
+        assert!(matches!(quic.reload(false), Some(Err(_))));
+        assert!(
+            quic.reload(false).is_none(),
+            "a failed pair is retried on change only"
+        );
+        assert!(
+            agent_connects(&a, addr).await.is_some(),
+            "still the old config"
+        );
+
+        // The other CA's files: new handshakes get them, the open connection carries on.
+        install_core_files(&b, &live);
+        let fp = match quic.reload(false) {
+            Some(Ok(fp)) => fp,
+            other => panic!("reload: {other:?}"),
+        };
+        assert_eq!(fp, leaf_fingerprint(&b.join("core.pem")));
+        assert!(
+            agent_connects(&b, addr).await.is_some(),
+            "CA b agent connects"
+        );
+        assert!(
+            agent_connects(&a, addr).await.is_none(),
+            "CA a agent refused"
+        );
+        assert!(echoes(&conn_a).await, "the open connection continues");
+
+        // SIGHUP's forced reload of unchanged files succeeds too.
+        assert!(matches!(quic.reload(true), Some(Ok(_))));
+        endpoint.close(0u32.into(), b"done");
     }
 
     #[test]
