@@ -1,7 +1,8 @@
 //! The real binary, secure by default: tokens made by `core-node tokens create` (before the
 //! node starts, and while it runs), used over HTTP as bearer and basic auth; tenants kept
-//! apart; a `tokens revoke` from the CLI reaches the running node; an agent whose certificate
-//! is bound to another tenant gets its batches refused.
+//! apart; a `tokens revoke` from the CLI reaches the running node; a token made with
+//! `--expires-in` works until it expires, then gets 401 "token expired"; an agent whose
+//! certificate is bound to another tenant gets its batches refused.
 
 use anyhow::{Context, bail};
 use std::path::Path;
@@ -189,5 +190,100 @@ fn an_agent_bound_to_one_tenant_cannot_write_another() -> anyhow::Result<()> {
         ) >= 1.0)
             .then_some(())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_token_with_an_expiry_works_until_then_and_is_refused_after() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    let data_dir = work.path().join("core-data");
+    let admin = create(&data_dir, "acme", "admin")?;
+    let core = Core::start_secure(work.path(), &certs)?;
+    let query = core.url(&format!("/api/v1/query?query={}", encode("up")));
+
+    // Made while the node runs; long enough to be picked up (the node re-reads the store
+    // every second) and used before it expires.
+    let short = tokens(
+        &data_dir,
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "read",
+            "--expires-in",
+            "10s",
+        ],
+    )?;
+    let id = short
+        .strip_prefix("updraft_")
+        .and_then(|rest| rest.split('_').next())
+        .context("token id")?
+        .to_owned();
+    let listed = tokens(&data_dir, &["list"])?;
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .context("listed")?;
+    assert!(!row.contains("never") && !row.contains("expired"), "{row}");
+    assert!(
+        listed.contains("never"),
+        "the admin token has no expiry: {listed}"
+    );
+
+    // Accepted while valid: Argon2 the first time, the verification cache after.
+    wait_for(
+        "the new token to be accepted",
+        Duration::from_secs(8),
+        || matches!(get_with(&query, &format!("Bearer {short}")), Ok((200, _))).then_some(()),
+    )?;
+    assert_eq!(get_with(&query, &format!("Bearer {short}"))?.0, 200);
+
+    // Refused once its expiry passes, though the node verified (and cached) it before.
+    let (status, body) = wait_for("the token to expire", Duration::from_secs(60), || {
+        get_with(&query, &format!("Bearer {short}"))
+            .ok()
+            .filter(|(s, _)| *s != 200)
+    })?;
+    assert_eq!(status, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["errorType"], "unauthorized");
+    assert_eq!(v["error"], "token expired");
+
+    let metrics = get_with(&core.url("/metrics"), &format!("Bearer {admin}"))?.1;
+    assert!(
+        metric_sum(
+            &metrics,
+            "updraft_core_auth_failures_total",
+            Some("reason=\"expired\"")
+        ) >= 1.0,
+        "{metrics}"
+    );
+    let log = core.process.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("auth_failed") && l.contains("expired") && l.contains(&id)),
+        "no audit line for the expired token in:\n{log}"
+    );
+    let listed = tokens(&data_dir, &["list"])?;
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .context("still listed")?;
+    assert!(row.contains("(expired)"), "{row}");
+
+    // The admin API takes a lifetime too, and says when the token expires.
+    let (status, body) = http_post(
+        &core.url("/api/v1/admin/tokens"),
+        "application/json",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        br#"{"role":"write","expires_in":"30d"}"#,
+    )?;
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(v["data"]["expires"].is_string(), "{body}");
     Ok(())
 }
