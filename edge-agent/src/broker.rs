@@ -30,6 +30,7 @@
 
 use crate::acl::{Acl, AclError};
 use crate::ingest::{AckTicket, Incoming};
+use crate::reload::{Reloadable, Snapshot, Watched};
 use crate::telemetry;
 use crate::users::{Users, UsersError};
 use bytes::{Bytes, BytesMut};
@@ -141,8 +142,8 @@ fn server_tls(
 /// What every connection of the endpoint shares.
 struct Settings {
     max_payload_bytes: usize,
-    users: Option<Arc<Users>>,
-    acl: Option<Acl>,
+    users: Option<Arc<Reloadable<Users>>>,
+    acl: Option<Arc<Reloadable<Acl>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Clients must present a certificate.
     client_certs: bool,
@@ -166,8 +167,8 @@ pub(crate) struct Listeners {
     pub mqtt: SocketAddr,
     pub mqtt5: SocketAddr,
     listeners: [TcpListener; 2],
-    users: Option<Arc<Users>>,
-    acl: Option<Acl>,
+    users: Option<Arc<Reloadable<Users>>>,
+    acl: Option<Arc<Reloadable<Acl>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     client_certs: bool,
     cert_as_username: bool,
@@ -175,17 +176,26 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `--mqtt-listen` and `--mqtt5-listen` and reads the users file and TLS files.
+    /// Binds `--mqtt-listen` and `--mqtt5-listen` and reads the users file, the ACL file and
+    /// the TLS files. The users and ACL files are re-read while the agent runs (`reload`).
     pub(crate) async fn bind(config: &crate::config::AgentConfig) -> Result<Self, BrokerError> {
         let (l4, mqtt) = bind("mqtt-listen", config.mqtt_listen).await?;
         let (l5, mqtt5) = bind("mqtt5-listen", config.mqtt5_listen).await?;
-        let users = config
-            .mqtt_users_file
-            .as_deref()
-            .map(Users::load)
-            .transpose()?
-            .map(Arc::new);
-        let acl = config.mqtt_acl_file.as_deref().map(Acl::load).transpose()?;
+        let users = match config.mqtt_users_file.as_deref() {
+            None => None,
+            Some(path) => Some(Reloadable::new(
+                "users",
+                path,
+                Users::load(path)?,
+                |path, old: &Users| old.reload(path).map_err(|e| e.to_string()),
+            )),
+        };
+        let acl = match config.mqtt_acl_file.as_deref() {
+            None => None,
+            Some(path) => Some(Reloadable::new("acl", path, Acl::load(path)?, |path, _| {
+                Acl::load(path).map_err(|e| e.to_string())
+            })),
+        };
         let client_ca = config.mqtt_tls_client_ca.as_deref();
         let tls = match (&config.mqtt_tls_cert, &config.mqtt_tls_key) {
             (Some(cert), Some(key)) => Some(server_tls(cert, key, client_ca)?),
@@ -224,13 +234,22 @@ impl Listeners {
         format!("{transport}, {login}{acl}")
     }
 
-    /// Serves both listeners until `stop` turns true.
+    /// Serves both listeners until `stop` turns true, re-reading the users and ACL files when
+    /// they change or on `SIGHUP`.
     pub(crate) fn serve(
         self,
         max_payload_bytes: usize,
         ingest: mpsc::Sender<Incoming>,
         stop: &watch::Receiver<bool>,
     ) {
+        let mut watched: Vec<Arc<dyn Watched>> = Vec::new();
+        if let Some(users) = &self.users {
+            watched.push(Arc::clone(users) as Arc<dyn Watched>);
+        }
+        if let Some(acl) = &self.acl {
+            watched.push(Arc::clone(acl) as Arc<dyn Watched>);
+        }
+        crate::reload::spawn_watcher(watched, stop.clone());
         let settings = Arc::new(Settings {
             max_payload_bytes,
             users: self.users,
@@ -791,7 +810,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let logged_in = match (&settings.users, settings.cert_as_username, &login) {
         (None, _, _) | (_, true, _) => true,
-        (Some(users), false, Some(l)) => users.check(&l.username, &l.password).await,
+        (Some(users), false, Some(l)) => {
+            let users = users.current();
+            users.check(&l.username, &l.password).await
+        }
         (Some(_), false, None) => false,
     };
     if !logged_in {
@@ -822,6 +844,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut deadline = idle.map(|d| Instant::now() + d);
     // The first ACL denial of a connection is logged at warn, the rest at debug.
     let mut warned = false;
+    // The ACLs in service, refreshed when the file is reloaded: each publish is checked
+    // against the version in service when it arrives.
+    let mut acl = settings.acl.as_ref().map(Reloadable::snapshot);
     let mut pace = Pace::new(settings.max_publish_rate);
 
     let result = 'session: loop {
@@ -859,7 +884,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     match event {
                         Event::Publish { qos, pkid, topic, payload } => {
-                            if !acl_allows(settings, username.as_deref(), &client_id, &topic, peer, &mut warned) {
+                            if !acl_allows(&mut acl, username.as_deref(), &client_id, &topic, peer, &mut warned) {
                                 match (qos, version) {
                                     (1, _) => version.write(Reply::PubAckDenied(pkid), &mut out),
                                     // MQTT 5: a PUBREC with a failure code ends the exchange.
@@ -950,7 +975,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     if result.is_err() {
         if let Some(w) = &will
             && !acl_allows(
-                settings,
+                &mut acl,
                 username.as_deref(),
                 &client_id,
                 &w.topic,
@@ -968,14 +993,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 /// Whether the ACLs (if any) let this client publish to `topic`; a denial is counted and
 /// logged (at warn the first time per connection).
 fn acl_allows(
-    settings: &Settings,
+    acl: &mut Option<Snapshot<Acl>>,
     username: Option<&str>,
     client_id: &str,
     topic: &[u8],
     peer: SocketAddr,
     warned: &mut bool,
 ) -> bool {
-    let Some(acl) = &settings.acl else {
+    let Some(acl) = acl.as_mut().map(Snapshot::get) else {
         return true;
     };
     // MQTT topics are UTF-8; anything else matches no rule.

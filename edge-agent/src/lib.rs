@@ -21,6 +21,8 @@
 //! - [`users`]: the users file (Argon2id password hashes, `edge-agent passwd`) and the
 //!   cached password check.
 //! - `acl`: topic ACLs (mosquitto `acl_file` format, `%u`/`%c`, `+`/`#`).
+//! - `reload`: re-reading the users and ACL files while the agent runs (on change, polled
+//!   every 2 s, and on `SIGHUP`); a file that does not parse leaves the previous one in use.
 //! - `bridge`: bridge mode, a persistent rumqttc session on another broker, acknowledged
 //!   manually after the fsync.
 //! - `mapping`: mapping rules (topic patterns, first match wins) and payload decoders (number,
@@ -52,6 +54,7 @@ mod buffer;
 mod http;
 mod ingest;
 mod mapping;
+mod reload;
 mod telemetry;
 mod uplink;
 pub mod users;

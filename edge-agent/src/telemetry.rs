@@ -26,6 +26,7 @@ pub(crate) const UPLINK_ACTIVE: &str = "updraft_edge_uplink_active";
 pub(crate) const MQTT_AUTH_FAILURES: &str = "updraft_edge_mqtt_auth_failures_total";
 pub(crate) const MQTT_ACL_DENIED: &str = "updraft_edge_mqtt_acl_denied_total";
 pub(crate) const MQTT_THROTTLED: &str = "updraft_edge_mqtt_throttled_total";
+pub(crate) const MQTT_AUTH_FILE_RELOADS: &str = "updraft_edge_mqtt_auth_file_reloads_total";
 pub(crate) const UPLINK_BACKLOG_BYTES: &str = "updraft_edge_uplink_backlog_bytes";
 pub(crate) const OLDEST_UNSENT_AGE: &str = "updraft_edge_oldest_unsent_sample_age_seconds";
 pub(crate) const BUFFER_MAX_BYTES: &str = "updraft_edge_buffer_max_bytes";
@@ -89,6 +90,12 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
     );
     counter!(MQTT_AUTH_FAILURES).absolute(0);
     counter!(MQTT_ACL_DENIED).absolute(0);
+    // Its label sets are registered at zero by `reload` for the files that are configured.
+    describe_counter!(
+        MQTT_AUTH_FILE_RELOADS,
+        "re-reads of --mqtt-users-file (file=\"users\") and --mqtt-acl-file (file=\"acl\") \
+         while running, by result: ok (in service) or failed (the previous version kept)"
+    );
     describe_counter!(
         MQTT_THROTTLED,
         "MQTT publishes held back because their connection was over --mqtt-max-publish-rate \

@@ -6,8 +6,11 @@
 //! ignored; the username ends at the first `:`.
 //!
 //! A line whose password part is not an Argon2 hash is a plaintext password: still accepted,
-//! so existing files keep working, with a warning at start naming the lines to convert
-//! (`edge-agent passwd` rewrites a user's line with a hash).
+//! so existing files keep working, with a warning at start (and at each reload) naming the
+//! lines to convert (`edge-agent passwd` rewrites a user's line with a hash).
+//!
+//! The running agent re-reads the file when it changes or on `SIGHUP` (see `reload`): new
+//! logins are checked against the new version; connections already open stay open.
 //!
 //! # Why checks stay cheap
 //!
@@ -63,6 +66,33 @@ pub(crate) struct Users {
 
 impl Users {
     pub(crate) fn load(path: &Path) -> Result<Self, UsersError> {
+        Self::new(Self::read(path)?)
+    }
+
+    /// The file at `path` read again, for a reload while the agent runs: the cache key and
+    /// the Argon2 limit are shared with `self`, and a cached login stays cached only while the
+    /// user's hash is the same (a changed or removed user logs in afresh, or not at all).
+    pub(crate) fn reload(&self, path: &Path) -> Result<Self, UsersError> {
+        let users = Self::read(path)?;
+        let verified = lock(&self.verified)
+            .iter()
+            .filter(|(name, _)| {
+                matches!(
+                    (users.get(*name), self.users.get(*name)),
+                    (Some(Secret::Hash(new)), Some(Secret::Hash(old))) if new == old
+                )
+            })
+            .map(|(name, tag)| (name.clone(), *tag))
+            .collect();
+        Ok(Self {
+            users,
+            cache_key: self.cache_key.clone(),
+            verified: Mutex::new(verified),
+            hashing: Arc::clone(&self.hashing),
+        })
+    }
+
+    fn read(path: &Path) -> Result<HashMap<String, Secret>, UsersError> {
         let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
             path: path.to_owned(),
             source,
@@ -80,7 +110,7 @@ impl Users {
                  (`edge-agent passwd --file FILE USERNAME`)"
             );
         }
-        Self::new(users)
+        Ok(users)
     }
 
     fn new(users: HashMap<String, Secret>) -> Result<Self, UsersError> {
@@ -116,10 +146,7 @@ impl Users {
             Some(Secret::Hash(h)) => h.clone(),
         };
         let tag = self.tag(username, password);
-        let cached = match self.verified.lock() {
-            Ok(v) => v.get(username).copied(),
-            Err(poisoned) => poisoned.into_inner().get(username).copied(),
-        };
+        let cached = lock(&self.verified).get(username).copied();
         if let Some(cached) = cached
             && constant_time_eq(&cached, &tag)
         {
@@ -133,13 +160,15 @@ impl Users {
             .await
             .unwrap_or(false);
         if ok {
-            match self.verified.lock() {
-                Ok(mut v) => v.insert(username.to_owned(), tag),
-                Err(poisoned) => poisoned.into_inner().insert(username.to_owned(), tag),
-            };
+            lock(&self.verified).insert(username.to_owned(), tag);
         }
         ok
     }
+}
+
+/// A poisoned cache is still a valid map (every update is one insert).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn verify(phc: &str, password: &str) -> bool {
@@ -270,6 +299,37 @@ mod tests {
         assert!(!users.check("dev2", "pa:sS").await);
         assert!(!users.check("dev3", "secret2").await);
         assert!(set_password(&path, "a:b", "x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reload_takes_new_passwords_and_drops_removed_users() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users");
+        set_password(&path, "dev1", "one").expect("set");
+        set_password(&path, "dev2", "two").expect("set");
+        let users = Arc::new(Users::load(&path).expect("load"));
+        assert!(users.check("dev1", "one").await);
+        assert!(users.check("dev2", "two").await);
+
+        set_password(&path, "dev1", "uno").expect("change");
+        let reloaded = Arc::new(users.reload(&path).expect("reload"));
+        assert!(
+            lock(&reloaded.verified).contains_key("dev2"),
+            "an unchanged user stays cached"
+        );
+        assert!(
+            !lock(&reloaded.verified).contains_key("dev1"),
+            "a changed user is checked afresh"
+        );
+        assert!(!reloaded.check("dev1", "one").await, "the old password");
+        assert!(reloaded.check("dev1", "uno").await);
+        assert!(reloaded.check("dev2", "two").await);
+
+        std::fs::write(&path, "# nobody\n").expect("write");
+        let emptied = Arc::new(reloaded.reload(&path).expect("reload"));
+        assert!(!emptied.check("dev2", "two").await, "a removed user");
+        std::fs::write(&path, "broken line\n").expect("write");
+        assert!(emptied.reload(&path).is_err());
     }
 
     #[test]
