@@ -198,7 +198,8 @@ fn passwd() -> ExitCode {
         Ok(replaced) => {
             let what = if replaced { "replaced" } else { "added" };
             eprintln!(
-                "{what} the password of {} in {}; agents read the file at start",
+                "{what} the password of {} in {}; a running agent re-reads the file within \
+                 about 2 s (or at once on SIGHUP)",
                 args.username,
                 args.file.display()
             );
