@@ -189,12 +189,13 @@ pub struct AgentConfig {
     /// it, `UPDRAFT_MASTER_KEY` (hex) if set, else the buffer is not encrypted.
     pub master_key_file: Option<PathBuf>,
     /// `USERNAME:PASSWORD` lines; when set, MQTT clients must log in with one of them.
+    /// Re-read while the agent runs (on change and on SIGHUP).
     pub mqtt_users_file: Option<PathBuf>,
     /// Server certificate chain and key (PEM): when set, both MQTT listeners speak TLS only.
     pub mqtt_tls_cert: Option<PathBuf>,
     pub mqtt_tls_key: Option<PathBuf>,
     /// Topic ACLs (mosquitto `acl_file` format): when set, a publish is taken only if a rule
-    /// allows its topic for the client's username and client id.
+    /// allows its topic for the client's username and client id. Re-read while the agent runs.
     pub mqtt_acl_file: Option<PathBuf>,
     /// CA (PEM) device client certificates must chain to: when set, the TLS listeners require
     /// and verify a client certificate.
@@ -429,8 +430,10 @@ fn range(option: &'static str, value: u64, min: u64, max: u64) -> Result<(), Con
 #[command(
     name = "edge-agent",
     version,
-    after_help = "Subcommand: `edge-agent passwd --file PATH USERNAME` writes a device's password \
-                  hash into the MQTT users file (see `edge-agent passwd --help`)."
+    after_help = "Subcommands: `edge-agent passwd --file PATH USERNAME` writes a device's \
+                  password hash into the MQTT users file (see `edge-agent passwd --help`); \
+                  `edge-agent keys list|rotate|rewrap` manages the buffer's encryption keys \
+                  (see `edge-agent keys --help`). SIGHUP re-reads the MQTT users and ACL files."
 )]
 struct Cli {
     /// TOML file with any of the options below
@@ -546,7 +549,8 @@ struct Cli {
     /// File of USERNAME:PASSWORD_HASH lines (write them with `edge-agent passwd --file PATH
     /// USER`; plaintext passwords still work, with a deprecation warning); when given, MQTT
     /// clients must log in with one of them (others get CONNACK "bad username or password",
-    /// counted and logged)
+    /// counted and logged). Re-read when it changes (checked every 2 s) and on SIGHUP; a file
+    /// that does not parse is logged and the previous one kept
     #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MQTT_USERS_FILE")]
     mqtt_users_file: Option<PathBuf>,
 
@@ -560,7 +564,8 @@ struct Cli {
 
     /// Topic ACL file (mosquitto acl_file format: `user NAME`, `topic write FILTER`,
     /// `pattern write FILTER` with %u = username, %c = client id, + and # wildcards); when
-    /// given, a publish to a topic no rule allows is dropped and counted
+    /// given, a publish to a topic no rule allows is dropped and counted. Re-read like
+    /// --mqtt-users-file; open connections are checked against the new rules
     #[arg(long, value_name = "PATH", env = "UPDRAFT_EDGE_MQTT_ACL_FILE")]
     mqtt_acl_file: Option<PathBuf>,
 
