@@ -13,7 +13,8 @@
 //! with a keyring is never opened without the key, and a buffer holding plain records is never
 //! opened with one ([`LogError::EncryptionMismatch`]): they never mix. `edge-agent keys rotate`
 //! adds a new `edge` key; the agent seals with it after its next start and opens older records
-//! with the key each names.
+//! with the key each names. `edge-agent keys rewrap` wraps the data keys under a new master key
+//! while the agent is stopped (it takes the log's `LOCK` to make sure).
 
 pub mod overflow;
 pub mod record;
