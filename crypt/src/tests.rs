@@ -219,3 +219,17 @@ fn a_held_lock_file_is_reported_in_use() {
     drop(held);
     assert!(lock_if_present(&path).expect("free again").is_some());
 }
+
+#[test]
+fn a_temporary_file_left_by_a_crash_is_ignored_and_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (master(), master());
+    Keyring::create(dir.path(), &old, EDGE_STORES).expect("create");
+    // A crash before the rename leaves a partial temporary file next to the whole keyring.
+    let tmp = dir.path().join("keyring.json.tmp");
+    fs::write(&tmp, b"{\"version\": 1, \"che").expect("write");
+    let mut ring = Keyring::open(dir.path(), &old).expect("the old keyring is whole");
+    ring.rewrap(&new).expect("rewrap over the leftover");
+    assert!(!tmp.exists());
+    assert!(Keyring::open(dir.path(), &new).is_ok());
+}
