@@ -21,7 +21,9 @@
 //! level in the CONNECT packet picks the codec, so both listeners take both versions. Optional
 //! per-device username/password authentication (Argon2id hashes, see `users`), topic ACLs
 //! (see `acl`) and TLS (rustls with ring, optionally requiring device client certificates)
-//! apply to both listeners.
+//! apply to both listeners. The users and ACL files are re-read while the agent runs (see
+//! `reload`): a CONNECT is checked against the users file in service, and every PUBLISH
+//! against the ACLs in service when it arrives; open connections are not closed.
 //!
 //! A publish the ACLs deny is dropped and counted, and acknowledged as MQTT asks: QoS 1 gets
 //! its PUBACK (MQTT 5: reason code 0x87 Not authorized), QoS 2 its PUBREC (MQTT 5: 0x87, which
