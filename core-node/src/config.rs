@@ -36,7 +36,9 @@ pub struct RunArgs {
     /// This node's certificate chain [default: certs/core.pem].
     #[arg(long, env = "UPDRAFT_CORE_CERT")]
     pub cert: Option<PathBuf>,
-    /// This node's private key, PKCS#8 PEM [default: certs/core-key.pem].
+    /// This node's private key, PKCS#8 PEM [default: certs/core-key.pem]. Replaced --ca,
+    /// --cert or --key files are picked up by the QUIC listener within seconds, or at once
+    /// on SIGHUP, without a restart.
     #[arg(long, env = "UPDRAFT_CORE_KEY")]
     pub key: Option<PathBuf>,
     /// Serve the HTTP API over TLS with this certificate chain (PEM; needs --http-tls-key).
