@@ -689,6 +689,11 @@ fn open(dir: &Path, encryption: Option<&Encryption>) -> Result<Storage, String> 
             interval: Duration::from_secs(3600),
             ..CompactionOptions::default()
         },
+        // A small head flushes often, so reads see samples both in the head and in fjall;
+        // without the flush on stop, every reopen replays the head from the WAL, as after a
+        // crash.
+        head_max_samples: 5,
+        flush_head_on_stop: false,
         ..StorageOptions::default()
     };
     Storage::open(dir, options).map_err(|e| format!("opening storage: {e}"))

@@ -30,9 +30,8 @@
 //! `dirty` keys start with the series id, so one shard is one contiguous key range in each:
 //! it can be streamed to another node and dropped here by range. `postings` are derived from
 //! `series` and are rebuilt on the receiving side. A chunk never spans two UTC days, so a series' chunks of one
-//! day are one key range. Chunks are stored exactly as the agents encoded them (split only
-//! when one crosses midnight), and the [`compactor`] later merges each (series, day) into one
-//! sealed block, where the codec compresses best. Where chunks overlap, the one with the
+//! day are one key range. Each head flush writes one chunk per (series, day) it holds, and the
+//! [`compactor`] later merges each (series, day) into one sealed block, where the codec compresses best. Where chunks overlap, the one with the
 //! higher write sequence wins a shared timestamp: the last write wins.
 //!
 //! # Write path
@@ -40,12 +39,15 @@
 //! [`Storage::submit`] queues a [`WriteBatch`] for the single writer thread (a bounded queue:
 //! a full queue is refused with [`SubmitError::Busy`] rather than growing memory). The writer
 //! takes every batch waiting (group commit), checks each against the agent's last applied
-//! `(epoch, sequence)`, turns the new ones into one fjall write batch — new series, postings,
-//! chunks, dirty marks, and the agents' new offsets — and commits it through fjall's journal
-//! with the configured durability (default: fsync) before it answers any of them. Applying is
-//! deterministic and idempotent: the stored offset makes a resent batch a no-op, and even a
-//! re-applied one only adds a chunk whose samples win over identical ones. This is the shape a
-//! replicated log will take: append the batch, then apply it.
+//! `(epoch, sequence)`, appends the new ones to the WAL and fsyncs it (the configured
+//! durability), commits the new series and postings to fjall, appends the samples to the
+//! in-memory [`head`], and then answers them. The head is cut into chunks (one per series and
+//! UTC day) in one fjall batch when it is full or old enough ([`StorageOptions::head_max_samples`],
+//! [`StorageOptions::head_max_age`]); that batch also records the agents' offsets and how far
+//! into the WAL it reaches, and a restart replays the WAL from there into the head again.
+//! Applying is deterministic and idempotent: the stored offset makes a resent batch a no-op,
+//! and even a re-applied one only adds samples that win over identical ones. This is the shape
+//! a replicated log will take: append the batch, then apply it.
 //!
 //! The compactor never writes itself: it sends its merged blocks to the writer as a replace
 //! request, so every mutation is ordered by the one writer.
@@ -53,11 +55,12 @@
 //! # Read path
 //!
 //! [`Storage`] implements [`query::DataSource`]: matchers resolve through `postings` to series
-//! ids, labels come from `series`, samples come from a range scan of `chunks` (every chunk's
-//! checksum verified as it is decoded) merged by timestamp. Reads see a consistent fjall
+//! ids, labels come from `series`, samples come from the head and a range scan of `chunks`
+//! (every chunk's checksum verified as it is decoded) merged by timestamp. Reads see a consistent fjall
 //! snapshot per scan (a merge replaces its chunks atomically) and never wait for the writer.
 
 mod compactor;
+mod head;
 mod keys;
 pub mod partitions;
 mod read;
@@ -100,6 +103,14 @@ pub struct StorageOptions {
     pub retention: Retention,
     /// Encryption at rest ([`vault`]); `None` stores everything in clear.
     pub encryption: Option<Encryption>,
+    /// The [`head`] is cut into chunks once it holds this many samples (16 bytes each)...
+    pub head_max_samples: usize,
+    /// ...or once its oldest unflushed write is this old. The WAL keeps everything since the
+    /// last head flush, so this also bounds how much a restart replays.
+    pub head_max_age: Duration,
+    /// Whether the writer flushes the head when storage is dropped (the default). Tests turn
+    /// it off to reopen a directory as a crash would leave it: the head only in the WAL.
+    pub flush_head_on_stop: bool,
 }
 
 impl Default for StorageOptions {
@@ -112,6 +123,9 @@ impl Default for StorageOptions {
             limits: Limits::default(),
             retention: Retention::default(),
             encryption: None,
+            head_max_samples: 4_000_000,
+            head_max_age: Duration::from_secs(5 * 60),
+            flush_head_on_stop: true,
         }
     }
 }
@@ -203,6 +217,7 @@ pub(crate) struct Keyspaces {
     dirty: Keyspace,
     meta: Keyspace,
     vault: vault::Vault,
+    head: head::Head,
 }
 
 impl Keyspaces {
@@ -343,6 +358,7 @@ impl Storage {
                 Some(e) => vault::Vault::Sealed(e),
                 None => vault::Vault::Plain,
             },
+            head: head::Head::new(),
             db,
         });
         check_format(&ks)?;
@@ -392,6 +408,8 @@ impl Storage {
     /// Runs compaction passes until nothing is due under `options` (for tests and benchmarks:
     /// `seal_after: 0` merges every dirty day now). Returns the number of days merged.
     pub fn compact_now(&self, options: &CompactionOptions) -> Result<usize, StorageError> {
+        // The head's samples become chunks first, so the merges cover everything written.
+        self.checkpoint()?;
         let Some(queue) = &self.shared.queue else {
             return Err(StorageError::WriterStopped);
         };
@@ -409,19 +427,7 @@ impl Storage {
     /// replaced chunks and the journal stop taking space. Blocks for as long as that takes;
     /// writes keep flowing meanwhile.
     pub fn flush(&self) -> Result<(), StorageError> {
-        let Some(queue) = &self.shared.queue else {
-            return Err(StorageError::WriterStopped);
-        };
-        let (tx, rx) = mpsc::channel();
-        queue
-            .send(writer::Request::Checkpoint { reply: tx })
-            .map_err(|_| StorageError::WriterStopped)?;
-        rx.recv()
-            .map_err(|_| StorageError::WriterStopped)?
-            .map_err(|e| StorageError::Corrupt {
-                keyspace: "meta",
-                detail: format!("checkpoint failed: {e}"),
-            })?;
+        self.checkpoint()?;
         let mut keyspaces = vec![
             self.ks.series.clone(),
             self.ks.postings.clone(),
@@ -447,6 +453,24 @@ impl Storage {
     /// the next write burst. Sealing a one-key memtable of `meta` advances the watermark
     /// and runs the version GC of every keyspace. The key is harmless: it records when
     /// storage was last flushed.
+    /// Asks the writer to flush the head and checkpoint (fjall durable, WAL trimmed); returns
+    /// once it has.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let Some(queue) = &self.shared.queue else {
+            return Err(StorageError::WriterStopped);
+        };
+        let (tx, rx) = mpsc::channel();
+        queue
+            .send(writer::Request::Checkpoint { reply: tx })
+            .map_err(|_| StorageError::WriterStopped)?;
+        rx.recv()
+            .map_err(|_| StorageError::WriterStopped)?
+            .map_err(|e| StorageError::Corrupt {
+                keyspace: "meta",
+                detail: format!("checkpoint failed: {e}"),
+            })
+    }
+
     fn release_replaced_tables(&self) -> Result<(), StorageError> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -460,6 +484,10 @@ impl Storage {
 
     /// The last `(epoch, sequence)` applied for `agent`, as committed.
     pub fn agent_offset(&self, agent: &str) -> Result<Option<(u64, u64)>, StorageError> {
+        // The head knows batches applied since the last flush; fjall's keys lag behind it.
+        if let Some(applied) = self.ks.head.agent_offset(agent) {
+            return Ok(Some(applied));
+        }
         match self.ks.meta.get(keys::agent_offset_key(agent))? {
             Some(v) => writer::decode_offset(&v).map(Some),
             None => Ok(None),

@@ -269,6 +269,9 @@ impl DataSource for Storage {
         if start_ms > end_ms {
             return Ok(Vec::new());
         }
+        // The head first, then fjall: a head flush between the two shows samples twice (they
+        // merge), never zero times.
+        let head = self.ks.head.range(series, start_ms, end_ms);
         // Chunks never span two days, so every chunk holding a sample in range starts at or
         // after the first day's start.
         let first_day = keys::day_start(start_ms);
@@ -300,7 +303,12 @@ impl DataSource for Storage {
                 );
             }
         }
-        Ok(super::compactor::merge_last_wins(tagged))
+        let stored = super::compactor::merge_last_wins(tagged);
+        Ok(if head.is_empty() {
+            stored
+        } else {
+            super::head::overlay(stored, head)
+        })
     }
 
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {

@@ -58,6 +58,13 @@ fn write(s: &Storage, b: WriteBatch) -> AckOutcome {
         .expect("stored")
 }
 
+/// Writes `b` and flushes the head, so that its samples are chunks in fjall.
+fn write_flushed(s: &Storage, b: WriteBatch) -> AckOutcome {
+    let out = write(s, b);
+    s.checkpoint().expect("head flushed");
+    out
+}
+
 fn stores_reads_and_deduplicates_across_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Tenant::default();
@@ -217,9 +224,9 @@ fn compaction_merges_a_day_into_one_block_and_later_writes_still_win() {
             Sample::new(ts, i as f64),
             Sample::new(day + 500, 100.0 + i as f64),
         ];
-        write(&s, batch(i + 1, vec![(l.clone(), samples)]));
+        write_flushed(&s, batch(i + 1, vec![(l.clone(), samples)]));
     }
-    write(
+    write_flushed(
         &s,
         batch(
             11,
@@ -410,7 +417,7 @@ fn retention_drops_whole_partitions_per_tenant_and_refuses_old_samples() {
         );
         b.tenant = tenant;
         assert!(matches!(
-            write(&s, b),
+            write_flushed(&s, b),
             AckOutcome::Stored { samples: 2, .. }
         ));
     }
@@ -554,7 +561,7 @@ fn series_left_without_data_by_retention_leave_the_index_and_can_come_back() {
     let old = now - 20 * 86_400_000;
     let gone = labels("m", &[("dev", "gone")]);
     let kept = labels("m", &[("dev", "kept")]);
-    let out = write(
+    let out = write_flushed(
         &s,
         batch(
             1,

@@ -1,25 +1,32 @@
 //! The single writer thread: group commit of queued batches and of the compactor's merges
 //! (see the module docs of [`super`] for the protocol).
 //!
-//! # Durability: the write-ahead log
+//! # Durability: the write-ahead log and the head
 //!
 //! Every write batch is appended to the WAL (a [`seglog`] log under `<data-dir>/wal`, each
 //! record one `WriteBatch` wire frame) and the group is fsynced once before anything is
-//! applied; fjall then applies it without an fsync of its own. Every [`CHECKPOINT_BYTES`] of
-//! log or [`CHECKPOINT_INTERVAL`], the writer persists fjall (fsync) and acknowledges the WAL
-//! up to what fjall now holds, which deletes old WAL segments. On open, every WAL record after
-//! the last checkpoint is applied again: applying is idempotent (agent offsets turn a batch
-//! fjall already holds into a duplicate), so a crash at any point loses nothing that was
-//! acknowledged. The WAL's recovery truncates a torn tail at the last good record and skips
-//! a damaged record in the middle, counting the bytes (`updraft_core_wal_corrupt_bytes_total`)
-//! and logging; everything before stays. Compaction merges are not logged: they are derived
-//! data, and losing one only leaves the day dirty for the next pass.
+//! applied. Applying a group commits its new series (entries and postings) to fjall without an
+//! fsync of its own and appends its samples to the [`super::head`]; then the batches are
+//! acknowledged. A *head flush* writes the whole head as chunks in one fjall batch, together
+//! with the dirty marks, the agents' offsets, the next write sequence and `wal-applied`, the
+//! end of the last WAL record it covers: so fjall's chunks, offsets and sequence are always
+//! exactly "the WAL up to `wal-applied`". Every [`CHECKPOINT_BYTES`] of log or
+//! [`CHECKPOINT_INTERVAL`], the writer persists fjall (fsync) and acknowledges the WAL up to
+//! the last head flush, which deletes old WAL segments. On open, every WAL record after
+//! `wal-applied` is applied again, into the head as the first time, and the head is flushed:
+//! duplicates are judged against the offsets as of that flush, as they were then, so a crash
+//! at any point loses nothing that was acknowledged. (Series entries may already be in fjall
+//! from before the crash; staging one again is skipped.) The WAL's recovery truncates a torn
+//! tail at the last good record and skips a damaged record in the middle, counting the bytes
+//! (`updraft_core_wal_corrupt_bytes_total`) and logging; everything before stays. Compaction
+//! merges are not logged: they are derived data, and losing one only leaves the day dirty for
+//! the next pass.
 
 use super::partitions::{self, Retention};
 use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
 use fjall::Keyspace;
 use fjall::{OwnedWriteBatch, PersistMode};
-use protocols::wire::{AckOutcome, Message, SeriesChunk, WriteBatch};
+use protocols::wire::{AckOutcome, Message, WriteBatch};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use seglog::{LogOptions, LogReader, LogWriter, Offset};
 use std::collections::{HashMap, HashSet};
@@ -36,6 +43,11 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// WAL segment size.
 const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most samples in one chunk a head flush writes.
+const MAX_CHUNK_SAMPLES: usize = 65_536;
+/// How often an idle writer checks whether the head is due for a flush.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
@@ -62,7 +74,8 @@ pub(crate) enum Request {
         plan: Replace,
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
-    /// Checkpoint now: fjall made durable, the WAL acknowledged up to what it holds.
+    /// Flush the head and checkpoint now: fjall made durable, the WAL acknowledged up to what
+    /// it holds.
     Checkpoint {
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
@@ -126,9 +139,19 @@ struct Writer {
     fsync: bool,
     wal: LogWriter,
     wal_reader: LogReader,
-    /// End of the last WAL record whose batch fjall has applied.
-    applied_end: Offset,
+    /// End of the last WAL record applied (to fjall and the head).
+    logged_end: Offset,
+    /// Where fjall's state ends in the WAL (written as `wal-applied` at each head flush):
+    /// records up to here are wholly in fjall, the head holds the samples of those after.
+    flushed_end: Offset,
     last_checkpoint: Instant,
+    /// When the oldest write the head holds was applied; `None` after a flush.
+    unflushed_since: Option<Instant>,
+    /// Agents whose offset changed since the last head flush.
+    unflushed_agents: HashSet<String>,
+    head_max_samples: usize,
+    head_max_age: Duration,
+    flush_head_on_stop: bool,
     /// Series whose `series` and `postings` entries are already committed.
     known: HashSet<SeriesId>,
     /// Last applied (epoch, sequence) per agent, as committed.
@@ -195,6 +218,7 @@ pub(super) fn start(
         None => 0,
     };
     metrics::gauge!("updraft_core_series").set(known.len() as f64);
+    ks.head.set_agent_offsets(offsets.clone());
     tracing::info!(
         series = known.len(),
         agents = offsets.len(),
@@ -221,10 +245,16 @@ pub(super) fn start(
     let mut writer = Writer {
         ks,
         fsync: options.durability == Durability::Fsync,
-        applied_end: wal_reader.acked(),
+        logged_end: wal_reader.acked(),
+        flushed_end: wal_reader.acked(),
         wal,
         wal_reader,
         last_checkpoint: Instant::now(),
+        unflushed_since: None,
+        unflushed_agents: HashSet::new(),
+        head_max_samples: options.head_max_samples,
+        head_max_age: options.head_max_age,
+        flush_head_on_stop: options.flush_head_on_stop,
         known,
         offsets,
         dirty,
@@ -252,33 +282,20 @@ pub(super) fn decode_offset(v: &[u8]) -> Result<(u64, u64), StorageError> {
     Ok((u64::from_be_bytes(epoch), u64::from_be_bytes(seq)))
 }
 
-/// Splits a validated chunk at UTC day boundaries; a chunk within one day is kept as it is.
-/// Returns `(first timestamp, chunk, last timestamp)` per day, in time order.
-fn split_by_day(
-    chunk: &SeriesChunk,
-    samples: &[Sample],
-) -> Result<Vec<(i64, Vec<u8>, i64)>, codec::CodecError> {
-    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
-        return Ok(Vec::new());
-    };
-    if keys::day_start(first.timestamp_ms) == keys::day_start(last.timestamp_ms) {
-        return Ok(vec![(
-            first.timestamp_ms,
-            chunk.chunk.clone(),
-            last.timestamp_ms,
-        )]);
-    }
+/// Splits samples (ascending) at UTC day boundaries and at [`MAX_CHUNK_SAMPLES`]: a chunk
+/// never spans two days.
+fn day_pieces(samples: &[Sample]) -> Vec<&[Sample]> {
     let mut out = Vec::new();
     let mut rest = samples;
-    while let Some(head) = rest.first() {
-        let end = keys::day_end(head.timestamp_ms);
-        let n = rest.partition_point(|s| s.timestamp_ms <= end);
-        let day = &rest[..n];
-        let last = day.last().map_or(head.timestamp_ms, |s| s.timestamp_ms);
-        out.push((head.timestamp_ms, codec::encode(day)?, last));
+    while let Some(first) = rest.first() {
+        let end = keys::day_end(first.timestamp_ms);
+        let n = rest
+            .partition_point(|s| s.timestamp_ms <= end)
+            .min(MAX_CHUNK_SAMPLES);
+        out.push(&rest[..n]);
         rest = &rest[n..];
     }
-    Ok(out)
+    out
 }
 
 fn now_ms() -> i64 {
@@ -299,12 +316,28 @@ struct Pending {
     offsets: HashMap<String, (u64, u64)>,
     dirty: HashMap<(SeriesId, i64), Option<Dirty>>,
     next_seq: u64,
+    /// Samples for the head, per write batch: its tenant and each series' samples.
+    head: Vec<(Tenant, Vec<SeriesSamples>)>,
 }
+
+/// One series' decoded samples from a write batch.
+type SeriesSamples = (SeriesId, Vec<Sample>);
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         let mut carried = None;
-        while let Some(first) = carried.take().or_else(|| rx.recv().ok()) {
+        loop {
+            let first = match carried.take() {
+                Some(r) => r,
+                None => match rx.recv_timeout(IDLE_TICK) {
+                    Ok(r) => r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.flush_if_due();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
             // A series removal commits alone: writes grouped with it would see the series
             // as known (its removal is not absorbed yet) and skip re-creating its index entry.
             let alone = matches!(first, Request::ForgetSeries { .. });
@@ -324,6 +357,12 @@ impl Writer {
                 }
             }
             self.commit_group(group);
+        }
+        // Stopping: the head goes to fjall so that a restart has nothing to replay.
+        if self.flush_head_on_stop
+            && let Err(e) = self.flush_head().and_then(|()| self.checkpoint())
+        {
+            tracing::error!(error = %e, "final head flush failed; the WAL keeps the data");
         }
         tracing::info!("storage writer stopped");
     }
@@ -360,7 +399,7 @@ impl Writer {
                     break;
                 }
             }
-            if has_chunks {
+            if has_chunks || self.ks.head.contains(id) {
                 continue;
             }
             let Some(value) = self.ks.series.get(keys::series_key(id))? else {
@@ -489,24 +528,31 @@ impl Writer {
             tracing::warn!(agent, reason, %text, "series refused");
             rejection.get_or_insert(text);
         };
+        let mut head = Vec::with_capacity(b.series.len());
         for s in &b.series {
             let id = SeriesId::of(&b.tenant, &s.labels);
             if let Err((reason, message)) = self.check_limits(p, &b.tenant, id, &s.labels) {
                 reject(reason, message, &s.labels);
                 continue;
             }
-            // Decoding verifies the checksum and the order of timestamps; it also gives the
-            // day boundaries. The chunk is stored as received unless it crosses midnight.
-            let pieces = codec::decode(&s.chunk).and_then(|samples| {
-                split_by_day(s, &samples).map(|pieces| (samples.len(), pieces))
-            });
-            let (count, pieces) = match pieces {
-                Ok(p) => p,
+            // Decoding verifies the checksum and the order of timestamps.
+            let samples = match codec::decode(&s.chunk) {
+                Ok(samples) => samples,
                 Err(e) => {
                     reject("bad_chunk", format!("damaged chunk: {e}"), &s.labels);
                     continue;
                 }
             };
+            let newest = samples.last().map_or(i64::MIN, |s| s.timestamp_ms);
+            let cutoff = self.retention.cutoff(&b.tenant, now_ms());
+            if let Some(cutoff) = cutoff.filter(|c| newest < *c) {
+                reject(
+                    "out_of_retention",
+                    format!("every sample is older than the tenant's retention ({cutoff} ms)"),
+                    &s.labels,
+                );
+                continue;
+            }
             if !self.known.contains(&id) && !p.series.contains(&id) {
                 if let Err(e) = self.stage_series(wb, &b.tenant, id, &s.labels) {
                     reject(
@@ -519,68 +565,13 @@ impl Writer {
                 p.series.insert(id);
                 *p.tenant_series.entry(b.tenant.clone()).or_default() += 1;
             }
-            let newest = pieces.last().map(|(_, _, max)| *max).unwrap_or(i64::MIN);
-            let cutoff = self.retention.cutoff(&b.tenant, now_ms());
-            if let Some(cutoff) = cutoff.filter(|c| newest < *c) {
-                reject(
-                    "out_of_retention",
-                    format!("every sample is older than the tenant's retention ({cutoff} ms)"),
-                    &s.labels,
-                );
-                continue;
-            }
-            let targets: Result<Vec<Keyspace>, StorageError> = pieces
-                .iter()
-                .map(|(min_ts, _, _)| {
-                    self.ks
-                        .chunks
-                        .get_or_create(&b.tenant, partitions::index_of(*min_ts))
-                })
-                .collect();
-            let targets = match targets {
-                Ok(t) => t,
-                Err(e) => {
-                    reject("storage", format!("creating a partition: {e}"), &s.labels);
-                    continue;
-                }
-            };
-            let mut sealed_all = true;
-            for ((min_ts, bytes, _), partition) in pieces.into_iter().zip(targets) {
-                let seq = p.next_seq;
-                let key = keys::chunk_key(id, min_ts, seq);
-                let bytes = match self.ks.vault.seal_chunk(&key, bytes) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        reject("storage", format!("sealing a chunk: {e}"), &s.labels);
-                        sealed_all = false;
-                        break;
-                    }
-                };
-                p.next_seq += 1;
-                wb.insert(&partition, key, bytes);
-                let day = keys::day_start(min_ts);
-                let mark = match self.dirty_of(p, (id, day)) {
-                    Some(d) => Dirty {
-                        last_seq: seq,
-                        chunks: d.chunks.saturating_add(1),
-                    },
-                    None => Dirty {
-                        last_seq: seq,
-                        chunks: 1,
-                    },
-                };
-                p.dirty.insert((id, day), Some(mark));
-                metrics::counter!("updraft_core_chunks_written_total").increment(1);
-            }
-            if sealed_all {
-                stored += count as u64;
-            }
+            stored += samples.len() as u64;
+            head.push((id, samples));
+        }
+        if !head.is_empty() {
+            p.head.push((b.tenant.clone(), head));
         }
         if tracked {
-            let mut offset = Vec::with_capacity(16);
-            offset.extend_from_slice(&b.epoch.to_be_bytes());
-            offset.extend_from_slice(&b.sequence.to_be_bytes());
-            wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
             p.offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
         }
         AckOutcome::Stored {
@@ -674,7 +665,8 @@ impl Writer {
         Ok(Some(Offset(end)))
     }
 
-    /// Applies every WAL record that fjall does not hold yet, then checkpoints.
+    /// Applies every WAL record that fjall does not hold yet (into the head, as when it was
+    /// first written), flushes the head, then checkpoints.
     fn replay(&mut self) -> Result<(), StorageError> {
         let started = Instant::now();
         let (mut batches, mut corrupt) = (0u64, 0u64);
@@ -711,16 +703,18 @@ impl Writer {
                 }
             }
             if let Some(end) = last_end {
-                self.stage_dirty(&mut wb, &p);
-                wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
-                let position = wal_position(self.wal_reader.epoch(), end);
-                wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
+                // New series entries; the samples go to the head, as in `commit_group`.
                 wb.commit()?;
                 self.absorb(p);
+                self.logged_end = end;
+                if self.ks.head.len() >= self.head_max_samples {
+                    self.flush_head()?;
+                }
             }
             from = chunk.next;
         }
-        self.applied_end = from;
+        self.logged_end = from;
+        self.flush_head()?;
         if corrupt > 0 {
             metrics::counter!("updraft_core_wal_corrupt_bytes_total").increment(corrupt);
         }
@@ -730,13 +724,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes fjall durable, then lets the WAL drop what fjall now holds.
+    /// Makes fjall durable, then lets the WAL drop what fjall now holds: everything up to the
+    /// last head flush.
     fn checkpoint(&mut self) -> Result<(), StorageError> {
         self.ks.db.persist(PersistMode::SyncAll)?;
         if !self.fsync {
             self.wal.sync()?;
         }
-        self.wal_reader.ack(self.applied_end)?;
+        self.wal_reader.ack(self.flushed_end)?;
         self.last_checkpoint = Instant::now();
         metrics::counter!("updraft_core_checkpoints_total").increment(1);
         metrics::gauge!("updraft_core_wal_bytes").set(self.wal_reader.unacked_bytes() as f64);
@@ -767,6 +762,15 @@ impl Writer {
             }
         }
         self.known.extend(p.series);
+        for (tenant, series) in p.head {
+            for (id, samples) in series {
+                self.ks.head.append(id, &tenant, samples);
+            }
+        }
+        if !p.offsets.is_empty() {
+            self.unflushed_agents.extend(p.offsets.keys().cloned());
+            self.ks.head.set_agent_offsets(p.offsets.clone());
+        }
         for (tenant, n) in p.tenant_series {
             *self.tenant_series.entry(tenant).or_default() += n;
         }
@@ -793,6 +797,98 @@ impl Writer {
             self.wal.sync()?;
         }
         Ok(end)
+    }
+
+    /// Flushes the head when it is full or old enough, then checkpoints when due.
+    fn flush_if_due(&mut self) {
+        let full = self.ks.head.len() >= self.head_max_samples;
+        let old = self
+            .unflushed_since
+            .is_some_and(|t| t.elapsed() >= self.head_max_age);
+        if (full || old)
+            && let Err(e) = self.flush_head()
+        {
+            tracing::error!(error = %e, "head flush failed; the WAL keeps the data");
+            return;
+        }
+        let due = self.wal_reader.unacked_bytes() >= CHECKPOINT_BYTES
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        if let Some(Err(e)) = due.then(|| self.checkpoint()) {
+            tracing::error!(error = %e, "checkpoint failed; the WAL keeps the data");
+        }
+    }
+
+    /// Cuts every series of the head into chunks (one per UTC day) and commits them in one
+    /// fjall batch with their dirty marks, the agents' offsets, the next write sequence and
+    /// the WAL position they cover; then empties the head. Readers see the samples in the
+    /// head until the commit and in fjall from it on (see [`super::head`]).
+    fn flush_head(&mut self) -> Result<(), StorageError> {
+        if self.ks.head.len() == 0 && self.logged_end == self.flushed_end {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let samples = self.ks.head.len();
+        let mut wb = self.ks.db.batch();
+        let mut p = Pending {
+            next_seq: self.next_seq,
+            ..Pending::default()
+        };
+        let mut chunks = 0u64;
+        self.ks
+            .head
+            .try_for_each(|id, series| -> Result<(), StorageError> {
+                for piece in day_pieces(&series.samples) {
+                    let Some(first) = piece.first() else {
+                        continue;
+                    };
+                    let min_ts = first.timestamp_ms;
+                    let partition = self
+                        .ks
+                        .chunks
+                        .get_or_create(&series.tenant, partitions::index_of(min_ts))?;
+                    let bytes = codec::encode(piece).map_err(|e| {
+                        corrupt("chunks", format!("encoding the head of {id}: {e}"))
+                    })?;
+                    let seq = p.next_seq;
+                    p.next_seq += 1;
+                    let key = keys::chunk_key(id, min_ts, seq);
+                    let bytes = self.ks.vault.seal_chunk(&key, bytes)?;
+                    wb.insert(&partition, key, bytes);
+                    let day = keys::day_start(min_ts);
+                    let chunks_before = self.dirty_of(&p, (id, day)).map_or(0, |d| d.chunks);
+                    let mark = Dirty {
+                        last_seq: seq,
+                        chunks: chunks_before.saturating_add(1),
+                    };
+                    p.dirty.insert((id, day), Some(mark));
+                    chunks += 1;
+                }
+                Ok(())
+            })?;
+        for agent in &self.unflushed_agents {
+            if let Some((epoch, seq)) = self.offsets.get(agent) {
+                let mut offset = Vec::with_capacity(16);
+                offset.extend_from_slice(&epoch.to_be_bytes());
+                offset.extend_from_slice(&seq.to_be_bytes());
+                wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
+            }
+        }
+        self.stage_dirty(&mut wb, &p);
+        wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
+        let position = wal_position(self.wal_reader.epoch(), self.logged_end);
+        wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
+        wb.commit()?;
+        self.absorb(p);
+        self.ks.head.clear();
+        self.flushed_end = self.logged_end;
+        self.unflushed_since = None;
+        self.unflushed_agents.clear();
+        metrics::counter!("updraft_core_head_flushes_total").increment(1);
+        metrics::counter!("updraft_core_chunks_written_total").increment(chunks);
+        metrics::histogram!("updraft_core_head_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(samples, chunks, elapsed = ?started.elapsed(), "head flushed");
+        Ok(())
     }
 
     fn commit_group(&mut self, group: Vec<Request>) {
@@ -868,12 +964,10 @@ impl Writer {
                 }
             }
         }
+        // Chunks, sequences, dirty marks from new chunks, agent offsets and the WAL position
+        // are written by the next head flush; this batch holds new series, merges and
+        // removals.
         self.stage_dirty(&mut wb, &p);
-        wb.insert(&self.ks.meta, NEXT_SEQ_KEY, p.next_seq.to_be_bytes());
-        if let Some(end) = logged {
-            let position = wal_position(self.wal_reader.epoch(), end);
-            wb.insert(&self.ks.meta, WAL_APPLIED_KEY, position);
-        }
 
         match wb.commit() {
             Ok(()) => {
@@ -881,7 +975,8 @@ impl Writer {
                     .record(started.elapsed().as_secs_f64());
                 self.absorb(p);
                 if let Some(end) = logged {
-                    self.applied_end = end;
+                    self.logged_end = end;
+                    self.unflushed_since.get_or_insert_with(Instant::now);
                 }
                 for (req, outcome) in group.into_iter().zip(outcomes) {
                     match (req, outcome) {
@@ -904,7 +999,8 @@ impl Writer {
                         }
                         (Request::DropPartition { .. }, _) => {}
                         (Request::Checkpoint { reply }, _) => {
-                            let _ = reply.send(self.checkpoint().map_err(Arc::new));
+                            let done = self.flush_head().and_then(|()| self.checkpoint());
+                            let _ = reply.send(done.map_err(Arc::new));
                         }
                         (Request::ForgetSeries { reply, .. }, _) => {
                             let answer = match forget.take() {
@@ -918,11 +1014,7 @@ impl Writer {
                         }
                     }
                 }
-                let due = self.wal_reader.unacked_bytes() >= CHECKPOINT_BYTES
-                    || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
-                if let Some(Err(e)) = due.then(|| self.checkpoint()) {
-                    tracing::error!(error = %e, "checkpoint failed; the WAL keeps the data");
-                }
+                self.flush_if_due();
             }
             Err(e) => {
                 // fjall poisons the database after a failed journal write; every later batch
