@@ -36,6 +36,9 @@ pub struct EngineOptions {
     /// The step of a subquery that names none (`x[1h:]`): Prometheus uses its
     /// `global.evaluation_interval`, 1 minute by default. Must be positive.
     pub default_subquery_step_ms: i64,
+    /// Most threads one selector's series are evaluated on (at least 64 series each); the
+    /// answer is the same whatever the number. Default: the cores available.
+    pub parallelism: usize,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
             default_subquery_step_ms: 60_000,
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

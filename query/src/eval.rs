@@ -141,18 +141,21 @@ impl Evaluator<'_> {
         let from = first.saturating_sub(lookback_ms).saturating_add(1);
 
         self.check_deadline()?;
-        let mut out = Vec::new();
-        for series in self.source.select_series(self.tenant, &matchers)? {
-            self.check_deadline()?;
-            let samples = self.source.samples_of(self.tenant, series.id, from, last)?;
-            self.hold(samples.len())?;
+        let series = self.source.select_series(self.tenant, &matchers)?;
+        let (source, tenant) = (self.source, self.tenant);
+        let times: Vec<(i64, i64)> = self
+            .steps()
+            .map(|t| (t, self.selector_time(vs.at.as_ref(), vs.offset.as_ref(), t)))
+            .collect();
+        let parts = self.for_series(series, Vec::new, |out, series, budget| {
+            let samples = source.samples_of(tenant, series.id, from, last)?;
+            budget.hold(samples.len())?;
 
             let mut points = Vec::new();
             // Index of the first sample after the current evaluation time; evaluation times
             // never decrease from step to step, so one forward pass serves every step.
             let mut next = 0;
-            for t in self.steps() {
-                let at = self.selector_time(vs.at.as_ref(), vs.offset.as_ref(), t);
+            for &(t, at) in &times {
                 while samples.get(next).is_some_and(|s| s.timestamp_ms <= at) {
                     next += 1;
                 }
@@ -171,15 +174,17 @@ impl Evaluator<'_> {
                 }
             }
 
-            self.release(samples.len());
-            self.hold(points.len())?;
+            budget.release(samples.len());
+            budget.hold(points.len())?;
             if !points.is_empty() {
                 out.push(Series {
                     metric: series.labels.into(),
                     points,
                 });
             }
-        }
+            Ok(())
+        })?;
+        let out: Matrix = parts.into_iter().flatten().collect();
         Ok(out)
     }
 
@@ -275,6 +280,7 @@ mod binary;
 mod functions;
 mod histogram;
 mod instant;
+mod parallel;
 mod subquery;
 
 #[cfg(test)]

@@ -157,15 +157,26 @@ impl Evaluator<'_> {
             RangeArg::Selector(ms) => {
                 let matchers = selector::matchers(&ms.vs)?;
                 let from = first.saturating_sub(range_ms).saturating_add(1);
-                for series in self.source.select_series(self.tenant, &matchers)? {
-                    self.check_deadline()?;
-                    let mut samples = self.source.samples_of(self.tenant, series.id, from, last)?;
+                let series = self.source.select_series(self.tenant, &matchers)?;
+                let (source, tenant, steps) = (self.source, self.tenant, times.len());
+                let init = || Output {
+                    items: Vec::new(),
+                    present: vec![false; steps],
+                };
+                let parts = self.for_series(series, init, |part, series, budget| {
+                    let mut samples = source.samples_of(tenant, series.id, from, last)?;
                     let read = samples.len();
-                    self.hold(read)?;
+                    budget.hold(read)?;
                     samples.retain(|s| !is_stale_marker(s.value));
-                    let points = slider.slide(series.labels.into(), &samples, &mut out)?;
-                    self.release(read);
-                    self.hold(points)?;
+                    let points = slider.slide(series.labels.into(), &samples, part)?;
+                    budget.release(read);
+                    budget.hold(points)
+                })?;
+                for part in parts {
+                    out.items.extend(part.items);
+                    for (all, p) in out.present.iter_mut().zip(part.present) {
+                        *all |= p;
+                    }
                 }
             }
             RangeArg::Subquery(sq) => {

@@ -411,3 +411,74 @@ mod functions;
 mod instant_functions;
 mod more_functions;
 mod subquery;
+
+/// Hundreds of series go to several workers; the answers must be exactly those of one
+/// worker (same series order, so the same float sums), and the limits still hold.
+#[test]
+fn series_evaluated_in_parallel_answer_exactly_as_in_sequence() {
+    let mut src = MemorySource::default();
+    for i in 0..700 {
+        let host = format!("h{i}");
+        let mode = ["user", "system", "idle"][i % 3];
+        let points: Vec<(i64, f64)> = (0..40)
+            .map(|k| {
+                let t = T - 40 * 15_000 + k * 15_000 + (i as i64 % 7) * 100;
+                // A counter with a reset half way for every fifth series, fractional steps.
+                let v = if i % 5 == 0 && k >= 20 { k - 20 } else { k } as f64;
+                (t, v * (1.0 + i as f64 / 997.0) + 0.1)
+            })
+            .collect();
+        src.add("cpu", &[("host", &host), ("mode", mode)], &points);
+    }
+    let engine = |parallelism| {
+        Engine::new(EngineOptions {
+            parallelism,
+            ..EngineOptions::default()
+        })
+    };
+    let queries = [
+        "sum by (mode) (rate(cpu[2m]))",
+        "topk(3, rate(cpu[2m]))",
+        r#"cpu{host=~"h1.*", mode=~"user|idle"}"#,
+        "quantile_over_time(0.9, cpu[3m])",
+        "absent_over_time(cpu[1m])",
+        "timestamp(cpu)",
+    ];
+    for q in queries {
+        let run = |p| {
+            engine(p)
+                .range(&src, &Tenant::default(), q, T - 5 * MIN, T, 15_000)
+                .map(matrix)
+                .unwrap_or_else(|e| panic!("{q}: {e}"))
+        };
+        let (one, four) = (run(1), run(4));
+        assert!(!one.is_empty() || q.starts_with("absent"), "{q}: no answer");
+        let bits = |m: &Vec<(String, Vec<(i64, f64)>)>| -> Vec<(String, Vec<(i64, u64)>)> {
+            m.iter()
+                .map(|(l, p)| {
+                    (
+                        l.clone(),
+                        p.iter().map(|(t, v)| (*t, v.to_bits())).collect(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(bits(&one), bits(&four), "{q}");
+    }
+    let small = Engine::new(EngineOptions {
+        parallelism: 4,
+        max_samples: 1_000,
+        ..EngineOptions::default()
+    });
+    let err = small
+        .range(
+            &src,
+            &Tenant::default(),
+            "rate(cpu[2m])",
+            T - 5 * MIN,
+            T,
+            15_000,
+        )
+        .expect_err("700 series of points exceed 1,000 samples");
+    assert!(matches!(err, QueryError::TooManySamples));
+}
