@@ -251,11 +251,26 @@ fn plan_merge(
             seen_seq,
         });
     };
+    let entries = partition
+        .range(from..=to)
+        .map(|kv| kv.into_inner())
+        .collect::<Result<Vec<_>, _>>()?;
+    if entries.len() <= 1 {
+        // Zero or one chunk (a head flush's, the usual case): nothing to merge or decode;
+        // the replace only clears the dirty mark.
+        return Ok(Replace {
+            series,
+            day_start: day,
+            partition: Some(partition),
+            remove: Vec::new(),
+            add: Vec::new(),
+            seen_seq,
+        });
+    }
     let mut remove = Vec::new();
     let mut tagged: Vec<(i64, u64, f64)> = Vec::new();
     let mut max_seq = 0;
-    for kv in partition.range(from..=to) {
-        let (k, v) = kv.into_inner()?;
+    for (k, v) in entries {
         let Some((_, _, seq)) = keys::decode_chunk_key(&k) else {
             continue;
         };

@@ -23,14 +23,23 @@ impl Storage {
         }
         let prefix = keys::name_prefix(tenant, name);
         let mut ids = HashSet::new();
+        // Keys of one value are adjacent: the matcher runs once per distinct value.
+        let mut last: Option<(Vec<u8>, bool)> = None;
         for kv in self.ks.postings.prefix(&prefix) {
             let key = kv.key().map_err(unavailable)?;
             let rest = &key[prefix.len()..];
             let Some((value, _)) = keys::split_field(rest) else {
                 continue;
             };
-            let value = std::str::from_utf8(value).unwrap_or_default();
-            if let Some(id) = keys::posting_series(&key).filter(|_| accept(value)) {
+            let accepted = match &last {
+                Some((v, accepted)) if v.as_slice() == value => *accepted,
+                _ => {
+                    let accepted = accept(std::str::from_utf8(value).unwrap_or_default());
+                    last = Some((value.to_vec(), accepted));
+                    accepted
+                }
+            };
+            if let Some(id) = keys::posting_series(&key).filter(|_| accepted) {
                 ids.insert(id);
             }
         }
@@ -116,41 +125,52 @@ impl Storage {
         Ok(out.into_iter().collect())
     }
 
-    /// Candidate series for a selector: the intersection of every equality matcher's
-    /// postings, or else the postings of the first matcher that rejects the empty string.
-    /// Every candidate is still checked against all matchers afterwards.
+    /// Candidate series for a selector: the intersection of the postings of every matcher
+    /// that rejects the empty string (equality, regex or negation alike), or `None` when
+    /// every matcher accepts it (the tenant's series are the candidates then). Every
+    /// candidate is still checked against all matchers afterwards.
     fn candidates(
         &self,
         tenant: &str,
         matchers: &[Matcher],
     ) -> Result<Option<HashSet<SeriesId>>, DataSourceError> {
         let mut result: Option<HashSet<SeriesId>> = None;
-        for m in matchers {
-            if let MatchOp::Equal(v) = &m.op {
-                if v.is_empty() {
-                    continue;
-                }
-                let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
-                let mut ids = HashSet::new();
-                for kv in self.ks.postings.prefix(&prefix) {
-                    let key = kv.key().map_err(unavailable)?;
-                    if let Some(id) = keys::posting_series(&key) {
-                        ids.insert(id);
-                    }
-                }
-                result = Some(match result {
-                    None => ids,
-                    Some(prev) => prev.intersection(&ids).copied().collect(),
-                });
+        // Equality first: one pair's postings are usually the smallest set.
+        let (equal, other): (Vec<&Matcher>, Vec<&Matcher>) = matchers
+            .iter()
+            .filter(|m| !m.matches_empty())
+            .partition(|m| matches!(m.op, MatchOp::Equal(_)));
+        for m in equal.into_iter().chain(other) {
+            if result.as_ref().is_some_and(HashSet::is_empty) {
+                break;
             }
+            let ids = match &m.op {
+                MatchOp::Equal(v) => {
+                    let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
+                    let mut ids = HashSet::new();
+                    for kv in self.ks.postings.prefix(&prefix) {
+                        let key = kv.key().map_err(unavailable)?;
+                        if let Some(id) = keys::posting_series(&key) {
+                            ids.insert(id);
+                        }
+                    }
+                    ids
+                }
+                _ => self.ids_for(tenant, &m.name, |v| m.matches(v))?,
+            };
+            result = Some(match result {
+                None => ids,
+                Some(prev) => {
+                    let (small, large) = if prev.len() <= ids.len() {
+                        (prev, ids)
+                    } else {
+                        (ids, prev)
+                    };
+                    small.into_iter().filter(|id| large.contains(id)).collect()
+                }
+            });
         }
-        if result.is_some() {
-            return Ok(result);
-        }
-        match matchers.iter().find(|m| !m.matches_empty()) {
-            Some(m) => Ok(Some(self.ids_for(tenant, &m.name, |v| m.matches(v))?)),
-            None => Ok(None),
-        }
+        Ok(result)
     }
 
     fn load_labels(&self, id: SeriesId) -> Result<Option<(Tenant, Labels)>, DataSourceError> {
