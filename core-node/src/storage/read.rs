@@ -12,20 +12,25 @@ fn unavailable(e: impl std::fmt::Display) -> DataSourceError {
 
 impl Storage {
     /// Series ids of `tenant` that carry label `name` with a value accepted by `accept`.
+    /// `value_prefix`: every accepted value starts with it, so only those values are scanned
+    /// (in a store in clear; hashed values have no order to use).
     fn ids_for(
         &self,
         tenant: &str,
         name: &str,
+        value_prefix: &str,
         accept: impl Fn(&str) -> bool,
     ) -> Result<HashSet<SeriesId>, DataSourceError> {
         if let Vault::Sealed(e) = &self.ks.vault {
             return self.sealed_ids_for(e, tenant, name, accept);
         }
         let prefix = keys::name_prefix(tenant, name);
+        let mut scan = prefix.clone();
+        scan.extend_from_slice(value_prefix.as_bytes());
         let mut ids = HashSet::new();
         // Keys of one value are adjacent: the matcher runs once per distinct value.
         let mut last: Option<(Vec<u8>, bool)> = None;
-        for kv in self.ks.postings.prefix(&prefix) {
+        for kv in self.ks.postings.prefix(&scan) {
             let key = kv.key().map_err(unavailable)?;
             let rest = &key[prefix.len()..];
             let Some((value, _)) = keys::split_field(rest) else {
@@ -144,19 +149,29 @@ impl Storage {
             if result.as_ref().is_some_and(HashSet::is_empty) {
                 break;
             }
-            let ids = match &m.op {
-                MatchOp::Equal(v) => {
-                    let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
+            // A literal alternation (`user|system`) is looked up value by value, as equality.
+            let values = match &m.op {
+                MatchOp::Equal(v) => Some(vec![v.as_str()]),
+                _ => m.regex_values(),
+            };
+            let ids = match values {
+                Some(values) => {
                     let mut ids = HashSet::new();
-                    for kv in self.ks.postings.prefix(&prefix) {
-                        let key = kv.key().map_err(unavailable)?;
-                        if let Some(id) = keys::posting_series(&key) {
-                            ids.insert(id);
+                    for v in values {
+                        let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
+                        for kv in self.ks.postings.prefix(&prefix) {
+                            let key = kv.key().map_err(unavailable)?;
+                            if let Some(id) = keys::posting_series(&key) {
+                                ids.insert(id);
+                            }
                         }
                     }
                     ids
                 }
-                _ => self.ids_for(tenant, &m.name, |v| m.matches(v))?,
+                None => {
+                    let value_prefix = m.regex_prefix().unwrap_or_default();
+                    self.ids_for(tenant, &m.name, value_prefix, |v| m.matches(v))?
+                }
             };
             result = Some(match result {
                 None => ids,
@@ -220,7 +235,7 @@ impl Storage {
     fn all_series_of(&self, tenant: &str) -> Result<HashSet<SeriesId>, DataSourceError> {
         let name = protocols::model::METRIC_NAME_LABEL;
         let Vault::Sealed(e) = &self.ks.vault else {
-            return self.ids_for(tenant, name, |_| true);
+            return self.ids_for(tenant, name, "", |_| true);
         };
         let mut ids = HashSet::new();
         for kv in self
