@@ -107,11 +107,16 @@ impl Matcher {
     }
 }
 
-/// The pattern as written, inside the anchoring [`anchored`] added.
+/// The pattern inside the anchoring: [`anchored`]'s `^(?s:…)$`, or the query parser's
+/// `^(?:…)$` as the selector wraps it, `(?s:^(?:…)$)`.
 fn source(r: &Regex) -> &str {
     let s = r.as_str();
     s.strip_prefix("^(?s:")
         .and_then(|s| s.strip_suffix(")$"))
+        .or_else(|| {
+            s.strip_prefix("(?s:^(?:")
+                .and_then(|s| s.strip_suffix(")$)"))
+        })
         .unwrap_or(s)
 }
 

@@ -100,6 +100,17 @@ mod tests {
     }
 
     #[test]
+    fn parsed_regexes_expose_literal_values_and_prefixes() {
+        let ms = parse_series_selector(r#"{a=~"host-1.*", b=~"user|system", c=~"x{y}|z"}"#)
+            .expect("valid");
+        let by = |name: &str| ms.iter().find(|m| m.name == name).expect("matcher");
+        assert_eq!(by("a").regex_prefix(), Some("host-1"));
+        assert_eq!(by("b").regex_values(), Some(vec!["user", "system"]));
+        // The parser escaped the brace: not plain literals any more.
+        assert_eq!(by("c").regex_values(), None);
+    }
+
+    #[test]
     fn go_style_literal_brace_is_accepted() {
         let ms = parse_series_selector(r#"{a=~"x{y}"}"#).expect("valid");
         assert!(accepts(&ms, &[("a", "x{y}")]));
