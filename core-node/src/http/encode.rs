@@ -17,7 +17,7 @@ use std::fmt::Write;
 /// `{"status":"success","data":<data>}`, plus `"warnings"` when there are any.
 pub(crate) fn success(data: &str, warnings: &[String]) -> String {
     let mut out = String::with_capacity(data.len() + 32);
-    out.push_str(r#"{"status":"success","data":"#);
+    out.push_str(SUCCESS_PREFIX);
     out.push_str(data);
     if !warnings.is_empty() {
         out.push_str(r#","warnings":"#);
@@ -38,19 +38,43 @@ pub(crate) fn error(kind: &str, message: &str) -> String {
     out
 }
 
+const SUCCESS_PREFIX: &str = r#"{"status":"success","data":"#;
+
+/// [`success`] around [`query_data`], written in one buffer.
+pub(crate) fn query_success(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(SUCCESS_PREFIX);
+    query_data_into(&mut out, value);
+    out.push('}');
+    out
+}
+
+/// The `data` of a [`query_success`] body.
+pub(crate) fn unwrap_success(body: &str) -> &str {
+    body.strip_prefix(SUCCESS_PREFIX)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(body)
+}
+
 /// `{"resultType":"vector","result":[...]}`: the `data` of a query response.
+#[cfg(test)]
 pub(crate) fn query_data(value: &Value) -> String {
     let mut out = String::with_capacity(256);
+    query_data_into(&mut out, value);
+    out
+}
+
+fn query_data_into(out: &mut String, value: &Value) {
     out.push_str(r#"{"resultType":"#);
-    string(&mut out, value.type_name());
+    string(out, value.type_name());
     out.push_str(r#","result":"#);
     match value {
-        Value::Scalar(s) => point(&mut out, s.timestamp_ms, s.value),
+        Value::Scalar(s) => point(out, s.timestamp_ms, s.value),
         Value::String(s) => {
             out.push('[');
-            timestamp(&mut out, s.timestamp_ms);
+            timestamp(out, s.timestamp_ms);
             out.push(',');
-            string(&mut out, &s.value);
+            string(out, &s.value);
             out.push(']');
         }
         Value::Vector(samples) => {
@@ -60,9 +84,9 @@ pub(crate) fn query_data(value: &Value) -> String {
                     out.push(',');
                 }
                 out.push_str(r#"{"metric":"#);
-                label_set(&mut out, &s.metric);
+                label_set(out, &s.metric);
                 out.push_str(r#","value":"#);
-                point(&mut out, s.timestamp_ms, s.value);
+                point(out, s.timestamp_ms, s.value);
                 out.push('}');
             }
             out.push(']');
@@ -72,7 +96,7 @@ pub(crate) fn query_data(value: &Value) -> String {
             let points: usize = series.iter().map(|s| s.points.len()).sum();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             if points < PARALLEL_POINTS || threads < 2 || series.len() < 2 {
-                matrix_series(&mut out, series);
+                matrix_series(out, series);
             } else {
                 // Numbers are most of a large answer's cost: contiguous slices of series are
                 // written on their own threads and joined in order.
@@ -105,7 +129,6 @@ pub(crate) fn query_data(value: &Value) -> String {
         }
     }
     out.push('}');
-    out
 }
 
 /// Points in a matrix answer from which it is written on several threads.
@@ -115,6 +138,7 @@ const PARALLEL_POINTS: usize = 50_000;
 fn matrix_series(out: &mut String, series: &[query::Series]) {
     // About 28 bytes a point.
     out.reserve(series.iter().map(|s| s.points.len() * 28 + 64).sum());
+    let mut times = TimestampCache::new();
     for (i, s) in series.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -126,9 +150,42 @@ fn matrix_series(out: &mut String, series: &[query::Series]) {
             if j > 0 {
                 out.push(',');
             }
-            point(out, p.timestamp_ms, p.value);
+            out.push('[');
+            times.write(out, p.timestamp_ms);
+            out.push_str(",\"");
+            float(out, p.value);
+            out.push_str("\"]");
         }
         out.push_str("]}");
+    }
+}
+
+/// Formatted timestamps by time, direct-mapped: the series of a range answer share their
+/// step times, so each is formatted about once.
+struct TimestampCache {
+    slots: Vec<(i64, String)>,
+}
+
+impl TimestampCache {
+    const BITS: u32 = 11;
+
+    fn new() -> Self {
+        Self {
+            slots: vec![(i64::MIN, String::new()); 1 << Self::BITS],
+        }
+    }
+
+    fn write(&mut self, out: &mut String, ms: i64) {
+        let index = (ms as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Self::BITS);
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return timestamp(out, ms);
+        };
+        if slot.0 != ms || slot.1.is_empty() {
+            slot.0 = ms;
+            slot.1.clear();
+            timestamp(&mut slot.1, ms);
+        }
+        out.push_str(&slot.1);
     }
 }
 
@@ -397,8 +454,8 @@ mod tests {
         );
     }
 
-    /// A matrix large enough to be written on several threads reads exactly as one written
-    /// series by series.
+    /// A matrix large enough to be written on several threads, with cached timestamps, reads
+    /// exactly as one written point by point.
     #[test]
     fn large_matrices_are_written_in_series_order() {
         let series: Vec<Series> = (0..37)
@@ -411,11 +468,37 @@ mod tests {
                     .collect(),
             })
             .collect();
+        // Written point by point, without the timestamp cache or threads.
         let mut expected = String::from(r#"{"resultType":"matrix","result":["#);
-        matrix_series(&mut expected, &series);
+        for (i, s) in series.iter().enumerate() {
+            if i > 0 {
+                expected.push(',');
+            }
+            expected.push_str(r#"{"metric":"#);
+            label_set(&mut expected, &s.metric);
+            expected.push_str(r#","values":["#);
+            for (j, p) in s.points.iter().enumerate() {
+                if j > 0 {
+                    expected.push(',');
+                }
+                point(&mut expected, p.timestamp_ms, p.value);
+            }
+            expected.push_str("]}");
+        }
         expected.push_str("]}");
         assert!(series.len() * 2_000 >= PARALLEL_POINTS);
         assert_eq!(query_data(&Value::Matrix(series)), expected);
+    }
+
+    #[test]
+    fn a_query_success_is_the_envelope_around_the_data() {
+        let value = Value::Scalar(Scalar {
+            timestamp_ms: 1_000,
+            value: 2.5,
+        });
+        let body = query_success(&value);
+        assert_eq!(body, success(&query_data(&value), &[]));
+        assert_eq!(unwrap_success(&body), query_data(&value));
     }
 
     #[test]

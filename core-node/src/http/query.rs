@@ -34,10 +34,10 @@ pub(crate) async fn instant(
                 .instant(source.as_ref(), &tenant, &query, time_ms)
                 .map_err(ApiError::from_query)?;
             // Encoding a large result takes a while too: keep it off the runtime.
-            Ok(encode::query_data(&value))
+            Ok(encode::query_success(&value))
         })
         .await?;
-    Ok(Success::new(data))
+    Ok(Success::complete(data))
 }
 
 pub(crate) async fn range(
@@ -63,10 +63,10 @@ pub(crate) async fn range(
                 .range(source.as_ref(), &tenant, &query, start_ms, end_ms, step_ms)
                 .map_err(ApiError::from_query)?;
             // Encoding a large result takes a while too: keep it off the runtime.
-            Ok(encode::query_data(&value))
+            Ok(encode::query_success(&value))
         })
         .await?;
-    Ok(Success::new(data))
+    Ok(Success::complete(data))
 }
 
 /// The engine, with the request's `timeout` when it sets a shorter one.

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 pub(crate) struct Success {
     data: String,
     warnings: Vec<String>,
+    /// `data` is the whole body already (see [`encode::query_success`]).
+    complete: bool,
 }
 
 impl Success {
@@ -16,10 +18,27 @@ impl Success {
         Self {
             data,
             warnings: Vec::new(),
+            complete: false,
+        }
+    }
+
+    /// A body that is already `{"status":"success","data":...}`: a large answer is not
+    /// copied again into its envelope.
+    pub(crate) fn complete(body: String) -> Self {
+        Self {
+            data: body,
+            warnings: Vec::new(),
+            complete: true,
         }
     }
 
     pub(crate) fn with_warning(mut self, warning: impl Into<String>) -> Self {
+        if self.complete {
+            // Only query answers are complete, and they carry no warnings; unwrap the body
+            // rather than lose the warning.
+            self.data = encode::unwrap_success(&self.data).to_owned();
+            self.complete = false;
+        }
         self.warnings.push(warning.into());
         self
     }
@@ -27,7 +46,12 @@ impl Success {
 
 impl IntoResponse for Success {
     fn into_response(self) -> Response {
-        json_response(StatusCode::OK, encode::success(&self.data, &self.warnings))
+        let body = if self.complete {
+            self.data
+        } else {
+            encode::success(&self.data, &self.warnings)
+        };
+        json_response(StatusCode::OK, body)
     }
 }
 

@@ -312,7 +312,13 @@ impl DataSource for Storage {
         let first_day = keys::day_start(start_ms);
         let from = keys::chunk_key(series, first_day, 0);
         let to = keys::chunk_key(series, end_ms, u64::MAX);
-        let mut tagged = Vec::new();
+        // Chunks come in key order: by first timestamp, then write sequence. Where each
+        // starts after the previous one ends (a sealed day, a head flush after it), their
+        // samples are already one ascending run; otherwise they are merged by timestamp with
+        // the last write winning.
+        let mut pieces: Vec<(u64, Vec<Sample>)> = Vec::new();
+        let mut in_order = true;
+        let mut last_ts = i64::MIN;
         for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
             for kv in partition.range(from..=to) {
                 let (k, v) = kv.into_inner().map_err(unavailable)?;
@@ -328,17 +334,33 @@ impl DataSource for Storage {
                 if header.max_ts < start_ms {
                     continue;
                 }
-                let samples =
+                if header.min_ts <= last_ts {
+                    in_order = false;
+                }
+                last_ts = last_ts.max(header.max_ts);
+                let mut samples =
                     codec::decode(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-                tagged.extend(
-                    samples
-                        .iter()
-                        .filter(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
-                        .map(|s| (s.timestamp_ms, seq, s.value)),
-                );
+                samples.retain(|s| (start_ms..=end_ms).contains(&s.timestamp_ms));
+                pieces.push((seq, samples));
             }
         }
-        let stored = super::compactor::merge_last_wins(tagged);
+        let stored = if in_order {
+            let mut all = Vec::with_capacity(pieces.iter().map(|(_, p)| p.len()).sum());
+            for (_, piece) in pieces {
+                all.extend(piece);
+            }
+            all
+        } else {
+            let tagged = pieces
+                .into_iter()
+                .flat_map(|(seq, piece)| {
+                    piece
+                        .into_iter()
+                        .map(move |s| (s.timestamp_ms, seq, s.value))
+                })
+                .collect();
+            super::compactor::merge_last_wins(tagged)
+        };
         Ok(if head.is_empty() {
             stored
         } else {
