@@ -19,7 +19,7 @@
 //! changes it, and readers only copy the part of one series they need.
 
 use protocols::{Sample, SeriesId, Tenant};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -4,7 +4,8 @@ use super::vault::{Encryption, Vault};
 use super::{Storage, keys};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
-use std::collections::{BTreeSet, HashSet};
+use foldhash::{HashSet, HashSetExt};
+use std::collections::BTreeSet;
 
 fn unavailable(e: impl std::fmt::Display) -> DataSourceError {
     DataSourceError::Unavailable(e.to_string())
