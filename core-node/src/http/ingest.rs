@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocols::wire::{AckOutcome, AgentId, SeriesChunk, WriteBatch};
 use protocols::{Labels, Sample, Tenant};
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -351,10 +350,17 @@ pub(crate) async fn read_body(
 /// Samples gathered from one request, per series, in arrival order.
 #[derive(Debug, Default)]
 pub(crate) struct Collected {
-    series: HashMap<Labels, Vec<Sample>>,
+    series: foldhash::HashMap<Labels, Vec<Sample>>,
 }
 
 impl Collected {
+    /// Room for `series` series without growing.
+    pub(crate) fn with_capacity(series: usize) -> Self {
+        Self {
+            series: foldhash::HashMap::with_capacity_and_hasher(series, Default::default()),
+        }
+    }
+
     pub(crate) fn push(&mut self, labels: Labels, sample: Sample) {
         self.series.entry(labels).or_default().push(sample);
     }

@@ -125,7 +125,7 @@ fn convert(body: &[u8], tenant: &Tenant) -> Result<Converted, IngestError> {
 /// Groups the request's samples by canonical label set (a series may appear more than once),
 /// refusing series whose labels break Prometheus' rules.
 fn collect(request: WriteRequest) -> (Collected, u64, Option<String>) {
-    let mut collected = Collected::default();
+    let mut collected = Collected::with_capacity(request.timeseries.len());
     let (mut invalid, mut first) = (0u64, None);
     for ts in request.timeseries {
         // Exemplar- or histogram-only series carry no float samples: nothing to store.

@@ -7,7 +7,8 @@
 //! writer a replace request: remove exactly the chunks it read, add the merged block with the
 //! highest sequence it read. Chunks written meanwhile keep higher sequences and still win, and
 //! the writer keeps the day marked dirty for the next pass. The compactor waits for each replace
-//! to commit before it plans the next, so it never merges a day twice from one snapshot.
+//! to commit before it plans the next, so it never merges a day twice from one snapshot (a
+//! replace request carries up to [`REPLACES_PER_COMMIT`] days, each planned once).
 //!
 //! I/O is bounded: one (series, day) at a time, and at most [`MAX_MERGES_PER_PASS`] per pass.
 
@@ -22,6 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Most (series, day) merges one pass performs before it sleeps again.
 const MAX_MERGES_PER_PASS: usize = 2_000;
+/// Most (series, day) replacements committed together, and most bytes of merged blocks.
+const REPLACES_PER_COMMIT: usize = 256;
+const REPLACE_BYTES_PER_COMMIT: usize = 8 * 1024 * 1024;
 /// Most samples in one sealed block; a denser day becomes several blocks.
 const MAX_BLOCK_SAMPLES: usize = 65_536;
 
@@ -199,15 +203,29 @@ pub(super) fn pass(
             }
         }
     }
+    // Plans go to the writer in groups, one commit each: most days after a head flush hold
+    // a single chunk, and a commit per mark cleared would keep the writer busy for seconds.
     let mut merged = 0;
-    for (series, day, mark) in due {
+    let mut group: Vec<Replace> = Vec::new();
+    let mut group_bytes = 0usize;
+    let mut due = due.into_iter().peekable();
+    while let Some((series, day, mark)) = due.next() {
         let plan = plan_merge(ks, series, day, mark.last_seq)?;
+        group_bytes += plan.add.iter().map(|(_, v)| v.len()).sum::<usize>();
+        group.push(plan);
+        let full = group.len() >= REPLACES_PER_COMMIT || group_bytes >= REPLACE_BYTES_PER_COMMIT;
+        if !full && due.peek().is_some() {
+            continue;
+        }
+        let n = group.len();
         let (tx, rx) = mpsc::channel();
-        if queue.send(Request::Replace { plan, reply: tx }).is_err() {
+        let plans = std::mem::take(&mut group);
+        group_bytes = 0;
+        if queue.send(Request::Replace { plans, reply: tx }).is_err() {
             break; // the writer has stopped
         }
         match rx.recv() {
-            Ok(Ok(())) => merged += 1,
+            Ok(Ok(())) => merged += n,
             Ok(Err(e)) => {
                 return Err(StorageError::Corrupt {
                     keyspace: "chunks",

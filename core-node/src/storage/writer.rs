@@ -26,10 +26,10 @@ use super::partitions::{self, Retention};
 use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
 use fjall::Keyspace;
 use fjall::{OwnedWriteBatch, PersistMode};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use protocols::wire::{AckOutcome, Message, WriteBatch};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use seglog::{LogOptions, LogReader, LogWriter, Offset};
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -69,9 +69,11 @@ pub(crate) enum Request {
         batch: WriteBatch,
         reply: oneshot::Sender<Result<AckOutcome, Arc<StorageError>>>,
     },
-    /// From the compactor: replace the chunks `remove` of one (series, day) by `add`.
+    /// From the compactor: for each plan, replace the chunks `remove` of one (series, day) by
+    /// `add`.
+    /// One reply for all of `plans`, each of a different (series, day).
     Replace {
-        plan: Replace,
+        plans: Vec<Replace>,
         reply: mpsc::Sender<Result<(), Arc<StorageError>>>,
     },
     /// Flush the head and checkpoint now: fjall made durable, the WAL acknowledged up to what
@@ -956,8 +958,10 @@ impl Writer {
                 Request::Write { batch, .. } => {
                     outcomes.push(Some(self.apply_write(&mut wb, &mut p, batch)))
                 }
-                Request::Replace { plan, .. } => {
-                    self.apply_replace(&mut wb, &mut p, plan);
+                Request::Replace { plans, .. } => {
+                    for plan in plans {
+                        self.apply_replace(&mut wb, &mut p, plan);
+                    }
                     outcomes.push(None);
                 }
                 // Answered after the group commits, so it covers everything before it.
@@ -1072,7 +1076,13 @@ impl Request {
     fn weight(&self) -> usize {
         match self {
             Self::Write { batch, .. } => batch.sample_count(),
-            Self::Replace { plan, .. } => plan.add.iter().map(|(_, v)| v.len()).sum::<usize>() / 2,
+            Self::Replace { plans, .. } => plans
+                .iter()
+                .flat_map(|plan| plan.add.iter())
+                .map(|(_, v)| v.len())
+                .sum::<usize>()
+                .div_ceil(2)
+                .max(plans.len()),
             Self::DropPartition { .. } | Self::Checkpoint { .. } => 0,
             Self::ForgetSeries { ids, .. } => ids.len(),
         }
