@@ -18,8 +18,8 @@
 //! The head is sharded by series id behind read-write locks: the writer is the only one that
 //! changes it, and readers only copy the part of one series they need.
 
-use protocols::{Sample, SeriesId, Tenant};
 use foldhash::{HashMap, HashMapExt};
+use protocols::{Sample, SeriesId, Tenant};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

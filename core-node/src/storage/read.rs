@@ -2,9 +2,9 @@
 
 use super::vault::{Encryption, Vault};
 use super::{Storage, keys};
+use foldhash::{HashSet, HashSetExt};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
-use foldhash::{HashSet, HashSetExt};
 use std::collections::BTreeSet;
 
 fn unavailable(e: impl std::fmt::Display) -> DataSourceError {
