@@ -154,8 +154,6 @@ struct Writer {
     head_max_samples: usize,
     head_max_age: Duration,
     flush_head_on_stop: bool,
-    /// Series created since the index memtables were last sealed.
-    series_since_rotation: usize,
     /// Series whose `series` and `postings` entries are already committed.
     known: HashSet<SeriesId>,
     /// Last applied (epoch, sequence) per agent, as committed.
@@ -259,7 +257,6 @@ pub(super) fn start(
         head_max_samples: options.head_max_samples,
         head_max_age: options.head_max_age,
         flush_head_on_stop: options.flush_head_on_stop,
-        series_since_rotation: 0,
         known,
         offsets,
         dirty,
@@ -758,7 +755,6 @@ impl Writer {
     /// Takes a committed group's changes into the writer's state.
     fn absorb(&mut self, p: Pending) {
         metrics::counter!("updraft_core_series_created_total").increment(p.series.len() as u64);
-        self.series_since_rotation += p.series.len();
         metrics::counter!("updraft_core_series_forgotten_total")
             .increment(p.forgotten.len() as u64);
         for (tenant, id) in &p.forgotten {
@@ -840,7 +836,6 @@ impl Writer {
             ..Pending::default()
         };
         let mut chunks = 0u64;
-        let mut written: Vec<Keyspace> = Vec::new();
         self.ks
             .head
             .try_for_each(|id, series| -> Result<(), StorageError> {
@@ -861,9 +856,6 @@ impl Writer {
                     let key = keys::chunk_key(id, min_ts, seq);
                     let bytes = self.ks.vault.seal_chunk(&key, bytes)?;
                     wb.insert(&partition, key, bytes);
-                    if !written.iter().any(|k| k.name() == partition.name()) {
-                        written.push(partition.clone());
-                    }
                     let day = keys::day_start(min_ts);
                     let chunks_before = self.dirty_of(&p, (id, day)).map_or(0, |d| d.chunks);
                     let mark = Dirty {
@@ -890,20 +882,6 @@ impl Writer {
         wb.commit()?;
         self.absorb(p);
         self.ks.head.clear();
-        // What this flush wrote, and the series created since the last one, go to tables of
-        // their own now rather than when a memtable fills: reads scan table blocks much
-        // faster than a memtable's skiplist, and the memtables stay small.
-        let mut rotate = written;
-        if self.series_since_rotation > 0 {
-            rotate.push(self.ks.series.clone());
-            rotate.push(self.ks.postings.clone());
-            self.series_since_rotation = 0;
-        }
-        for keyspace in rotate {
-            if let Err(e) = keyspace.rotate_memtable() {
-                tracing::warn!(error = %e, "sealing a memtable after a head flush failed");
-            }
-        }
         self.flushed_end = self.logged_end;
         self.unflushed_since = None;
         self.unflushed_agents.clear();
