@@ -184,6 +184,9 @@ fn merge_into(held: &mut Vec<Sample>, new: Vec<Sample>) {
 /// Merges samples read from fjall (`stored`) with the head's (`head`), both ascending with
 /// unique timestamps; the head wins a shared timestamp.
 pub(crate) fn overlay(stored: Vec<Sample>, head: Vec<Sample>) -> Vec<Sample> {
+    if stored.is_empty() {
+        return head;
+    }
     let mut out = stored;
     merge_into(&mut out, head);
     out

@@ -69,14 +69,24 @@ impl Storage {
                 continue;
             }
             let prefix = Vault::sealed_postings_of(tenant, name_hash, &value_hash);
-            for kv in self.ks.postings.prefix(&prefix) {
-                let key = kv.key().map_err(unavailable)?;
-                if let Some(id) = keys::posting_series(&key) {
-                    ids.insert(id);
-                }
-            }
+            self.posting_ids(&prefix, &mut ids)?;
         }
         Ok(ids)
+    }
+
+    /// Adds the series of every posting under `prefix` to `ids`.
+    fn posting_ids(
+        &self,
+        prefix: &[u8],
+        ids: &mut HashSet<SeriesId>,
+    ) -> Result<(), DataSourceError> {
+        for kv in self.ks.postings.prefix(prefix) {
+            let key = kv.key().map_err(unavailable)?;
+            if let Some(id) = keys::posting_series(&key) {
+                ids.insert(id);
+            }
+        }
+        Ok(())
     }
 
     /// The dictionary entries under `prefix`: (the hash after the prefix, the opened text).
@@ -159,13 +169,7 @@ impl Storage {
                 Some(values) => {
                     let mut ids = HashSet::new();
                     for v in values {
-                        let prefix = self.ks.vault.pair_prefix(tenant, &m.name, v);
-                        for kv in self.ks.postings.prefix(&prefix) {
-                            let key = kv.key().map_err(unavailable)?;
-                            if let Some(id) = keys::posting_series(&key) {
-                                ids.insert(id);
-                            }
-                        }
+                        self.posting_ids(&self.ks.vault.pair_prefix(tenant, &m.name, v), &mut ids)?;
                     }
                     ids
                 }
@@ -239,16 +243,7 @@ impl Storage {
             return self.ids_for(tenant, name, "", |_| true);
         };
         let mut ids = HashSet::new();
-        for kv in self
-            .ks
-            .postings
-            .prefix(Vault::sealed_name_postings(e, tenant, name))
-        {
-            let key = kv.key().map_err(unavailable)?;
-            if let Some(id) = keys::posting_series(&key) {
-                ids.insert(id);
-            }
-        }
+        self.posting_ids(&Vault::sealed_name_postings(e, tenant, name), &mut ids)?;
         Ok(ids)
     }
 }
@@ -345,7 +340,9 @@ impl DataSource for Storage {
                 pieces.push((seq, samples));
             }
         }
-        let stored = if in_order {
+        let stored = if pieces.len() == 1 {
+            pieces.pop().map(|(_, piece)| piece).unwrap_or_default()
+        } else if in_order {
             let mut all = Vec::with_capacity(pieces.iter().map(|(_, p)| p.len()).sum());
             for (_, piece) in pieces {
                 all.extend(piece);
