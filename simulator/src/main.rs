@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The core node's allocator (see core-node's main.rs): `bench encryption` hosts the core's
+/// storage in this process, and its figures should be those of the core-node binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Updraft device simulator: demo deployments, simulated device fleets, dataset exports and
 /// benchmarks.
 #[derive(Parser)]

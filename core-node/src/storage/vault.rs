@@ -24,16 +24,19 @@
 //! An equality matcher hashes its name and value and reads one key range, as in clear. A regex
 //! or negative matcher, and the label name and value listings, read the dictionary (`n`, `v`
 //! entries) of the name, open each entry, match it in memory and then read the postings of
-//! the hashes that matched. The dictionary is written with every new series and never
-//! removed (a series removed by retention leaves its entries): listings therefore only report
-//! a name or value while at least one posting of it exists.
+//! the hashes that matched. The dictionary entries of a name or value are written with the
+//! first series that has it (the writer remembers which it wrote, and after a restart writes
+//! each again once; rewriting one is harmless) and never removed (a series removed by
+//! retention leaves its entries): listings therefore only report a name or value while at
+//! least one posting of it exists.
 //!
 //! Left in clear: tenant names (in posting keys and in the names of the `chunks~<tenant>~<week>`
 //! keyspaces), agent ids (in `meta`), series ids, timestamps in chunk keys (a chunk's first
 //! timestamp and the day of a dirty mark), sequence numbers, and the sizes of values.
 
 use crypt::{CryptError, KeyedHash, Keyring, Sealer, Store};
-use protocols::SeriesId;
+use foldhash::HashSet;
+use protocols::{Labels, SeriesId};
 use std::borrow::Cow;
 
 /// The data keys of a core node's storage, taken from its keyring.
@@ -167,26 +170,72 @@ impl Vault {
         k.extend_from_slice(value_hash);
         k
     }
-
-    /// The dictionary entries of one label (none in clear: the posting keys hold the text).
-    pub fn dictionary(
+    /// The index entries of a new series: one posting per label and, sealed, the dictionary
+    /// entries of its label names and values. A dictionary entry whose id is in `written` (it
+    /// is already in the store) is left out; the ids of the ones returned are added to
+    /// `fresh`, for the caller to move into `written` once they are committed. Each label's
+    /// keyed hashes are computed once, for its posting and its entries.
+    pub fn index_entries(
         &self,
         tenant: &str,
-        name: &str,
-        value: &str,
+        labels: &Labels,
+        id: SeriesId,
+        written: &HashSet<DictionaryId>,
+        fresh: &mut HashSet<DictionaryId>,
     ) -> Result<Vec<KeyValue>, CryptError> {
         let Self::Sealed(e) = self else {
-            return Ok(Vec::new());
+            return Ok(labels
+                .iter()
+                .map(|l| {
+                    (
+                        super::keys::posting_key(tenant, &l.name, &l.value, id),
+                        Vec::new(),
+                    )
+                })
+                .collect());
         };
-        let name_hash = e.names.hash(&[b"name", name.as_bytes()]);
-        let mut name_key = sealed_prefix(tenant, NAME);
-        name_key.extend_from_slice(&name_hash);
-        let mut value_key = sealed_prefix(tenant, VALUE);
-        value_key.extend_from_slice(&name_hash);
-        value_key.extend_from_slice(&value_hash(&e.names, name, value));
-        let sealed_name = e.index.seal(&name_key, name.as_bytes())?;
-        let sealed_value = e.index.seal(&value_key, value.as_bytes())?;
-        Ok(vec![(name_key, sealed_name), (value_key, sealed_value)])
+        let mut entries = Vec::with_capacity(labels.len() * 3);
+        // Only an answer without error may add to `fresh`: the caller drops the entries of a
+        // series it could not stage.
+        let mut new_ids = Vec::new();
+        for l in labels.iter() {
+            let name_hash = e.names.hash(&[b"name", l.name.as_bytes()]);
+            let value_hash = value_hash(&e.names, &l.name, &l.value);
+            let mut posting = sealed_prefix(tenant, POSTING);
+            posting.extend_from_slice(&name_hash);
+            posting.extend_from_slice(&value_hash);
+            posting.extend_from_slice(&id.0.to_be_bytes());
+            entries.push((posting, Vec::new()));
+
+            let mut name_key = sealed_prefix(tenant, NAME);
+            name_key.extend_from_slice(&name_hash);
+            let mut value_key = sealed_prefix(tenant, VALUE);
+            value_key.extend_from_slice(&name_hash);
+            value_key.extend_from_slice(&value_hash);
+            for (key, text) in [(name_key, &l.name), (value_key, &l.value)] {
+                let entry = DictionaryId::of(&key);
+                if written.contains(&entry) || fresh.contains(&entry) || new_ids.contains(&entry) {
+                    continue;
+                }
+                let sealed = e.index.seal(&key, text.as_bytes())?;
+                entries.push((key, sealed));
+                new_ids.push(entry);
+            }
+        }
+        fresh.extend(new_ids);
+        Ok(entries)
+    }
+}
+
+/// Names a dictionary entry (an xxh3-128 of its key) in the writer's record of the entries it
+/// has written: 16 bytes instead of the key, and a collision as unlikely as one of the keyed
+/// hashes the key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct DictionaryId(u128);
+
+impl DictionaryId {
+    fn of(key: &[u8]) -> Self {
+        Self(xxhash_rust::xxh3::xxh3_128(key))
     }
 }
 

@@ -23,6 +23,7 @@
 //! the next pass.
 
 use super::partitions::{self, Retention};
+use super::vault::DictionaryId;
 use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
 use fjall::Keyspace;
 use fjall::{OwnedWriteBatch, PersistMode};
@@ -52,6 +53,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
 
+/// Encrypted dictionary entries the writer remembers having written (16 bytes each).
+const DICTIONARY_MEMORY: usize = 1 << 20;
 const NEXT_SEQ_KEY: &[u8] = b"next-seq";
 /// The WAL epoch and the end of the last WAL record whose batch fjall holds: written in the
 /// same fjall batch as the data, so fjall's state is always exactly "the WAL up to here".
@@ -166,6 +169,10 @@ struct Writer {
     /// Series per tenant, as committed.
     tenant_series: HashMap<Tenant, u64>,
     retention: Retention,
+    /// Encrypted dictionary entries committed since the start (see [`super::vault`]): a name
+    /// or value shared by many series is sealed and written once, not with every series.
+    /// Emptied past [`DICTIONARY_MEMORY`] entries, after which each is written once more.
+    dictionary: HashSet<DictionaryId>,
 }
 
 fn corrupt(keyspace: &'static str, detail: String) -> StorageError {
@@ -264,6 +271,7 @@ pub(super) fn start(
         limits: options.limits.clone(),
         tenant_series,
         retention: options.retention.clone(),
+        dictionary: HashSet::new(),
     };
     writer.replay()?;
     let handle = std::thread::Builder::new()
@@ -320,6 +328,8 @@ struct Pending {
     next_seq: u64,
     /// Samples for the head, per write batch: its tenant and each series' samples.
     head: Vec<(Tenant, Vec<SeriesSamples>)>,
+    /// Encrypted dictionary entries this group writes.
+    dictionary: HashSet<DictionaryId>,
 }
 
 /// One series' decoded samples from a write batch.
@@ -556,7 +566,7 @@ impl Writer {
                 continue;
             }
             if !self.known.contains(&id) && !p.series.contains(&id) {
-                if let Err(e) = self.stage_series(wb, &b.tenant, id, &s.labels) {
+                if let Err(e) = self.stage_series(wb, p, &b.tenant, id, &s.labels) {
                     reject(
                         "storage",
                         format!("sealing the series entry: {e}"),
@@ -587,6 +597,7 @@ impl Writer {
     fn stage_series(
         &self,
         wb: &mut OwnedWriteBatch,
+        p: &mut Pending,
         tenant: &Tenant,
         id: SeriesId,
         labels: &Labels,
@@ -595,15 +606,14 @@ impl Writer {
         // Serialising owned, serde-derived values into a Vec cannot fail.
         let value = postcard::to_allocvec(&(tenant, labels)).unwrap_or_default();
         let value = vault.seal_index(&keys::series_key(id), value)?;
-        let mut entries = Vec::new();
-        for l in labels.iter() {
-            entries.extend(vault.dictionary(tenant.as_str(), &l.name, &l.value)?);
-        }
+        let entries = vault.index_entries(
+            tenant.as_str(),
+            labels,
+            id,
+            &self.dictionary,
+            &mut p.dictionary,
+        )?;
         wb.insert(&self.ks.series, keys::series_key(id), value);
-        for l in labels.iter() {
-            let k = vault.posting_key(tenant.as_str(), &l.name, &l.value, id);
-            wb.insert(&self.ks.postings, k, []);
-        }
         for (k, v) in entries {
             wb.insert(&self.ks.postings, k, v);
         }
@@ -784,6 +794,10 @@ impl Writer {
             };
         }
         self.next_seq = p.next_seq;
+        if self.dictionary.len() + p.dictionary.len() > DICTIONARY_MEMORY {
+            self.dictionary.clear();
+        }
+        self.dictionary.extend(p.dictionary);
         metrics::gauge!("updraft_core_series").set(self.known.len() as f64);
     }
 
