@@ -187,22 +187,39 @@ impl fmt::Display for Labels {
 impl TryFrom<Vec<Label>> for Labels {
     type Error = ModelError;
 
-    fn try_from(mut labels: Vec<Label>) -> Result<Self, Self::Error> {
+    fn try_from(labels: Vec<Label>) -> Result<Self, Self::Error> {
+        Self::check(labels).map_err(|(e, _)| e)
+    }
+}
+
+impl Labels {
+    /// As `Labels::try_from`, but a refused set is handed back with the error (without its
+    /// empty-valued labels, sorted by name), so a caller can still describe what it refused
+    /// without having kept a copy.
+    pub fn check(mut labels: Vec<Label>) -> Result<Self, (ModelError, Vec<Label>)> {
         labels.retain(|l| !l.value.is_empty());
-        if labels.len() > MAX_LABELS {
-            return Err(ModelError::TooManyLabels(labels.len()));
-        }
         labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        match Self::problem(&labels) {
+            None => Ok(Self(labels)),
+            Some(e) => Err((e, labels)),
+        }
+    }
+
+    /// What breaks the invariants in `labels` (sorted, no empty values), if anything.
+    fn problem(labels: &[Label]) -> Option<ModelError> {
+        if labels.len() > MAX_LABELS {
+            return Some(ModelError::TooManyLabels(labels.len()));
+        }
         let mut has_name = false;
         for (i, l) in labels.iter().enumerate() {
             if i > 0 && labels[i - 1].name == l.name {
-                return Err(ModelError::DuplicateLabel(l.name.clone()));
+                return Some(ModelError::DuplicateLabel(l.name.clone()));
             }
             if l.name.len() > MAX_NAME_BYTES {
-                return Err(ModelError::NameTooLong(l.name.clone()));
+                return Some(ModelError::NameTooLong(l.name.clone()));
             }
             if l.value.len() > MAX_VALUE_BYTES {
-                return Err(ModelError::ValueTooLong {
+                return Some(ModelError::ValueTooLong {
                     name: l.name.clone(),
                     len: l.value.len(),
                     max: MAX_VALUE_BYTES,
@@ -210,17 +227,14 @@ impl TryFrom<Vec<Label>> for Labels {
             }
             if l.name == METRIC_NAME_LABEL {
                 if !is_valid_metric_name(&l.value) {
-                    return Err(ModelError::InvalidMetricName(l.value.clone()));
+                    return Some(ModelError::InvalidMetricName(l.value.clone()));
                 }
                 has_name = true;
             } else if !is_valid_label_name(&l.name) || l.name.starts_with("__") {
-                return Err(ModelError::InvalidLabelName(l.name.clone()));
+                return Some(ModelError::InvalidLabelName(l.name.clone()));
             }
         }
-        if !has_name {
-            return Err(ModelError::MissingMetricName);
-        }
-        Ok(Self(labels))
+        (!has_name).then_some(ModelError::MissingMetricName)
     }
 }
 

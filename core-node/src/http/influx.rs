@@ -198,7 +198,7 @@ fn now_ms() -> i64 {
 }
 
 struct Converted {
-    batches: Vec<protocols::wire::WriteBatch>,
+    batches: Vec<crate::storage::SampleBatch>,
     /// Lines that are not blank or comments.
     lines: usize,
     bad_lines: usize,
@@ -260,7 +260,7 @@ fn convert(
         }
     }
     if !collected.is_empty() {
-        out.batches = ingest::batches_of(protocol, collected, tenant)?;
+        out.batches = collected.into_batches(tenant);
     }
     Ok(out)
 }

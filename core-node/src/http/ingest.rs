@@ -5,12 +5,13 @@
 //! # From a request to storage
 //!
 //! A handler collects samples per label set ([`Collected`]); [`Collected::into_batches`]
-//! sorts each series' samples (the last of equal timestamps wins), encodes them as codec
-//! chunks of at most [`CHUNK_MAX_SAMPLES`], and packs the chunks into [`WriteBatch`]es of
-//! about [`BATCH_TARGET_BYTES`], far below the WAL's frame limit. Batches carry
-//! [`AgentId::UNTRACKED`]: no agent, no `(epoch, sequence)`, so the writer applies every one
-//! and records no offset. A client that retries a request after a failure (Prometheus does)
-//! rewrites the same samples, which is harmless.
+//! sorts each series' samples (the last of equal timestamps wins) and packs the series into
+//! [`SampleBatch`]es of about [`BATCH_TARGET_BYTES`], far below the WAL's record limit. The
+//! samples stay decoded: the WAL logs them as they are and the head keeps them so, until a
+//! head flush cuts chunks (see `storage::record`). Sample batches have no agent and no
+//! `(epoch, sequence)`, so the writer applies every one and records no offset. A client that
+//! retries a request after a failure (Prometheus does) rewrites the same samples, which is
+//! harmless.
 //!
 //! [`submit`] queues every batch and answers only once all are durable. A full writer queue or
 //! a stopped writer answers 503 with `Retry-After` (retryable in both protocols; Prometheus
@@ -25,11 +26,11 @@
 //!   fields, which have no place in a time series of floats.
 
 use super::Api;
-use crate::storage::{Storage, SubmitError};
+use crate::storage::{SampleBatch, Storage, SubmitError};
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocols::wire::{AckOutcome, AgentId, SeriesChunk, WriteBatch};
+use protocols::wire::AckOutcome;
 use protocols::{Labels, Sample, Tenant};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,10 +43,7 @@ pub const MAX_DECODED_BYTES: usize = 32 << 20;
 /// Write requests decoded at once; more wait for a slot before their body is read, which
 /// bounds the memory of bodies and decoded series.
 pub const MAX_CONCURRENT_WRITES: usize = 4;
-/// Most samples in one chunk a write endpoint builds: even incompressible samples keep a
-/// chunk, and so a batch, far below `protocols::wire::MAX_FRAME_BYTES`.
-pub const CHUNK_MAX_SAMPLES: usize = 65_536;
-/// A batch is closed once its labels and chunks reach about this size.
+/// A batch is closed once its labels and samples (16 bytes each) reach about this size.
 pub const BATCH_TARGET_BYTES: usize = 4 << 20;
 
 pub(crate) const INGEST_SAMPLES: &str = "updraft_core_ingest_samples_total";
@@ -278,9 +276,9 @@ impl Api {
     }
 
     /// Takes the samples of `batches` from `tenant`'s rate-limit bucket.
-    pub(crate) fn charge(&self, tenant: &Tenant, batches: &[WriteBatch]) {
+    pub(crate) fn charge(&self, tenant: &Tenant, batches: &[SampleBatch]) {
         if let Some(limit) = &self.rate_limit {
-            let samples: usize = batches.iter().map(WriteBatch::sample_count).sum();
+            let samples: usize = batches.iter().map(SampleBatch::sample_count).sum();
             limit.take(tenant, samples as u64, std::time::Instant::now());
         }
     }
@@ -373,66 +371,75 @@ impl Collected {
         self.series.is_empty()
     }
 
-    /// Encodes every series and packs the chunks into batches for `tenant` (CPU work: call it
-    /// on the blocking pool).
-    pub(crate) fn into_batches(
-        self,
-        tenant: &Tenant,
-    ) -> Result<Vec<WriteBatch>, protocols::codec::CodecError> {
+    /// Sorts every series' samples (the last arrival of a timestamp wins) and packs the series
+    /// into batches of about [`BATCH_TARGET_BYTES`] for `tenant` (CPU work: call it on the
+    /// blocking pool). A series larger than that is split across batches.
+    pub(crate) fn into_batches(self, tenant: &Tenant) -> Vec<SampleBatch> {
         let mut batches = Vec::new();
-        let mut current: Vec<SeriesChunk> = Vec::new();
+        let mut current = SampleBatch {
+            tenant: tenant.clone(),
+            series: Vec::with_capacity(self.series.len()),
+        };
         let mut current_bytes = 0usize;
-        for (labels, samples) in self.series {
-            for chunk in encode_series(labels, samples)? {
-                let bytes = chunk.chunk.len()
-                    + chunk
-                        .labels
-                        .iter()
-                        .map(|l| l.name.len() + l.value.len() + 4)
-                        .sum::<usize>();
-                if current_bytes + bytes > BATCH_TARGET_BYTES && !current.is_empty() {
-                    batches.push(untracked_batch(tenant, std::mem::take(&mut current)));
+        for (labels, mut samples) in self.series {
+            if samples.is_empty() {
+                continue;
+            }
+            sort_last_wins(&mut samples);
+            let label_bytes: usize = labels
+                .iter()
+                .map(|l| l.name.len() + l.value.len() + 4)
+                .sum();
+            let mut rest = samples;
+            loop {
+                let room =
+                    BATCH_TARGET_BYTES.saturating_sub(current_bytes + label_bytes) / SAMPLE_BYTES;
+                if room == 0 && !current.series.is_empty() {
+                    batches.push(std::mem::replace(
+                        &mut current,
+                        SampleBatch {
+                            tenant: tenant.clone(),
+                            series: Vec::new(),
+                        },
+                    ));
                     current_bytes = 0;
+                    continue;
                 }
-                current_bytes += bytes;
-                current.push(chunk);
+                let take = rest.len().min(room.max(1));
+                current_bytes += label_bytes + take * SAMPLE_BYTES;
+                if take == rest.len() {
+                    current.series.push((labels, rest));
+                    break;
+                }
+                let tail = rest.split_off(take);
+                current.series.push((labels.clone(), rest));
+                rest = tail;
             }
         }
-        if !current.is_empty() {
-            batches.push(untracked_batch(tenant, current));
+        if !current.series.is_empty() {
+            batches.push(current);
         }
-        Ok(batches)
+        batches
     }
 }
 
-fn untracked_batch(tenant: &Tenant, series: Vec<SeriesChunk>) -> WriteBatch {
-    WriteBatch {
-        agent_id: AgentId::UNTRACKED,
-        epoch: 0,
-        sequence: 0,
-        tenant: tenant.clone(),
-        series,
-    }
-}
+/// Bytes of one sample in a batch (and in the WAL record it becomes).
+const SAMPLE_BYTES: usize = 16;
 
-/// One series' samples as chunks of at most [`CHUNK_MAX_SAMPLES`], sorted, the last arrival
-/// of a timestamp kept.
-fn encode_series(
-    labels: Labels,
-    mut samples: Vec<Sample>,
-) -> Result<Vec<SeriesChunk>, protocols::codec::CodecError> {
-    if samples.len() <= CHUNK_MAX_SAMPLES {
-        return Ok(vec![SeriesChunk::encode(labels, samples)?]);
+/// Sorts samples by timestamp and keeps the last arrival of each timestamp (a stable sort
+/// keeps arrivals in order). Samples already strictly ascending, the usual case, are left as
+/// they are.
+fn sort_last_wins(samples: &mut Vec<Sample>) {
+    if samples
+        .windows(2)
+        .all(|w| w[0].timestamp_ms < w[1].timestamp_ms)
+    {
+        return;
     }
-    // As SeriesChunk::encode does, but before splitting, so no timestamp lands in two chunks.
     samples.sort_by_key(|s| s.timestamp_ms);
     samples.reverse();
     samples.dedup_by_key(|s| s.timestamp_ms);
     samples.reverse();
-    samples
-        .chunks(CHUNK_MAX_SAMPLES)
-        .map(|part| SeriesChunk::encode(labels.clone(), part.to_vec()))
-        .collect()
 }
 
 /// What storage did with a request's batches.
@@ -449,11 +456,11 @@ pub(crate) struct Stored {
 pub(crate) async fn submit(
     protocol: Protocol,
     storage: &Storage,
-    batches: Vec<WriteBatch>,
+    batches: Vec<SampleBatch>,
 ) -> Result<Stored, IngestError> {
     let mut pending = Vec::with_capacity(batches.len());
     for batch in batches {
-        match storage.submit(batch) {
+        match storage.submit_samples(batch) {
             Ok(p) => pending.push(p),
             // Batches already queued are stored anyway; the client's retry rewrites them.
             Err(SubmitError::Busy(_)) => {
@@ -522,17 +529,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Encodes collected series for the node's tenant; an encoding failure is a bug (500).
-pub(crate) fn batches_of(
-    protocol: Protocol,
-    collected: Collected,
-    tenant: &Tenant,
-) -> Result<Vec<WriteBatch>, IngestError> {
-    collected
-        .into_batches(tenant)
-        .map_err(|e| IngestError::internal(protocol, format!("encoding samples: {e}")))
-}
-
 /// `{a="1",b="2"}` of raw labels, at most about 200 bytes, for error messages.
 pub(crate) fn describe_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::from("{");
@@ -566,4 +562,64 @@ pub(crate) fn content_encoding(headers: &HeaderMap) -> Option<String> {
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty() && v != "identity")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_every_sample_sorted_with_the_last_arrival_winning() {
+        let labels = Labels::from_metric("m", [("k", "v")]).expect("valid");
+        let other = Labels::from_metric("n", [("k", "v")]).expect("valid");
+        let mut c = Collected::with_capacity(2);
+        // Out of order, with timestamp 20 sent twice: the second value wins.
+        for (t, v) in [(30, 3.0), (20, 2.0), (10, 1.0), (20, 22.0)] {
+            c.push(labels.clone(), Sample::new(t, v));
+        }
+        c.push(other.clone(), Sample::new(5, 0.5));
+        let batches = c.into_batches(&Tenant::default());
+        assert_eq!(batches.len(), 1);
+        let mut series = batches[0].series.clone();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            series,
+            vec![
+                (
+                    labels,
+                    vec![
+                        Sample::new(10, 1.0),
+                        Sample::new(20, 22.0),
+                        Sample::new(30, 3.0)
+                    ]
+                ),
+                (other, vec![Sample::new(5, 0.5)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_series_larger_than_a_batch_is_split_in_time_order() {
+        let labels = Labels::from_metric("m", [("k", "v")]).expect("valid");
+        let n = BATCH_TARGET_BYTES / SAMPLE_BYTES * 5 / 2;
+        let mut c = Collected::with_capacity(1);
+        c.extend(
+            labels.clone(),
+            (0..n as i64).map(|t| Sample::new(t, t as f64)),
+        );
+        let batches = c.into_batches(&Tenant::default());
+        assert_eq!(batches.len(), 3);
+        let mut next = 0i64;
+        for b in &batches {
+            assert!(b.sample_count() * SAMPLE_BYTES <= BATCH_TARGET_BYTES);
+            for (l, samples) in &b.series {
+                assert_eq!(l, &labels);
+                for s in samples {
+                    assert_eq!(s.timestamp_ms, next);
+                    next += 1;
+                }
+            }
+        }
+        assert_eq!(next as usize, n, "every sample, once");
+    }
 }

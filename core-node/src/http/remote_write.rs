@@ -97,7 +97,7 @@ fn check_headers(headers: &HeaderMap) -> Result<(), IngestError> {
 }
 
 struct Converted {
-    batches: Vec<protocols::wire::WriteBatch>,
+    batches: Vec<crate::storage::SampleBatch>,
     /// Series refused for their labels, and the first reason.
     invalid_series: u64,
     invalid: Option<String>,
@@ -116,7 +116,7 @@ fn convert(body: &[u8], tenant: &Tenant) -> Result<Converted, IngestError> {
     })?;
     let (collected, invalid_series, invalid) = collect(request);
     Ok(Converted {
-        batches: ingest::batches_of(P, collected, tenant)?,
+        batches: collected.into_batches(tenant),
         invalid_series,
         invalid,
     })
@@ -134,21 +134,19 @@ fn collect(request: WriteRequest) -> (Collected, u64, Option<String>) {
         }
         let raw: Vec<Label> = ts
             .labels
-            .iter()
-            .map(|l| Label::new(l.name.clone(), l.value.clone()))
+            .into_iter()
+            .map(|l| Label::new(l.name, l.value))
             .collect();
-        match Labels::try_from(raw) {
+        match Labels::check(raw) {
             Ok(labels) => collected.extend(
                 labels,
                 ts.samples.iter().map(|s| Sample::new(s.timestamp, s.value)),
             ),
-            Err(e) => {
+            Err((e, raw)) => {
                 invalid += 1;
                 first.get_or_insert_with(|| {
                     let text = ingest::describe_labels(
-                        ts.labels
-                            .iter()
-                            .map(|l| (l.name.as_str(), l.value.as_str())),
+                        raw.iter().map(|l| (l.name.as_str(), l.value.as_str())),
                     );
                     format!("series {text}: {e}")
                 });

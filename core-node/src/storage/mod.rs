@@ -64,6 +64,7 @@ mod head;
 mod keys;
 pub mod partitions;
 mod read;
+mod record;
 mod vault;
 mod writer;
 
@@ -72,6 +73,7 @@ pub use vault::Encryption;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use protocols::wire::{AckOutcome, WriteBatch};
+use protocols::{Labels, Sample, Tenant};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -202,11 +204,36 @@ pub enum StorageError {
 
 /// Why a batch was not queued. The batch is handed back so nothing is lost.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub enum SubmitError<B = WriteBatch> {
     #[error("write queue is full")]
-    Busy(Box<WriteBatch>),
+    Busy(Box<B>),
     #[error("storage writer has stopped")]
-    Stopped(Box<WriteBatch>),
+    Stopped(Box<B>),
+}
+
+/// Samples from the HTTP ingest APIs (remote_write, line protocol): no agent and no offset,
+/// so the writer applies every one. Each series' samples are ascending with one per
+/// timestamp, and a label set appears once per batch. Logged as they are, not as codec
+/// chunks (see [`record`]).
+#[derive(Debug, Clone, Default)]
+pub struct SampleBatch {
+    pub tenant: Tenant,
+    pub series: Vec<(Labels, Vec<Sample>)>,
+}
+
+impl SampleBatch {
+    pub fn sample_count(&self) -> usize {
+        self.series.iter().map(|(_, s)| s.len()).sum()
+    }
+}
+
+impl<B> SubmitError<B> {
+    fn map<C>(self, f: impl FnOnce(B) -> C) -> SubmitError<C> {
+        match self {
+            Self::Busy(b) => SubmitError::Busy(Box::new(f(*b))),
+            Self::Stopped(b) => SubmitError::Stopped(Box::new(f(*b))),
+        }
+    }
 }
 
 pub(crate) struct Keyspaces {
@@ -384,6 +411,28 @@ impl Storage {
     /// Queues a batch for the writer. The returned receiver resolves after the batch is
     /// durable (or refused); dropping it does not cancel the write.
     pub fn submit(&self, batch: WriteBatch) -> Result<Pending, SubmitError> {
+        self.queue_write(record::Batch::Chunks(batch)).map_err(|e| {
+            e.map(|b| match b {
+                record::Batch::Chunks(b) => b,
+                // `queue_write` hands back the batch it was given.
+                record::Batch::Samples(_) => unreachable!("a chunk batch was queued"),
+            })
+        })
+    }
+
+    /// As [`Storage::submit`], for samples from the HTTP ingest APIs.
+    pub fn submit_samples(&self, batch: SampleBatch) -> Result<Pending, SubmitError<SampleBatch>> {
+        self.queue_write(record::Batch::Samples(batch))
+            .map_err(|e| {
+                e.map(|b| match b {
+                    record::Batch::Samples(b) => b,
+                    // `queue_write` hands back the batch it was given.
+                    record::Batch::Chunks(_) => unreachable!("a sample batch was queued"),
+                })
+            })
+    }
+
+    fn queue_write(&self, batch: record::Batch) -> Result<Pending, SubmitError<record::Batch>> {
         let (tx, rx) = oneshot::channel();
         let Some(queue) = &self.shared.queue else {
             return Err(SubmitError::Stopped(Box::new(batch)));

@@ -22,13 +22,15 @@
 //! merges are not logged: they are derived data, and losing one only leaves the day dirty for
 //! the next pass.
 
+use super::SampleBatch;
 use super::partitions::{self, Retention};
+use super::record::Batch;
 use super::vault::DictionaryId;
 use super::{Durability, Keyspaces, Limits, StorageError, StorageOptions, keys};
 use fjall::Keyspace;
 use fjall::{OwnedWriteBatch, PersistMode};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use protocols::wire::{AckOutcome, Message, WriteBatch};
+use protocols::wire::{AckOutcome, WriteBatch};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use seglog::{LogOptions, LogReader, LogWriter, Offset};
 use std::path::Path;
@@ -69,7 +71,7 @@ fn wal_position(epoch: seglog::Epoch, end: Offset) -> [u8; 16] {
 
 pub(crate) enum Request {
     Write {
-        batch: WriteBatch,
+        batch: Batch,
         reply: oneshot::Sender<Result<AckOutcome, Arc<StorageError>>>,
     },
     /// From the compactor: for each plan, replace the chunks `remove` of one (series, day) by
@@ -335,6 +337,49 @@ struct Pending {
 /// One series' decoded samples from a write batch.
 type SeriesSamples = (SeriesId, Vec<Sample>);
 
+/// What applying one batch stored and refused.
+struct Applied<'a> {
+    agent: &'a str,
+    stored: u64,
+    rejected: u32,
+    rejection: Option<String>,
+}
+
+impl<'a> Applied<'a> {
+    fn new(agent: &'a str) -> Self {
+        Self {
+            agent,
+            stored: 0,
+            rejected: 0,
+            rejection: None,
+        }
+    }
+
+    fn reject(&mut self, reason: &'static str, message: String, labels: &Labels) {
+        self.rejected += 1;
+        metrics::counter!("updraft_core_series_rejected_total", "reason" => reason).increment(1);
+        // Label sets can be long; the first refusal is enough to act on.
+        let mut text = format!("series {labels}: {message}");
+        if text.len() > 512 {
+            let cut = (0..=512)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            text.truncate(cut);
+        }
+        tracing::warn!(agent = self.agent, reason, %text, "series refused");
+        self.rejection.get_or_insert(text);
+    }
+
+    fn outcome(self) -> AckOutcome {
+        AckOutcome::Stored {
+            samples: self.stored,
+            rejected_series: self.rejected,
+            rejection: self.rejection,
+        }
+    }
+}
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         let mut carried = None;
@@ -510,8 +555,8 @@ impl Writer {
 
     fn apply_write(&self, wb: &mut OwnedWriteBatch, p: &mut Pending, b: &WriteBatch) -> AckOutcome {
         let agent = b.agent_id.0.as_str();
-        // An untracked batch (HTTP ingest, no agent) is applied every time and records no
-        // offset: its sender retries whole requests, and a resent sample only rewrites itself.
+        // An untracked batch (no agent) is applied every time and records no offset: its
+        // sender retries whole requests, and a resent sample only rewrites itself.
         let tracked = !b.agent_id.is_untracked();
         let last = p
             .offsets
@@ -521,64 +566,17 @@ impl Writer {
         if tracked && matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq) {
             return AckOutcome::Duplicate;
         }
-        let mut stored = 0u64;
-        let mut rejected = 0u32;
-        let mut rejection = None;
-        let mut reject = |reason: &'static str, message: String, labels: &Labels| {
-            rejected += 1;
-            metrics::counter!("updraft_core_series_rejected_total", "reason" => reason)
-                .increment(1);
-            // Label sets can be long; the first refusal is enough to act on.
-            let mut text = format!("series {labels}: {message}");
-            if text.len() > 512 {
-                let cut = (0..=512)
-                    .rev()
-                    .find(|i| text.is_char_boundary(*i))
-                    .unwrap_or(0);
-                text.truncate(cut);
-            }
-            tracing::warn!(agent, reason, %text, "series refused");
-            rejection.get_or_insert(text);
-        };
+        let mut applied = Applied::new(agent);
         let mut head = Vec::with_capacity(b.series.len());
         for s in &b.series {
-            let id = SeriesId::of(&b.tenant, &s.labels);
-            if let Err((reason, message)) = self.check_limits(p, &b.tenant, id, &s.labels) {
-                reject(reason, message, &s.labels);
-                continue;
-            }
             // Decoding verifies the checksum and the order of timestamps.
-            let samples = match codec::decode(&s.chunk) {
-                Ok(samples) => samples,
-                Err(e) => {
-                    reject("bad_chunk", format!("damaged chunk: {e}"), &s.labels);
-                    continue;
-                }
-            };
-            let newest = samples.last().map_or(i64::MIN, |s| s.timestamp_ms);
-            let cutoff = self.retention.cutoff(&b.tenant, now_ms());
-            if let Some(cutoff) = cutoff.filter(|c| newest < *c) {
-                reject(
-                    "out_of_retention",
-                    format!("every sample is older than the tenant's retention ({cutoff} ms)"),
-                    &s.labels,
-                );
-                continue;
+            let samples =
+                codec::decode(&s.chunk).map_err(|e| ("bad_chunk", format!("damaged chunk: {e}")));
+            if let Some(series) =
+                self.apply_series(wb, p, &b.tenant, &s.labels, samples, &mut applied)
+            {
+                head.push(series);
             }
-            if !self.known.contains(&id) && !p.series.contains(&id) {
-                if let Err(e) = self.stage_series(wb, p, &b.tenant, id, &s.labels) {
-                    reject(
-                        "storage",
-                        format!("sealing the series entry: {e}"),
-                        &s.labels,
-                    );
-                    continue;
-                }
-                p.series.insert(id);
-                *p.tenant_series.entry(b.tenant.clone()).or_default() += 1;
-            }
-            stored += samples.len() as u64;
-            head.push((id, samples));
         }
         if !head.is_empty() {
             p.head.push((b.tenant.clone(), head));
@@ -586,11 +584,75 @@ impl Writer {
         if tracked {
             p.offsets.insert(agent.to_owned(), (b.epoch, b.sequence));
         }
-        AckOutcome::Stored {
-            samples: stored,
-            rejected_series: rejected,
-            rejection,
+        applied.outcome()
+    }
+
+    /// Applies samples from the HTTP ingest APIs (no agent, no offset), moving them into the
+    /// head: the batch is already in the WAL.
+    fn apply_samples(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        p: &mut Pending,
+        b: &mut SampleBatch,
+    ) -> AckOutcome {
+        let mut applied = Applied::new("");
+        let mut head = Vec::with_capacity(b.series.len());
+        for (labels, samples) in &mut b.series {
+            let samples = Ok(std::mem::take(samples));
+            if let Some(series) = self.apply_series(wb, p, &b.tenant, labels, samples, &mut applied)
+            {
+                head.push(series);
+            }
         }
+        if !head.is_empty() {
+            p.head.push((b.tenant.clone(), head));
+        }
+        applied.outcome()
+    }
+
+    /// Checks one series of a batch (limits, retention), stages it if it is new, and returns
+    /// its samples for the head; a refusal is counted in `applied`.
+    fn apply_series(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        p: &mut Pending,
+        tenant: &Tenant,
+        labels: &Labels,
+        samples: Result<Vec<Sample>, (&'static str, String)>,
+        applied: &mut Applied<'_>,
+    ) -> Option<SeriesSamples> {
+        let id = SeriesId::of(tenant, labels);
+        if let Err((reason, message)) = self.check_limits(p, tenant, id, labels) {
+            applied.reject(reason, message, labels);
+            return None;
+        }
+        let samples = match samples {
+            Ok(samples) => samples,
+            Err((reason, message)) => {
+                applied.reject(reason, message, labels);
+                return None;
+            }
+        };
+        let newest = samples.last().map_or(i64::MIN, |s| s.timestamp_ms);
+        let cutoff = self.retention.cutoff(tenant, now_ms());
+        if let Some(cutoff) = cutoff.filter(|c| newest < *c) {
+            applied.reject(
+                "out_of_retention",
+                format!("every sample is older than the tenant's retention ({cutoff} ms)"),
+                labels,
+            );
+            return None;
+        }
+        if !self.known.contains(&id) && !p.series.contains(&id) {
+            if let Err(e) = self.stage_series(wb, p, tenant, id, labels) {
+                applied.reject("storage", format!("sealing the series entry: {e}"), labels);
+                return None;
+            }
+            p.series.insert(id);
+            *p.tenant_series.entry(tenant.clone()).or_default() += 1;
+        }
+        applied.stored += samples.len() as u64;
+        Some((id, samples))
     }
 
     /// Adds a new series' entry, postings and (encrypted) dictionary entries to the batch.
@@ -702,12 +764,16 @@ impl Writer {
                 .filter(|r| applied.is_none_or(|a| r.end > a))
             {
                 last_end = Some(record.end);
-                match Message::decode(&record.payload) {
-                    Ok(Message::WriteBatch(b)) => {
+                match Batch::decode(&record.payload) {
+                    Ok(Batch::Chunks(b)) => {
                         self.apply_write(&mut wb, &mut p, &b);
                         batches += 1;
                     }
-                    Ok(_) | Err(_) => {
+                    Ok(Batch::Samples(mut b)) => {
+                        self.apply_samples(&mut wb, &mut p, &mut b);
+                        batches += 1;
+                    }
+                    Err(_) => {
                         // Checksummed bytes we wrote ourselves: a newer or broken build.
                         corrupt += record.end.0 - record.start.0;
                         tracing::error!(offset = record.start.0, "undecodable WAL record skipped");
@@ -806,7 +872,7 @@ impl Writer {
         let mut end = None;
         for req in group {
             if let Request::Write { batch, .. } = req {
-                end = Some(self.wal.append(&batch.encode_frame())?);
+                end = Some(self.wal.append(&batch.encode())?);
             }
         }
         if end.is_some() && self.fsync {
@@ -907,7 +973,7 @@ impl Writer {
         Ok(())
     }
 
-    fn commit_group(&mut self, group: Vec<Request>) {
+    fn commit_group(&mut self, mut group: Vec<Request>) {
         let started = Instant::now();
         let logged = match self.log_group(&group) {
             Ok(end) => end,
@@ -945,11 +1011,12 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(group.len());
         // The answer to a `ForgetSeries`, which is always alone in its group.
         let mut forget: Option<Result<usize, StorageError>> = None;
-        for req in &group {
+        for req in &mut group {
             match req {
-                Request::Write { batch, .. } => {
-                    outcomes.push(Some(self.apply_write(&mut wb, &mut p, batch)))
-                }
+                Request::Write { batch, .. } => outcomes.push(Some(match batch {
+                    Batch::Chunks(b) => self.apply_write(&mut wb, &mut p, b),
+                    Batch::Samples(b) => self.apply_samples(&mut wb, &mut p, b),
+                })),
                 Request::Replace { plans, .. } => {
                     for plan in plans {
                         self.apply_replace(&mut wb, &mut p, plan);
