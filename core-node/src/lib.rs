@@ -44,8 +44,9 @@ pub async fn run(
     let limits = config.limits.clone();
     let retention = config.retention.clone();
     let master_key_file = config.master_key_file.clone();
-    let storage = tokio::task::spawn_blocking(move || {
+    let (storage, encrypted) = tokio::task::spawn_blocking(move || {
         let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
+        let encrypted = encryption.is_some();
         storage::Storage::open(
             &data_dir,
             storage::StorageOptions {
@@ -56,6 +57,7 @@ pub async fn run(
                 ..Default::default()
             },
         )
+        .map(|s| (s, encrypted))
     })
     .await
     .context("storage open task failed")?
@@ -124,6 +126,11 @@ pub async fn run(
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
         ingest_rate_limit: config.ingest_rate_limit,
+        settings: Arc::new(http::Settings {
+            limits: config.limits.clone(),
+            retention: config.retention.clone(),
+            node: node_settings(&config, encrypted, http_addr, quic_addr),
+        }),
     });
     let http_task = tokio::spawn(http::serve::serve(
         http_listener,
@@ -165,6 +172,41 @@ pub async fn run(
         Err(e) => return Err(e).context("HTTP server task failed"),
     }
     Ok(())
+}
+
+/// The tenant-neutral, secret-free part of the configuration `GET /api/v1/admin/config`
+/// shows (no file paths: they say where the keys are).
+fn node_settings(
+    config: &config::CoreConfig,
+    encrypted: bool,
+    http_addr: std::net::SocketAddr,
+    quic_addr: std::net::SocketAddr,
+) -> serde_json::Map<String, serde_json::Value> {
+    let durability = match config.durability {
+        storage::Durability::Fsync => "fsync",
+        storage::Durability::Buffered => "buffered",
+    };
+    let tls_min = config.http_tls.as_ref().map(|t| match t.min_version {
+        tls::TlsMinVersion::Tls12 => "1.2",
+        tls::TlsMinVersion::Tls13 => "1.3",
+    });
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "http_listen": http_addr.to_string(),
+        "quic_listen": quic_addr.to_string(),
+        "https": config.http_tls.is_some(),
+        "http_tls_min_version": tls_min,
+        "quic_tls": "1.3, client certificates required",
+        "durability": durability,
+        "encryption_at_rest": encrypted,
+        "insecure_dev_mode": config.insecure_dev_mode,
+        "max_concurrent_reads": http::MAX_CONCURRENT_READS,
+        "max_concurrent_writes": http::ingest::MAX_CONCURRENT_WRITES,
+        "max_write_body_bytes": http::ingest::MAX_WRITE_BODY_BYTES,
+    }) else {
+        return serde_json::Map::new();
+    };
+    map
 }
 
 /// Installs the ring crypto provider as the process default (idempotent). Call first thing in

@@ -5,8 +5,12 @@
 //! | `GET /api/v1/admin/tokens` | 200, `data`: `[{"id","tenant","role","created","description","expires"}]` (`expires`: RFC 3339, or `null` for never) |
 //! | `POST /api/v1/admin/tokens` with `{"role":"read","tenant":"acme","description":"…","expires_in":"30d"}` (`tenant`, `description` and the expiry optional; `expires_at` with an RFC 3339 time instead of `expires_in`) | 201, `data`: the token's fields plus `"token"`, shown this once |
 //! | `DELETE /api/v1/admin/tokens/{id}` | 200, `data`: the revoked token's fields; 404 for an unknown id or another tenant's token |
+//! | `GET /api/v1/admin/tenant` | 200, `data`: `{"tenant","series","tokens","limits":{…},"retention"}`: the caller's tenant, its series and tokens, and the limits and retention that apply to it |
+//! | `GET /api/v1/admin/config` | 200, `data`: the node's effective configuration, without secrets or file paths (see [`Settings`]) |
 //!
 //! An admin token manages its own tenant's tokens only: asking for another tenant is 403.
+//! The tenant and configuration views are read-only (limits and retention are set by the
+//! node's flags or file), and name no other tenant: the retention shown is the caller's.
 //! The change goes to the data directory's token store (see [`crate::auth::store`]), where
 //! the `core-node tokens` command sees it, and applies at once on this node. Every change is
 //! written to the `audit` log target.
@@ -16,6 +20,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::response::json_response;
 use crate::auth::{Role, TokenId, TokenInfo};
+use crate::storage::{Limits, Retention};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -23,6 +28,74 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use protocols::Tenant;
 use serde::Deserialize;
+
+/// What the admin API shows of the node's settings. `node` holds only tenant-neutral,
+/// secret-free values (listeners, durability, TLS and encryption on or off, request limits);
+/// limits and retention are kept whole so each tenant sees the ones that apply to it.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub limits: Limits,
+    pub retention: Retention,
+    pub node: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `30d`-style text of a retention, `"forever"` for none.
+fn retention_text(keep: Option<std::time::Duration>) -> String {
+    match keep {
+        None => "forever".to_owned(),
+        Some(d) => {
+            let s = d.as_secs();
+            match (s % 86_400, s % 3_600, s % 60) {
+                (0, _, _) => format!("{}d", s / 86_400),
+                (_, 0, _) => format!("{}h", s / 3_600),
+                (_, _, 0) => format!("{}m", s / 60),
+                _ => format!("{s}s"),
+            }
+        }
+    }
+}
+
+fn limits_json(api: &Api) -> serde_json::Value {
+    let l = &api.state.settings.limits;
+    serde_json::json!({
+        "max_series_per_tenant": l.max_series_per_tenant,
+        "max_labels_per_series": l.max_labels_per_series,
+        "max_label_name_bytes": l.max_label_name_bytes,
+        "max_label_value_bytes": l.max_label_value_bytes,
+        "ingest_rate_limit": api.state.ingest_rate_limit.filter(|r| *r > 0.0),
+    })
+}
+
+pub(crate) async fn tenant(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let tenant = caller.tenant();
+    let series = api.state.ingest.as_ref().map(|s| s.tenant_series(tenant));
+    success(
+        StatusCode::OK,
+        serde_json::json!({
+            "tenant": tenant.as_str(),
+            "series": series,
+            "tokens": api.state.auth.list(Some(tenant)).len(),
+            "limits": limits_json(&api),
+            "retention": retention_text(api.state.settings.retention.of(tenant)),
+        }),
+    )
+}
+
+pub(crate) async fn config(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let mut data = api.state.settings.node.clone();
+    data.insert("limits".into(), limits_json(&api));
+    data.insert(
+        "retention".into(),
+        retention_text(api.state.settings.retention.of(caller.tenant())).into(),
+    );
+    success(StatusCode::OK, serde_json::Value::Object(data))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

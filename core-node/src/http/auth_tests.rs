@@ -46,6 +46,7 @@ fn node_with(recorder: &PrometheusRecorder, rate_limit: Option<f64>) -> Node {
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
         ingest_rate_limit: rate_limit,
+        settings: Default::default(),
     });
     Node {
         app,
@@ -200,6 +201,8 @@ async fn every_route_answers_each_kind_of_caller_with_the_documented_status() {
         (Call::post("/api/v1/admin/tokens", "application/json", r#"{"role":"read"}"#),
                                                                         [401, 401, 403, 403, 201, 201]),
         (Call::delete("/api/v1/admin/tokens/{victim}"),                 [401, 401, 403, 403, 200, 404]),
+        (Call::get("/api/v1/admin/tenant"),                             [401, 401, 403, 403, 200, 200]),
+        (Call::get("/api/v1/admin/config"),                             [401, 401, 403, 403, 200, 200]),
         (Call::get("/no/such/path"),                                    [401, 401, 404, 404, 404, 404]),
     ];
 
@@ -673,4 +676,71 @@ async fn a_tenant_over_its_ingest_rate_gets_429_with_retry_after_and_others_do_n
         StatusCode::NO_CONTENT,
         "another tenant is not slowed: {body}"
     );
+}
+
+/// `GET /api/v1/admin/tenant` and `/api/v1/admin/config` show the caller's tenant (its series,
+/// tokens, limits and retention) and the node's settings, and nothing of another tenant.
+#[tokio::test]
+async fn the_admin_views_show_the_own_tenant_and_the_node_without_other_tenants() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut node = node_with(&recorder, Some(500.0));
+    let mut node_map = serde_json::Map::new();
+    node_map.insert("durability".into(), "fsync".into());
+    node.app = router(HttpState {
+        source: Arc::new(node._storage.clone()),
+        metrics: recorder.handle(),
+        auth: Arc::clone(&node.auth),
+        ingest: Some(node._storage.clone()),
+        ingest_rate_limit: Some(500.0),
+        settings: Arc::new(crate::http::Settings {
+            limits: crate::storage::Limits::default(),
+            retention: crate::storage::Retention {
+                default: None,
+                per_tenant: [(tenant("globex"), Some(Duration::from_secs(30 * 86_400)))]
+                    .into_iter()
+                    .collect(),
+            },
+            node: node_map,
+        }),
+    });
+    let acme_admin = format!("Bearer {}", node.token("acme", Role::Admin));
+    let globex_admin = format!("Bearer {}", node.token("globex", Role::Admin));
+    let acme_write = format!("Bearer {}", node.token("acme", Role::Write));
+    for site in ["a", "b", "c"] {
+        let call = Call::post("/api/v1/write", PROTOBUF, remote_write_body("m", site, 1.0));
+        let (status, body, _) = send(&node.app, call.request(Some(&acme_write))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let get = |uri: &'static str, who: &str| {
+        let app = node.app.clone();
+        let who = who.to_owned();
+        async move {
+            let (status, body, _) = send(&app, Call::get(uri).request(Some(&who))).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(v["status"], "success");
+            v["data"].clone()
+        }
+    };
+    let acme = get("/api/v1/admin/tenant", &acme_admin).await;
+    assert_eq!(acme["tenant"], "acme");
+    assert_eq!(acme["series"], 3);
+    assert_eq!(acme["tokens"], 2, "the admin and the write token");
+    assert_eq!(acme["retention"], "forever");
+    assert_eq!(acme["limits"]["max_series_per_tenant"], 1_000_000);
+    assert_eq!(acme["limits"]["ingest_rate_limit"], 500.0);
+    let globex = get("/api/v1/admin/tenant", &globex_admin).await;
+    assert_eq!(globex["tenant"], "globex");
+    assert_eq!(globex["series"], 0);
+    assert_eq!(globex["tokens"], 1);
+    assert_eq!(globex["retention"], "30d");
+
+    let config = get("/api/v1/admin/config", &acme_admin).await;
+    assert_eq!(config["durability"], "fsync");
+    assert_eq!(config["retention"], "forever");
+    assert_eq!(config["limits"]["max_labels_per_series"], 30);
+    let text = config.to_string();
+    assert!(!text.contains("globex"), "another tenant named: {text}");
+    let config = get("/api/v1/admin/config", &globex_admin).await;
+    assert_eq!(config["retention"], "30d");
 }

@@ -43,6 +43,7 @@ fn app_over(storage: &Storage, recorder: &PrometheusRecorder, ingest: bool) -> R
             crate::auth::Authenticator::in_memory(Some(Tenant::default())).expect("auth"),
         ),
         ingest_rate_limit: None,
+        settings: Default::default(),
         ingest: ingest.then(|| storage.clone()),
     })
 }

@@ -20,6 +20,7 @@
 //! | `/health` | GET | `metrics.rs` |
 //! | `/api/v1/admin/tokens` | GET, POST | `admin.rs` |
 //! | `/api/v1/admin/tokens/{id}` | DELETE | `admin.rs` |
+//! | `/api/v1/admin/tenant`, `/api/v1/admin/config` | GET | `admin.rs` |
 //!
 //! Every route but `/health` needs a token (`auth.rs`: the middleware, the route → role
 //! table, 401/403); the token's tenant is the only tenant a request reads or writes.
@@ -62,6 +63,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+pub use admin::Settings;
 pub use error::{ApiError, ErrorType};
 
 use axum::extract::{MatchedPath, Request};
@@ -92,6 +94,8 @@ pub struct HttpState {
     pub ingest: Option<crate::storage::Storage>,
     /// Samples per second one tenant may write over HTTP; `None`: no limit.
     pub ingest_rate_limit: Option<f64>,
+    /// What `GET /api/v1/admin/tenant` and `/api/v1/admin/config` report.
+    pub settings: Arc<Settings>,
 }
 
 /// Most storage reads (queries, label and series lookups) running at once: Prometheus'
@@ -141,6 +145,8 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/health", get(metrics::health))
         .route("/api/v1/admin/tokens", get(admin::list).post(admin::create))
         .route("/api/v1/admin/tokens/{id}", delete(admin::revoke))
+        .route("/api/v1/admin/tenant", get(admin::tenant))
+        .route("/api/v1/admin/config", get(admin::config))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),

@@ -118,6 +118,7 @@ fn app_with(src: MemorySource, recorder: &PrometheusRecorder) -> Router {
             crate::auth::Authenticator::in_memory(Some(Tenant::default())).expect("auth"),
         ),
         ingest_rate_limit: None,
+        settings: Default::default(),
         ingest: None,
     })
 }

@@ -245,9 +245,20 @@ pub(crate) struct Keyspaces {
     meta: Keyspace,
     vault: vault::Vault,
     head: head::Head,
+    /// Series per tenant as the writer last committed them, for [`Storage::tenant_series`].
+    tenant_series: Mutex<foldhash::HashMap<Tenant, u64>>,
 }
 
 impl Keyspaces {
+    /// Replaces the published series counts (the writer, after a group changed them).
+    fn publish_tenant_series(&self, counts: &foldhash::HashMap<Tenant, u64>) {
+        let mut published = self
+            .tenant_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        published.clone_from(counts);
+    }
+
     /// The tenant a series belongs to, from its `series` entry.
     fn tenant_of(
         &self,
@@ -386,6 +397,7 @@ impl Storage {
                 None => vault::Vault::Plain,
             },
             head: head::Head::new(),
+            tenant_series: Mutex::default(),
             db,
         });
         check_format(&ks)?;
@@ -452,6 +464,18 @@ impl Storage {
             Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(give_back(r))),
             Err(mpsc::TrySendError::Disconnected(r)) => Err(SubmitError::Stopped(give_back(r))),
         }
+    }
+
+    /// Series `tenant` has (as of the writer's last commit): what `--max-series-per-tenant`
+    /// counts.
+    pub fn tenant_series(&self, tenant: &Tenant) -> u64 {
+        self.ks
+            .tenant_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Runs compaction passes until nothing is due under `options` (for tests and benchmarks:

@@ -275,6 +275,7 @@ pub(super) fn start(
         retention: options.retention.clone(),
         dictionary: HashSet::new(),
     };
+    writer.ks.publish_tenant_series(&writer.tenant_series);
     writer.replay()?;
     let handle = std::thread::Builder::new()
         .name("storage-writer".into())
@@ -849,8 +850,12 @@ impl Writer {
             self.unflushed_agents.extend(p.offsets.keys().cloned());
             self.ks.head.set_agent_offsets(p.offsets.clone());
         }
+        let counts_changed = !p.tenant_series.is_empty() || !p.forgotten.is_empty();
         for (tenant, n) in p.tenant_series {
             *self.tenant_series.entry(tenant).or_default() += n;
+        }
+        if counts_changed {
+            self.ks.publish_tenant_series(&self.tenant_series);
         }
         self.offsets.extend(p.offsets);
         for (key, mark) in p.dirty {
