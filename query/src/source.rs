@@ -55,6 +55,21 @@ pub trait DataSource: Send + Sync {
         self.samples(series, start_ms, end_ms)
     }
 
+    /// Whether a series of `tenant` holds a sample with `start_ms <= timestamp <= end_ms`
+    /// (what `start` and `end` of the series and label endpoints filter on). The default
+    /// reads the samples; a source can answer from its block headers.
+    fn has_samples(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<bool, DataSourceError> {
+        Ok(!self
+            .samples_of(tenant, series, start_ms, end_ms)?
+            .is_empty())
+    }
+
     /// Every label name used by any series of `tenant`, sorted, including `__name__`.
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError>;
 

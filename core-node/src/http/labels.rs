@@ -1,9 +1,10 @@
 //! `/api/v1/labels` and `/api/v1/label/{name}/values`.
 //!
 //! `match[]` (repeatable) restricts the answer to the series matching any of its selectors;
-//! `limit` truncates the sorted answer and adds a warning. `start` and `end` are validated
-//! but otherwise ignored in this version: the answer covers every stored series of the
-//! tenant, where Prometheus covers the series with samples in the range.
+//! `start` and `end` (either, or both) to the series with a sample in that range;
+//! `limit` truncates the sorted answer and adds a warning. Without `match[]`, `start` and
+//! `end`, names and values come from the index alone; with a range, each candidate series is
+//! checked (the head, then its chunks' headers: [`query::DataSource::has_samples`]).
 
 use super::auth::Caller;
 use super::error::{ApiError, Reason};
@@ -12,23 +13,81 @@ use super::response::Success;
 use super::{Api, encode};
 use axum::Extension;
 use axum::extract::{Path, State};
+use protocols::Tenant;
 use protocols::model::is_valid_label_name;
-use query::Matcher;
+use query::{DataSource, Matcher, SeriesRef};
 use std::collections::BTreeSet;
 
 /// Prometheus' warning when `limit` cut the answer short.
 pub(crate) const TRUNCATED: &str = "results truncated due to limit";
 
-/// The parameters both label endpoints take: `limit`, `start`/`end` (validated, not used: see
-/// the module docs) and the `match[]` selectors.
-fn lookup_params(params: &Params) -> Result<(Option<usize>, Vec<Vec<Matcher>>), ApiError> {
+/// What both label endpoints take: `limit`, `start`/`end` and the `match[]` selectors.
+struct Lookup {
+    limit: Option<usize>,
+    range: Option<(i64, i64)>,
+    selectors: Vec<Vec<Matcher>>,
+}
+
+fn lookup_params(params: &Params) -> Result<Lookup, ApiError> {
     let limit = params.limit()?;
-    params.optional_time("start")?;
-    params.optional_time("end")?;
+    let range = params.time_range()?;
     let selectors = params
         .match_selectors()
         .map_err(|e| ApiError::bad_data(e, Reason::Parse))?;
-    Ok((limit, selectors))
+    Ok(Lookup {
+        limit,
+        range,
+        selectors,
+    })
+}
+
+impl Lookup {
+    /// Whether the index's listing answers alone (no selector, no range).
+    fn whole_index(&self) -> bool {
+        self.selectors.is_empty() && self.range.is_none()
+    }
+
+    /// The series of any selector (every series of the tenant when there is none), keeping
+    /// only those with a sample in the range when one is given. A series matched by several
+    /// selectors may come more than once.
+    fn series(&self, source: &dyn DataSource, tenant: &Tenant) -> Result<Vec<SeriesRef>, ApiError> {
+        let all = [Vec::new()];
+        let selectors = if self.selectors.is_empty() {
+            &all[..]
+        } else {
+            &self.selectors[..]
+        };
+        let mut out = Vec::new();
+        for matchers in selectors {
+            let found = source
+                .select_series(tenant, matchers)
+                .map_err(ApiError::from_source)?;
+            out.extend(in_range(source, tenant, found, self.range)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The series of `series` with a sample in `range` (all of them for `None`).
+pub(crate) fn in_range(
+    source: &dyn DataSource,
+    tenant: &Tenant,
+    series: Vec<SeriesRef>,
+    range: Option<(i64, i64)>,
+) -> Result<Vec<SeriesRef>, ApiError> {
+    let Some((start, end)) = range else {
+        return Ok(series);
+    };
+    let mut kept = Vec::with_capacity(series.len());
+    for s in series {
+        if source
+            .has_samples(tenant, s.id, start, end)
+            .map_err(ApiError::from_source)?
+        {
+            kept.push(s);
+        }
+    }
+    Ok(kept)
 }
 
 pub(crate) async fn names(
@@ -36,21 +95,17 @@ pub(crate) async fn names(
     Extension(caller): Extension<Caller>,
     params: Params,
 ) -> Result<Success, ApiError> {
-    let (limit, selectors) = lookup_params(&params)?;
+    let lookup = lookup_params(&params)?;
+    let limit = lookup.limit;
     let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let names = api
         .blocking(move || {
-            if selectors.is_empty() {
+            if lookup.whole_index() {
                 return source.label_names(&tenant).map_err(ApiError::from_source);
             }
             let mut names = BTreeSet::new();
-            for matchers in &selectors {
-                let series = source
-                    .select_series(&tenant, matchers)
-                    .map_err(ApiError::from_source)?;
-                for s in series {
-                    names.extend(s.labels.iter().map(|l| l.name.clone()));
-                }
+            for s in lookup.series(source.as_ref(), &tenant)? {
+                names.extend(s.labels.iter().map(|l| l.name.clone()));
             }
             Ok(names.into_iter().collect())
         })
@@ -72,27 +127,22 @@ pub(crate) async fn values(
             Reason::BadParam,
         ));
     }
-    let (limit, selectors) = lookup_params(&params)?;
+    let lookup = lookup_params(&params)?;
+    let limit = lookup.limit;
     let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
     let values = api
         .blocking(move || {
-            if selectors.is_empty() {
+            if lookup.whole_index() {
                 return source
                     .label_values(&tenant, &name)
                     .map_err(ApiError::from_source);
             }
-            let mut values = BTreeSet::new();
-            for matchers in &selectors {
-                let series = source
-                    .select_series(&tenant, matchers)
-                    .map_err(ApiError::from_source)?;
-                values.extend(
-                    series
-                        .iter()
-                        .filter_map(|s| s.labels.get(&name))
-                        .map(str::to_owned),
-                );
-            }
+            let series = lookup.series(source.as_ref(), &tenant)?;
+            let values: BTreeSet<String> = series
+                .iter()
+                .filter_map(|s| s.labels.get(&name))
+                .map(str::to_owned)
+                .collect();
             Ok(values.into_iter().collect())
         })
         .await?;

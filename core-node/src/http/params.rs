@@ -61,6 +61,15 @@ impl Params {
             .transpose()
     }
 
+    /// `start` and `end` of the series and label endpoints as an inclusive range, when either
+    /// is given (the other then open); `None` when neither is: every stored series counts.
+    pub(crate) fn time_range(&self) -> Result<Option<(i64, i64)>, ApiError> {
+        let start = self.optional_time("start")?;
+        let end = self.optional_time("end")?;
+        Ok((start.is_some() || end.is_some())
+            .then(|| (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX))))
+    }
+
     /// A required time parameter (`start` and `end` of range queries).
     pub(crate) fn required_time(&self, name: &'static str) -> Result<i64, ApiError> {
         parse_time(self.get(name).unwrap_or("")).map_err(|e| ApiError::bad_param(name, e))

@@ -1,8 +1,8 @@
 //! `/api/v1/series`: the label sets of the series matching any `match[]` selector.
 //!
-//! At least one `match[]` is required. `limit` truncates the sorted answer and adds a
-//! warning. `start` and `end` are validated but otherwise ignored in this version (see
-//! [`super::labels`]).
+//! At least one `match[]` is required. `start` and `end` (either, or both) keep the series
+//! with a sample in that range (see [`super::labels`]). `limit` truncates the sorted answer
+//! and adds a warning.
 
 use super::auth::Caller;
 use super::error::{ApiError, Reason};
@@ -27,8 +27,7 @@ pub(crate) async fn series(
     }
     // Checks in Prometheus' order, so the same bad request gets the same error.
     let limit = params.limit()?;
-    params.optional_time("start")?;
-    params.optional_time("end")?;
+    let range = params.time_range()?;
     let selectors = params
         .match_selectors()
         .map_err(|e| ApiError::bad_param("match[]", e).with_reason(Reason::Parse))?;
@@ -42,6 +41,7 @@ pub(crate) async fn series(
                 let found = source
                     .select_series(&tenant, matchers)
                     .map_err(ApiError::from_source)?;
+                let found = super::labels::in_range(source.as_ref(), &tenant, found, range)?;
                 all.extend(found.into_iter().map(|s| s.labels));
             }
             let shown = limit.unwrap_or(usize::MAX);

@@ -454,6 +454,89 @@ async fn labels_and_values_with_and_without_match() {
     }
 }
 
+/// `start` and `end` (either or both) keep the series with a sample in the range, in the
+/// series endpoint and both label endpoints, with and without `match[]`.
+#[tokio::test]
+async fn start_and_end_keep_the_series_with_samples_in_range() {
+    let app = app();
+    let s = |offset_ms: i64| ((T + offset_ms) / 1000).to_string();
+    let names_of = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        v["data"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|x| match x {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect()
+    };
+    let cases = [
+        // Only temp{site="s2"} has a sample at or after T - 5 s.
+        (
+            format!(
+                "/api/v1/label/site/values?start={}&end={}",
+                s(-5_000),
+                s(60_000)
+            ),
+            vec!["s2"],
+        ),
+        (
+            format!("/api/v1/labels?start={}", s(0)),
+            vec!["__name__", "site"],
+        ),
+        // Only humidity has a sample in [T - 125 s, T - 115 s].
+        (
+            format!(
+                "/api/v1/label/__name__/values?start={}&end={}",
+                s(-125_000),
+                s(-115_000)
+            ),
+            vec!["humidity"],
+        ),
+        (
+            format!(
+                "/api/v1/label/__name__/values?match[]=temp&start={}&end={}",
+                s(-125_000),
+                s(-115_000)
+            ),
+            vec![],
+        ),
+        // Nothing in (T - 60 s, T - 30 s) exclusive of both: [T - 55 s, T - 45 s].
+        (
+            format!(
+                "/api/v1/series?match[]=temp&start={}&end={}",
+                s(-55_000),
+                s(-45_000)
+            ),
+            vec![],
+        ),
+        (
+            format!("/api/v1/series?match[]=temp&end={}", s(-50_000)),
+            vec![
+                r#"{"__name__":"temp","device":"d1","site":"s1"}"#,
+                r#"{"__name__":"temp","site":"s2"}"#,
+            ],
+        ),
+        (
+            format!(
+                "/api/v1/series?match[]=temp&match[]=humidity&start={}",
+                s(-20_000)
+            ),
+            vec![
+                r#"{"__name__":"humidity","site":"s1"}"#,
+                r#"{"__name__":"temp","site":"s2"}"#,
+            ],
+        ),
+    ];
+    for (uri, want) in cases {
+        let (status, body) = send(&app, get(&uri)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        assert_eq!(names_of(&body), want, "{uri}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn series_unions_repeated_match_and_requires_one() {
     let app = app();

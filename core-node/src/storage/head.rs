@@ -104,6 +104,18 @@ impl Head {
         self.samples.fetch_add(after - before, Ordering::Relaxed);
     }
 
+    /// Whether `id`, a series of `tenant`, holds a sample with `start_ms <= timestamp <=
+    /// end_ms` (without copying).
+    pub fn any_in(&self, id: SeriesId, tenant: &Tenant, start_ms: i64, end_ms: i64) -> bool {
+        let shard = read(self.shard(id));
+        let Some(series) = shard.get(&id).filter(|s| &s.tenant == tenant) else {
+            return false;
+        };
+        let s = &series.samples;
+        let from = s.partition_point(|x| x.timestamp_ms < start_ms);
+        s.get(from).is_some_and(|x| x.timestamp_ms <= end_ms)
+    }
+
     /// The samples of `id` with `start_ms <= timestamp <= end_ms`.
     pub fn range(&self, id: SeriesId, start_ms: i64, end_ms: i64) -> Vec<Sample> {
         let shard = read(self.shard(id));

@@ -366,6 +366,54 @@ impl DataSource for Storage {
         })
     }
 
+    /// The head, then each chunk's header; a chunk is decoded only when it starts before the
+    /// range and ends after it (it may have a gap just there).
+    fn has_samples(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<bool, DataSourceError> {
+        if start_ms > end_ms {
+            return Ok(false);
+        }
+        if self.ks.head.any_in(series, tenant, start_ms, end_ms) {
+            return Ok(true);
+        }
+        // As in `samples_of`: chunks never span two days.
+        let first_day = keys::day_start(start_ms);
+        let from = keys::chunk_key(series, first_day, 0);
+        let to = keys::chunk_key(series, end_ms, u64::MAX);
+        for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
+            for kv in partition.range(from..=to) {
+                let (k, v) = kv.into_inner().map_err(unavailable)?;
+                let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
+                let v = self
+                    .ks
+                    .vault
+                    .open_chunk(&k, &v)
+                    .map_err(|e| corrupt(format!("chunk: {e}")))?;
+                let header = codec::header(&v).map_err(|e| corrupt(format!("chunk: {e}")))?;
+                // The key range holds only chunks starting at or before `end_ms`.
+                if header.max_ts < start_ms {
+                    continue;
+                }
+                if header.min_ts >= start_ms || header.max_ts <= end_ms {
+                    return Ok(true);
+                }
+                let samples = codec::decode(&v).map_err(|e| corrupt(format!("chunk: {e}")))?;
+                if samples
+                    .iter()
+                    .any(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {
         if let Vault::Sealed(e) = &self.ks.vault {
             return self.sealed_listing(e, tenant.as_str(), None);

@@ -774,6 +774,39 @@ fn sample_batches_survive_a_crash_through_the_wal() {
     );
 }
 
+/// `has_samples` answers from the head and from chunk headers, and decodes a chunk only when
+/// it spans the whole range, where a gap can hold no sample.
+fn has_samples_sees_the_head_chunks_and_gaps_inside_a_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Tenant::default();
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    let l = labels("m", &[("k", "v")]);
+    let id = SeriesId::of(&t, &l);
+    write_flushed(
+        &s,
+        batch(
+            1,
+            vec![(
+                l.clone(),
+                vec![Sample::new(0, 1.0), Sample::new(10_000, 2.0)],
+            )],
+        ),
+    );
+    write(&s, batch(2, vec![(l, vec![Sample::new(20_000, 3.0)])]));
+    let has = |a, b| s.has_samples(&t, id, a, b).expect("read");
+    assert!(!has(2_000, 8_000), "a gap inside one chunk");
+    assert!(has(5_000, 10_000), "the chunk's last sample");
+    assert!(has(-5, 0), "the chunk's first sample");
+    assert!(has(19_000, 21_000), "the head");
+    assert!(!has(11_000, 19_999));
+    assert!(!has(30_000, 40_000));
+    assert!(!has(10_000, 0), "an empty range");
+    assert!(
+        !s.has_samples(&Tenant::new("other").expect("tenant"), id, 0, 30_000)
+            .expect("read")
+    );
+}
+
 macro_rules! in_clear_and_encrypted {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -803,6 +836,7 @@ in_clear_and_encrypted!(
     flush_leaves_no_replaced_table_files_behind,
     series_left_without_data_by_retention_leave_the_index_and_can_come_back,
     sample_batches_survive_a_crash_through_the_wal,
+    has_samples_sees_the_head_chunks_and_gaps_inside_a_chunk,
 );
 
 #[test]
