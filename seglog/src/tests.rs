@@ -138,6 +138,44 @@ fn acknowledging_deletes_only_segments_wholly_below_the_cursor() {
 }
 
 #[test]
+fn a_rolled_segment_goes_with_the_acknowledgement_of_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = LogOptions {
+        segment_max_bytes: 1 << 20,
+    };
+    let (mut w, r, _) = open(dir.path(), big).expect("opens");
+    let ends = append_n(&mut w, 0, 3);
+    let end = *ends.last().expect("three records");
+    assert!(!w.roll_at(1 << 20).expect("roll"), "below the size: stays");
+    r.ack(end).expect("ack");
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "the current segment stays"
+    );
+
+    let ends = append_n(&mut w, 3, 3);
+    let end = *ends.last().expect("three records");
+    assert!(w.roll_at(1).expect("roll"));
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    r.ack(end).expect("ack");
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "only the new, empty segment"
+    );
+    assert!(!w.roll_at(1).expect("roll"), "an empty segment never rolls");
+    drop((w, r));
+
+    // After a restart the log goes on from the same offsets, and nothing comes back.
+    let (mut w, r, rec) = open(dir.path(), big).expect("reopens");
+    assert_eq!((rec.acked, rec.end), (end, end));
+    assert!(read_all(&r, rec.acked).records.is_empty());
+    append_n(&mut w, 6, 1);
+    assert_eq!(payloads(&read_all(&r, rec.acked)), vec![payload(6)]);
+}
+
+#[test]
 fn torn_tail_is_truncated_at_the_last_good_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ends = {

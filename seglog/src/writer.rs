@@ -122,6 +122,23 @@ impl LogWriter {
         Ok(self.end)
     }
 
+    /// Starts a new segment at the current end when the current one holds at least
+    /// `min_bytes` of records, and makes the change durable (file and directory fsynced).
+    /// Segments are deleted only whole: once everything up to the end is acknowledged, a
+    /// rolled segment can go, where the current one would have stayed until it filled up.
+    /// Returns whether it rolled.
+    pub fn roll_at(&mut self, min_bytes: u64) -> Result<bool, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if self.segment_len == 0 || self.segment_len < min_bytes {
+            return Ok(false);
+        }
+        self.roll()?;
+        self.sync()?;
+        Ok(true)
+    }
+
     /// Seals the current segment (fsynced, so readers may read it to its end) and starts the
     /// next one at the current end offset.
     fn roll(&mut self) -> Result<(), LogError> {

@@ -495,6 +495,56 @@ fn flush_settles_everything_and_keeps_the_data() {
     assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read").len(), 20);
 }
 
+/// Bytes of the WAL's segment files.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("wal"))
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A flush that leaves nothing in the head lets the whole WAL go (it starts a new segment),
+/// rather than keeping a partly filled segment of records fjall already holds.
+fn a_flush_releases_the_whole_wal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Tenant::default();
+    let l = labels("m", &[("a", "1")]);
+    let s = Storage::open(dir.path(), quiet()).expect("open");
+    for round in 0..4i64 {
+        let samples = (0..40_000)
+            .map(|i| Sample::new(1_700_000_000_000 + (round * 40_000 + i) * 1000, i as f64))
+            .collect();
+        s.submit_samples(SampleBatch {
+            tenant: t.clone(),
+            series: vec![(l.clone(), samples)],
+        })
+        .expect("queued")
+        .blocking_recv()
+        .expect("answered")
+        .expect("stored");
+    }
+    assert!(
+        wal_bytes(dir.path()) > 2 << 20,
+        "160,000 samples of 16 bytes are logged"
+    );
+    s.flush().expect("flush");
+    assert!(
+        wal_bytes(dir.path()) < 64 << 10,
+        "{} bytes of WAL left",
+        wal_bytes(dir.path())
+    );
+    let id = SeriesId::of(&t, &l);
+    drop(s);
+    let s = Storage::open(dir.path(), quiet()).expect("reopen");
+    assert_eq!(
+        s.samples(id, i64::MIN, i64::MAX).expect("read").len(),
+        160_000
+    );
+}
+
 /// Files in a keyspace's table folder, as on disk.
 fn table_files(ks: &fjall::Keyspace) -> usize {
     std::fs::read_dir(ks.path().join("tables"))
@@ -837,6 +887,7 @@ in_clear_and_encrypted!(
     series_left_without_data_by_retention_leave_the_index_and_can_come_back,
     sample_batches_survive_a_crash_through_the_wal,
     has_samples_sees_the_head_chunks_and_gaps_inside_a_chunk,
+    a_flush_releases_the_whole_wal,
 );
 
 #[test]

@@ -52,6 +52,9 @@ const MAX_CHUNK_SAMPLES: usize = 65_536;
 /// How often an idle writer checks whether the head is due for a flush.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
+/// At a checkpoint that leaves nothing unflushed, the WAL starts a new segment when the current
+/// one holds at least this much (so the old one can be deleted); less stays where it is.
+const WAL_ROLL_BYTES: u64 = 1024 * 1024;
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
 
@@ -809,6 +812,12 @@ impl Writer {
         self.ks.db.persist(PersistMode::SyncAll)?;
         if !self.fsync {
             self.wal.sync()?;
+        }
+        // When fjall holds everything the WAL does (a flush with no write since), a new
+        // segment lets the whole log go with this acknowledgement, instead of keeping up to
+        // a segment's worth of records that are already in fjall.
+        if self.flushed_end == self.logged_end && self.flushed_end == self.wal.end() {
+            self.wal.roll_at(WAL_ROLL_BYTES)?;
         }
         self.wal_reader.ack(self.flushed_end)?;
         self.last_checkpoint = Instant::now();

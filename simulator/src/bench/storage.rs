@@ -32,9 +32,10 @@
 //! - `data_index_bytes_per_sample`: the same without write-ahead logs and journals (the
 //!   issue's "data + index"): Updraft without `wal/` and fjall's `*.jnl`, InfluxDB without
 //!   `wal/`, Prometheus' blocks as they are (they have no log). The issue's target (≤ 0.30 ×
-//!   Prometheus on `iot-trucks`) is judged on this one. Updraft's two logs do not shrink on a
-//!   flush: the WAL drops whole 64 MiB segments only and fjall's journal is bounded at
-//!   64 MiB, so they are a fixed cost that dominates datasets of a few million samples.
+//!   Prometheus on `iot-trucks`) is judged on this one. After the flush the WAL is empty (a
+//!   flush that leaves nothing unflushed lets every segment go), but fjall's journal is
+//!   bounded at 64 MiB, not emptied, so it is a fixed cost that dominates datasets of a few
+//!   million samples.
 //!
 //! Bytes are allocated bytes (`du`), not file lengths: InfluxDB preallocates its series
 //! file as sparse 4 MiB segments (32 MiB of length, tens of KiB on disk). The notes give file
@@ -379,8 +380,8 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             "Data: {}; seed {}. Bytes allocated on disk (`du`). Updraft: core-node, remote_write \
              (requests of ≤ {} series × {} s), then stopped, reopened, compact_now + flush; all \
              files = every file of its data directory (tables, fjall journal, WAL); data+index = \
-             without the WAL and the journal (bounded logs: a 64 MiB WAL segment is dropped only \
-             whole, the journal is capped at 64 MiB; at this scale they dominate). Prometheus 2.42: promtool create-blocks-from \
+             without the WAL and the journal (the WAL is empty after the flush; the journal is \
+             capped at 64 MiB, not emptied, and at this scale it dominates). Prometheus 2.42: promtool create-blocks-from \
              openmetrics --max-block-duration={}; every file of every block (chunks, index, \
              meta). InfluxDB 1.6.7: line protocol over /write, cache snapshot and full \
              compaction after {} s cold; data (TSM, fields.idx), wal and meta directories, \
