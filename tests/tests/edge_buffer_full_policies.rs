@@ -88,7 +88,23 @@ fn a_full_buffer_follows_each_rules_policy_and_counts_every_drop() -> anyhow::Re
         } else {
             all_drops
         };
-        assert_eq!(stored + raw_lost, MESSAGES as f64, "{policy}: {m}");
+        assert!(
+            stored <= MESSAGES as f64,
+            "{policy}: more stored than sent: {stored}"
+        );
+        if policy == "reject_new" {
+            // Refusing new messages never touches what was delivered: exact.
+            assert_eq!(stored + raw_lost, MESSAGES as f64, "{policy}: {m}");
+        } else {
+            // An evicting policy may count again samples the fresh lane had already
+            // delivered from an evicted segment (docs/edge-agent.md, "Buffer full"), so the
+            // counts may exceed what is missing; no sample may be missing uncounted.
+            assert!(
+                stored + raw_lost >= MESSAGES as f64,
+                "{policy}: {} samples lost uncounted: {m}",
+                MESSAGES as f64 - stored - raw_lost
+            );
+        }
         match policy {
             "reject_new" => {
                 // The oldest samples were kept, the newest refused.
