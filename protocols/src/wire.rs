@@ -250,9 +250,16 @@ pub enum WireError {
 }
 
 fn frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
+    frame_sized(kind, body, 0)
+}
+
+/// As [`frame`], in a buffer with room for about `estimate` bytes from the start.
+fn frame_sized<T: Serialize>(kind: u8, body: &T, estimate: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate.max(2));
+    out.extend_from_slice(&[WIRE_VERSION, kind]);
     // Serialising plain structs into a Vec cannot fail: every type here is serde-derived with
     // no custom serialisers that return errors.
-    postcard::to_extend(body, vec![WIRE_VERSION, kind]).unwrap_or_default()
+    postcard::to_extend(body, out).unwrap_or_default()
 }
 
 impl WriteBatch {
@@ -274,10 +281,7 @@ impl WriteBatch {
                 .iter()
                 .map(|s| s.chunk.len() + labels(s) + 8)
                 .sum::<usize>();
-        let mut out = Vec::with_capacity(estimate);
-        out.extend_from_slice(&[WIRE_VERSION, KIND_WRITE_BATCH]);
-        // As in `frame`: serde-derived plain structs serialise into a Vec without error.
-        postcard::to_extend(self, out).unwrap_or_default()
+        frame_sized(KIND_WRITE_BATCH, self, estimate)
     }
 }
 

@@ -36,8 +36,10 @@
 //!
 //! # Write path
 //!
-//! [`Storage::submit`] queues a [`WriteBatch`] for the single writer thread (a bounded queue:
-//! a full queue is refused with [`SubmitError::Busy`] rather than growing memory). The writer
+//! [`Storage::submit`] queues an agent's [`WriteBatch`] (codec chunks) and
+//! [`Storage::submit_samples`] a [`SampleBatch`] from the HTTP ingest APIs (decoded samples,
+//! no agent) for the single writer thread (a bounded queue: a full queue is refused with
+//! [`SubmitError::Busy`] rather than growing memory). The writer
 //! takes every batch waiting (group commit), checks each against the agent's last applied
 //! `(epoch, sequence)`, appends the new ones to the WAL and fsyncs it (the configured
 //! durability), commits the new series and postings to fjall, appends the samples to the

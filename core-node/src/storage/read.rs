@@ -248,6 +248,56 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Calls `f` with every stored chunk of `series` (in `tenant`'s partitions) that may hold
+    /// a sample in `start_ms..=end_ms`, in key order (first timestamp, then write sequence),
+    /// opened and with its checksum-verified header, until `f` answers `false`.
+    fn chunks_overlapping(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+        mut f: impl FnMut(u64, &[u8], &codec::ChunkHeader) -> Result<bool, DataSourceError>,
+    ) -> Result<(), DataSourceError> {
+        // Chunks never span two days, so every chunk holding a sample in range starts at or
+        // after the first day's start (and at or before `end_ms`, by the key range).
+        let first_day = keys::day_start(start_ms);
+        let from = keys::chunk_key(series, first_day, 0);
+        let to = keys::chunk_key(series, end_ms, u64::MAX);
+        for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
+            for kv in partition.range(from..=to) {
+                let (k, v) = kv.into_inner().map_err(unavailable)?;
+                let (_, _, seq) =
+                    keys::decode_chunk_key(&k).ok_or_else(|| DataSourceError::Corrupt {
+                        series,
+                        detail: format!("chunk key of {} bytes", k.len()),
+                    })?;
+                let v = self
+                    .ks
+                    .vault
+                    .open_chunk(&k, &v)
+                    .map_err(|e| corrupt_chunk(series, seq, e))?;
+                let header = codec::header(&v).map_err(|e| corrupt_chunk(series, seq, e))?;
+                if header.max_ts < start_ms {
+                    continue;
+                }
+                if !f(seq, &v, &header)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn corrupt_chunk(series: SeriesId, seq: u64, e: impl std::fmt::Display) -> DataSourceError {
+    DataSourceError::Corrupt {
+        series,
+        detail: format!("chunk {seq}: {e}"),
+    }
+}
+
 impl DataSource for Storage {
     fn select_series(
         &self,
@@ -303,11 +353,6 @@ impl DataSource for Storage {
         // The head first, then fjall: a head flush between the two shows samples twice (they
         // merge), never zero times.
         let head = self.ks.head.range(series, start_ms, end_ms);
-        // Chunks never span two days, so every chunk holding a sample in range starts at or
-        // after the first day's start.
-        let first_day = keys::day_start(start_ms);
-        let from = keys::chunk_key(series, first_day, 0);
-        let to = keys::chunk_key(series, end_ms, u64::MAX);
         // Chunks come in key order: by first timestamp, then write sequence. Where each
         // starts after the previous one ends (a sealed day, a head flush after it), their
         // samples are already one ascending run; otherwise they are merged by timestamp with
@@ -315,31 +360,16 @@ impl DataSource for Storage {
         let mut pieces: Vec<(u64, Vec<Sample>)> = Vec::new();
         let mut in_order = true;
         let mut last_ts = i64::MIN;
-        for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
-            for kv in partition.range(from..=to) {
-                let (k, v) = kv.into_inner().map_err(unavailable)?;
-                let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
-                let (_, _, seq) = keys::decode_chunk_key(&k)
-                    .ok_or_else(|| corrupt(format!("chunk key of {} bytes", k.len())))?;
-                let v = self
-                    .ks
-                    .vault
-                    .open_chunk(&k, &v)
-                    .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-                let header = codec::header(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-                if header.max_ts < start_ms {
-                    continue;
-                }
-                if header.min_ts <= last_ts {
-                    in_order = false;
-                }
-                last_ts = last_ts.max(header.max_ts);
-                let mut samples =
-                    codec::decode(&v).map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-                samples.retain(|s| (start_ms..=end_ms).contains(&s.timestamp_ms));
-                pieces.push((seq, samples));
+        self.chunks_overlapping(tenant, series, start_ms, end_ms, |seq, chunk, header| {
+            if header.min_ts <= last_ts {
+                in_order = false;
             }
-        }
+            last_ts = last_ts.max(header.max_ts);
+            let mut samples = codec::decode(chunk).map_err(|e| corrupt_chunk(series, seq, e))?;
+            samples.retain(|s| (start_ms..=end_ms).contains(&s.timestamp_ms));
+            pieces.push((seq, samples));
+            Ok(true)
+        })?;
         let stored = if pieces.len() == 1 {
             pieces.pop().map(|(_, piece)| piece).unwrap_or_default()
         } else if in_order {
@@ -381,37 +411,19 @@ impl DataSource for Storage {
         if self.ks.head.any_in(series, tenant, start_ms, end_ms) {
             return Ok(true);
         }
-        // As in `samples_of`: chunks never span two days.
-        let first_day = keys::day_start(start_ms);
-        let from = keys::chunk_key(series, first_day, 0);
-        let to = keys::chunk_key(series, end_ms, u64::MAX);
-        for partition in self.ks.chunks.overlapping(tenant, first_day, end_ms) {
-            for kv in partition.range(from..=to) {
-                let (k, v) = kv.into_inner().map_err(unavailable)?;
-                let corrupt = |detail: String| DataSourceError::Corrupt { series, detail };
-                let v = self
-                    .ks
-                    .vault
-                    .open_chunk(&k, &v)
-                    .map_err(|e| corrupt(format!("chunk: {e}")))?;
-                let header = codec::header(&v).map_err(|e| corrupt(format!("chunk: {e}")))?;
-                // The key range holds only chunks starting at or before `end_ms`.
-                if header.max_ts < start_ms {
-                    continue;
-                }
-                if header.min_ts >= start_ms || header.max_ts <= end_ms {
-                    return Ok(true);
-                }
-                let samples = codec::decode(&v).map_err(|e| corrupt(format!("chunk: {e}")))?;
-                if samples
+        let mut found = false;
+        self.chunks_overlapping(tenant, series, start_ms, end_ms, |seq, chunk, header| {
+            // The chunk reaches into the range; unless it also spans all of it, one of its
+            // ends is in the range.
+            found = header.min_ts >= start_ms
+                || header.max_ts <= end_ms
+                || codec::decode(chunk)
+                    .map_err(|e| corrupt_chunk(series, seq, e))?
                     .iter()
-                    .any(|s| (start_ms..=end_ms).contains(&s.timestamp_ms))
-                {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+                    .any(|s| (start_ms..=end_ms).contains(&s.timestamp_ms));
+            Ok(!found)
+        })?;
+        Ok(found)
     }
 
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {

@@ -9,7 +9,7 @@
 //! | `chunks~…` values | the `chunks` data key | each chunk or merged block, after the codec compressed it |
 //! | `series` values | the `index` data key | postcard `(Tenant, Labels)` |
 //! | `postings` dictionary values | the `index` data key | one label name or value |
-//! | WAL records | the `wal` data key | one `WriteBatch` frame (see `seglog`) |
+//! | WAL records | the `wal` data key | one write batch: an agent's `WriteBatch` frame or an HTTP sample batch (see `super::record`, `seglog`) |
 //!
 //! Posting keys cannot be sealed (lookups need equal keys for equal labels), so label names
 //! and values in them are replaced by keyed hashes, `H` = HMAC-SHA256 under the `index_hash`

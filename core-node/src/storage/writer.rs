@@ -4,7 +4,8 @@
 //! # Durability: the write-ahead log and the head
 //!
 //! Every write batch is appended to the WAL (a [`seglog`] log under `<data-dir>/wal`, each
-//! record one `WriteBatch` wire frame) and the group is fsynced once before anything is
+//! record one batch as [`super::record`] lays it out: an agent's `WriteBatch` wire frame or an
+//! HTTP sample batch) and the group is fsynced once before anything is
 //! applied. Applying a group commits its new series (entries and postings) to fjall without an
 //! fsync of its own and appends its samples to the [`super::head`]; then the batches are
 //! acknowledged. A *head flush* writes the whole head as chunks in one fjall batch, together
