@@ -92,6 +92,17 @@ pub struct RunArgs {
     /// (hex); with neither, storage is not encrypted [default: none].
     #[arg(long, env = "UPDRAFT_CORE_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Turn read-only (writes refused with a retryable error, queries answered, /health 503)
+    /// when the data directory's file system has fewer free MiB than this, and take writes
+    /// again once it has 10 % more; 0 turns the guard off [default: 256].
+    #[arg(long, env = "UPDRAFT_CORE_MIN_FREE_DISK_MIB")]
+    pub min_free_disk_mib: Option<u64>,
+    /// After storage fails (a WAL or database write or fsync fails, or the writer thread
+    /// panics), keep answering /health 503 and /metrics for this many seconds, then exit with
+    /// status 1 so that a supervisor restarts the node (the restart replays the WAL)
+    /// [default: 10].
+    #[arg(long, env = "UPDRAFT_CORE_STORAGE_FAILURE_EXIT_SECS")]
+    pub storage_failure_exit_secs: Option<u64>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -120,7 +131,14 @@ struct FileConfig {
     #[serde(default)]
     tenant_retention: std::collections::BTreeMap<String, String>,
     master_key_file: Option<PathBuf>,
+    min_free_disk_mib: Option<u64>,
+    storage_failure_exit_secs: Option<u64>,
 }
+
+/// The default of `--min-free-disk-mib`.
+pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = crate::storage::DEFAULT_MIN_FREE_DISK_BYTES >> 20;
+/// The default of `--storage-failure-exit-secs`.
+pub const DEFAULT_STORAGE_FAILURE_EXIT_SECS: u64 = 10;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -143,6 +161,11 @@ pub struct CoreConfig {
     pub retention: Retention,
     /// Master key file for encryption at rest (else `UPDRAFT_MASTER_KEY`, else none).
     pub master_key_file: Option<PathBuf>,
+    /// Storage turns read-only below this many free bytes on the data directory's file
+    /// system; 0: never.
+    pub min_free_disk_bytes: u64,
+    /// How long a node whose storage failed goes on answering `/health` before it exits.
+    pub storage_failure_exit_after: std::time::Duration,
 }
 
 impl CoreConfig {
@@ -161,6 +184,10 @@ impl CoreConfig {
             limits: Limits::default(),
             retention: Retention::default(),
             master_key_file: None,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_MIB << 20,
+            storage_failure_exit_after: std::time::Duration::from_secs(
+                DEFAULT_STORAGE_FAILURE_EXIT_SECS,
+            ),
         }
     }
 
@@ -232,7 +259,17 @@ impl CoreConfig {
             (None, None) => None,
             _ => anyhow::bail!("http_tls_cert and http_tls_key go together: give both or neither"),
         };
+        let min_free_disk_mib = args
+            .min_free_disk_mib
+            .or(file.min_free_disk_mib)
+            .unwrap_or(DEFAULT_MIN_FREE_DISK_MIB);
         Ok(Self {
+            min_free_disk_bytes: min_free_disk_mib.saturating_mul(1 << 20),
+            storage_failure_exit_after: std::time::Duration::from_secs(
+                args.storage_failure_exit_secs
+                    .or(file.storage_failure_exit_secs)
+                    .unwrap_or(DEFAULT_STORAGE_FAILURE_EXIT_SECS),
+            ),
             limits,
             retention,
             master_key_file: args.master_key_file.or(file.master_key_file),

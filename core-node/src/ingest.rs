@@ -357,6 +357,13 @@ async fn apply(storage: &Storage, batch: WriteBatch) -> AckOutcome {
                 message: "storage is shutting down".into(),
             };
         }
+        // Read-only (disk almost full) or failed: the agent keeps buffering and retries.
+        Err(SubmitError::Unavailable { reason, .. }) => {
+            return AckOutcome::Failed {
+                code: ErrorCode::Unavailable,
+                message: format!("storage refuses writes: {reason}"),
+            };
+        }
     };
     match pending.await {
         Ok(Ok(outcome)) => outcome,

@@ -44,6 +44,7 @@ pub async fn run(
     let limits = config.limits.clone();
     let retention = config.retention.clone();
     let master_key_file = config.master_key_file.clone();
+    let min_free_disk_bytes = config.min_free_disk_bytes;
     let (storage, encrypted) = tokio::task::spawn_blocking(move || {
         let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
         let encrypted = encryption.is_some();
@@ -54,6 +55,7 @@ pub async fn run(
                 limits,
                 retention,
                 encryption,
+                min_free_disk_bytes,
                 ..Default::default()
             },
         )
@@ -141,6 +143,7 @@ pub async fn run(
     let reload_task = http_tls.map(|t| tokio::spawn(tls::watch_reloads(t.cert, stopped())));
     let quic_reload_task = tokio::spawn(tls::watch_reloads(quic_cert, stopped()));
     let watch_task = tokio::spawn(Arc::clone(&auth).watch(stopped()));
+    let mut storage_health = storage.watch_health();
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint,
         storage,
@@ -158,7 +161,29 @@ pub async fn run(
         "core node ready"
     );
 
-    shutdown.await;
+    // The supervisor: a failed storage writer cannot take writes again in this process, so
+    // the node reports it (health, metric, log) for a grace period, then exits non-zero for
+    // its supervisor (systemd, Kubernetes) to restart it; the restart replays the WAL.
+    let storage_failed = async {
+        match storage_health.wait_for(|h| h.is_failed()).await {
+            Ok(h) => h.reason().unwrap_or_default().to_owned(),
+            // The sender lives as long as storage does: not reached while we serve.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(shutdown);
+    let failure = tokio::select! {
+        () = &mut shutdown => None,
+        reason = storage_failed => {
+            let grace = config.storage_failure_exit_after;
+            tracing::error!(%reason, grace_secs = grace.as_secs(), "storage failed: the node exits after the grace period so that its supervisor restarts it (the WAL replay on start is safe)");
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = &mut shutdown => {}
+            }
+            Some(reason)
+        }
+    };
     tracing::info!("core node shutting down");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
@@ -171,7 +196,12 @@ pub async fn run(
         Ok(r) => r.context("HTTP server failed")?,
         Err(e) => return Err(e).context("HTTP server task failed"),
     }
-    Ok(())
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!(
+            "storage failed: {reason}; restart the node (it replays its write-ahead log)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The tenant-neutral, secret-free part of the configuration `GET /api/v1/admin/config`

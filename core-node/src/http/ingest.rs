@@ -477,6 +477,13 @@ pub(crate) async fn submit(
                     "storage is shutting down",
                 ));
             }
+            // Read-only (disk almost full) or failed: the client keeps its data and retries.
+            Err(SubmitError::Unavailable { reason, .. }) => {
+                return Err(IngestError::unavailable(
+                    protocol,
+                    format!("storage refuses writes, retry later: {reason}"),
+                ));
+            }
         }
     }
     let mut stored = Stored::default();

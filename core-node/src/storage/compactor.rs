@@ -13,13 +13,14 @@
 //! I/O is bounded: one (series, day) at a time, and at most [`MAX_MERGES_PER_PASS`] per pass.
 
 use super::partitions::{self, Retention};
-use super::writer::{Dirty, Replace, Request};
+use super::record::Record;
+use super::writer::{Dirty, Replace, Request, supervised};
 use super::{CompactionOptions, Keyspaces, StorageError, keys};
 use protocols::{Sample, SeriesId, Tenant, codec};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Most (series, day) merges one pass performs before it sleeps again.
 const MAX_MERGES_PER_PASS: usize = 2_000;
@@ -39,15 +40,20 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("storage-compactor".into())
         .spawn(move || {
-            // `recv_timeout` doubles as the sleep: a message or a disconnect means stop.
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(options.interval) {
-                if let Err(e) = enforce_retention(&ks, &queue, &retention, now_ms()) {
-                    tracing::error!(error = %e, "retention pass failed");
+            let health = Arc::clone(&ks.health);
+            let clock = ks.clock.clone();
+            supervised(&health, "storage compactor", || {
+                // `recv_timeout` doubles as the sleep: a message or a disconnect means stop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(options.interval)
+                {
+                    if let Err(e) = enforce_retention(&ks, &queue, &retention, clock.now_ms()) {
+                        tracing::error!(error = %e, "retention pass failed");
+                    }
+                    if let Err(e) = pass(&ks, &queue, &options, clock.now_ms()) {
+                        tracing::error!(error = %e, "compaction pass failed");
+                    }
                 }
-                if let Err(e) = pass(&ks, &queue, &options) {
-                    tracing::error!(error = %e, "compaction pass failed");
-                }
-            }
+            })
         })
         .map_err(StorageError::Thread)
 }
@@ -74,29 +80,20 @@ pub(super) fn enforce_retention(
         if partitions::end_of(index) >= cutoff {
             continue;
         }
-        let (tx, rx) = mpsc::channel();
-        let request = Request::DropPartition {
+        // Logged, so that the drop happens at the same point of the log wherever it is
+        // applied (a replay, a replica), whatever their clocks say.
+        let record = Record::DropPartition {
             tenant: tenant.clone(),
             index,
-            reply: tx,
         };
-        if queue.send(request).is_err() {
-            break;
-        }
-        match rx.recv() {
-            Ok(Ok(())) => {
-                dropped += 1;
+        match send_record(queue, record, "chunks", "dropping a partition")? {
+            Some(n) => {
+                dropped += n;
                 if !emptied.contains(&tenant) {
                     emptied.push(tenant);
                 }
             }
-            Ok(Err(e)) => {
-                return Err(StorageError::Corrupt {
-                    keyspace: "chunks",
-                    detail: format!("dropping a partition failed: {e}"),
-                });
-            }
-            Err(_) => break,
+            None => break,
         }
     }
     for tenant in emptied {
@@ -152,34 +149,37 @@ pub(super) fn forget_empty_series(
     }
     let mut forgotten = 0;
     for ids in candidates.chunks(FORGET_BATCH) {
-        let (tx, rx) = mpsc::channel();
-        let request = Request::ForgetSeries {
+        let record = Record::ForgetSeries {
             tenant: tenant.clone(),
             ids: ids.to_vec(),
-            reply: tx,
         };
-        if queue.send(request).is_err() {
-            break;
-        }
-        match rx.recv() {
-            Ok(Ok(n)) => forgotten += n,
-            Ok(Err(e)) => {
-                return Err(StorageError::Corrupt {
-                    keyspace: "series",
-                    detail: format!("removing series without data failed: {e}"),
-                });
-            }
-            Err(_) => break,
+        match send_record(queue, record, "series", "removing series without data")? {
+            Some(n) => forgotten += n,
+            None => break,
         }
     }
     Ok(forgotten)
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+/// Has the writer log and apply a retention record; `None` when the writer has stopped.
+fn send_record(
+    queue: &mpsc::SyncSender<Request>,
+    record: Record,
+    keyspace: &'static str,
+    what: &str,
+) -> Result<Option<usize>, StorageError> {
+    let (tx, rx) = mpsc::channel();
+    if queue.send(Request::Apply { record, reply: tx }).is_err() {
+        return Ok(None);
+    }
+    match rx.recv() {
+        Ok(Ok(n)) => Ok(Some(n)),
+        Ok(Err(e)) => Err(StorageError::Corrupt {
+            keyspace,
+            detail: format!("{what} failed: {e}"),
+        }),
+        Err(_) => Ok(None),
+    }
 }
 
 /// One pass over the dirty marks; returns how many days were merged.
@@ -187,8 +187,9 @@ pub(super) fn pass(
     ks: &Keyspaces,
     queue: &mpsc::SyncSender<Request>,
     options: &CompactionOptions,
+    now_ms: i64,
 ) -> Result<usize, StorageError> {
-    let seal_before = now_ms().saturating_sub(duration_ms(options.seal_after));
+    let seal_before = now_ms.saturating_sub(duration_ms(options.seal_after));
     let mut due = Vec::new();
     for kv in ks.dirty.iter() {
         let (k, v) = kv.into_inner()?;

@@ -61,8 +61,10 @@
 //! (every chunk's checksum verified as it is decoded) merged by timestamp. Reads see a consistent fjall
 //! snapshot per scan (a merge replaces its chunks atomically) and never wait for the writer.
 
+mod checksum;
 mod compactor;
 mod head;
+mod health;
 mod keys;
 pub mod partitions;
 mod read;
@@ -70,6 +72,8 @@ mod record;
 mod vault;
 mod writer;
 
+pub use checksum::ShardChecksum;
+pub use health::StorageHealth;
 pub use partitions::{Retention, parse_retention};
 pub use vault::Encryption;
 
@@ -115,6 +119,53 @@ pub struct StorageOptions {
     /// Whether the writer flushes the head when storage is dropped (the default). Tests turn
     /// it off to reopen a directory as a crash would leave it: the head only in the WAL.
     pub flush_head_on_stop: bool,
+    /// Below this many free bytes on the data directory's file system storage turns
+    /// read-only (writes refused, retryable) until there is room again ([`health`]); 0 turns
+    /// the guard off. Default [`DEFAULT_MIN_FREE_DISK_BYTES`].
+    pub min_free_disk_bytes: u64,
+    /// The clock admission and the retention pass read (never applying a record).
+    pub clock: Clock,
+}
+
+/// The default of [`StorageOptions::min_free_disk_bytes`]: room for a WAL segment (64 MiB),
+/// fjall's journal (64 MiB) and the head flushes and merges that run while writes are refused.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Milliseconds since the Unix epoch, as storage reads them: the system clock, or a fixed
+/// time in tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default()
+        }))
+    }
+
+    /// A clock that always reads `ms`.
+    pub fn fixed(ms: i64) -> Self {
+        Self(Arc::new(move || ms))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({} ms)", self.now_ms())
+    }
 }
 
 impl Default for StorageOptions {
@@ -130,6 +181,8 @@ impl Default for StorageOptions {
             head_max_samples: 4_000_000,
             head_max_age: Duration::from_secs(5 * 60),
             flush_head_on_stop: true,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            clock: Clock::system(),
         }
     }
 }
@@ -193,6 +246,9 @@ pub enum StorageError {
     },
     #[error("storage writer has stopped")]
     WriterStopped,
+    /// Storage refuses writes (read-only or failed; see [`health`]): retry later.
+    #[error("storage refuses writes: {0}")]
+    Unavailable(String),
     #[error("could not start a storage thread: {0}")]
     Thread(std::io::Error),
     #[error("write-ahead log: {0}")]
@@ -211,6 +267,10 @@ pub enum SubmitError<B = WriteBatch> {
     Busy(Box<B>),
     #[error("storage writer has stopped")]
     Stopped(Box<B>),
+    /// Storage is read-only (disk almost full) or failed: retry later, elsewhere or after a
+    /// restart.
+    #[error("storage refuses writes: {reason}")]
+    Unavailable { batch: Box<B>, reason: String },
 }
 
 /// Samples from the HTTP ingest APIs (remote_write, line protocol): no agent and no offset,
@@ -234,6 +294,10 @@ impl<B> SubmitError<B> {
         match self {
             Self::Busy(b) => SubmitError::Busy(Box::new(f(*b))),
             Self::Stopped(b) => SubmitError::Stopped(Box::new(f(*b))),
+            Self::Unavailable { batch, reason } => SubmitError::Unavailable {
+                batch: Box::new(f(*batch)),
+                reason,
+            },
         }
     }
 }
@@ -249,6 +313,9 @@ pub(crate) struct Keyspaces {
     head: head::Head,
     /// Series per tenant as the writer last committed them, for [`Storage::tenant_series`].
     tenant_series: Mutex<foldhash::HashMap<Tenant, u64>>,
+    health: Arc<health::Health>,
+    /// [`StorageOptions::clock`].
+    clock: Clock,
 }
 
 impl Keyspaces {
@@ -400,6 +467,8 @@ impl Storage {
             },
             head: head::Head::new(),
             tenant_series: Mutex::default(),
+            health: Arc::new(health::Health::new()),
+            clock: options.clock.clone(),
             db,
         });
         check_format(&ks)?;
@@ -451,21 +520,48 @@ impl Storage {
         let Some(queue) = &self.shared.queue else {
             return Err(SubmitError::Stopped(Box::new(batch)));
         };
+        if let Some(reason) = self.ks.health.get().reason() {
+            return Err(SubmitError::Unavailable {
+                batch: Box::new(batch),
+                reason: reason.to_owned(),
+            });
+        }
         let give_back = |r: writer::Request| match r {
             writer::Request::Write { batch, .. } => Box::new(batch),
-            // The request was built two lines below as a write; a replace never comes back here.
-            writer::Request::Replace { .. }
-            | writer::Request::DropPartition { .. }
-            | writer::Request::Checkpoint { .. }
-            | writer::Request::ForgetSeries { .. } => {
-                unreachable!("submit only sends writes")
-            }
+            // The request was built below as a write; no other kind comes back here.
+            _ => unreachable!("submit only sends writes"),
         };
         match queue.try_send(writer::Request::Write { batch, reply: tx }) {
             Ok(()) => Ok(rx),
             Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(give_back(r))),
             Err(mpsc::TrySendError::Disconnected(r)) => Err(SubmitError::Stopped(give_back(r))),
         }
+    }
+
+    /// Whether storage takes writes, and why not ([`health`]).
+    pub fn health(&self) -> StorageHealth {
+        self.ks.health.get()
+    }
+
+    /// Resolves on every change of [`Storage::health`]: the node's supervisor waits on it.
+    pub fn watch_health(&self) -> tokio::sync::watch::Receiver<StorageHealth> {
+        self.ks.health.subscribe()
+    }
+
+    /// Logs and applies a record admitted elsewhere, as it is (see `writer::Request::Apply`);
+    /// returns the samples stored, or the partitions or series a retention record removed.
+    /// Blocks until the record is durable and applied.
+    pub(crate) fn apply_admitted(&self, record: record::Record) -> Result<usize, StorageError> {
+        let Some(queue) = &self.shared.queue else {
+            return Err(StorageError::WriterStopped);
+        };
+        let (tx, rx) = mpsc::channel();
+        queue
+            .send(writer::Request::Apply { record, reply: tx })
+            .map_err(|_| StorageError::WriterStopped)?;
+        rx.recv()
+            .map_err(|_| StorageError::WriterStopped)?
+            .map_err(|e| StorageError::Unavailable(e.to_string()))
     }
 
     /// Series `tenant` has (as of the writer's last commit): what `--max-series-per-tenant`
@@ -490,7 +586,7 @@ impl Storage {
         };
         let mut total = 0;
         loop {
-            match compactor::pass(&self.ks, queue, options)? {
+            match compactor::pass(&self.ks, queue, options, self.ks.clock.now_ms())? {
                 0 => return Ok(total),
                 n => total += n,
             }

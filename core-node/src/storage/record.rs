@@ -8,6 +8,10 @@
 //! |---|---|---|
 //! | `1` | an edge agent's [`WriteBatch`] | its wire frame as it came over QUIC (postcard, codec chunks) |
 //! | `0x80` | a [`SampleBatch`] from the HTTP ingest APIs | the layout below |
+//! | `0x81` | a retention drop of one partition | tenant (as below), partition index (i64 LE) |
+//! | `0x82` | a removal of series without data | tenant, uvarint count, series ids (u64 LE each) |
+//!
+//! Sample batches:
 //!
 //! ```text
 //! tenant:  uvarint length, UTF-8 bytes
@@ -22,17 +26,98 @@
 //! nothing. 16 bytes a sample costs more WAL than a chunk, but the WAL only holds what the head
 //! holds (it is released at each head flush).
 //!
+//! A write record holds only what was **admitted**: the writer takes every decision that
+//! reads the clock (retention), the node's settings (limits) or node-wide counters (series per
+//! tenant) when it accepts a write, before logging it, and a refused series never reaches the
+//! log. Applying a record therefore depends only on the record and the state it is applied to,
+//! so a replay, or another replica applying the same log, ends in the same data. Retention
+//! drops and series removals are decided the same way (by the retention pass, with its clock
+//! and settings) and logged as records of their own, so they happen at the same point of the
+//! log everywhere. Records written before admission existed (the same kinds `1` and `0x80`) are
+//! applied as admitted too: at worst a series refused at their first apply is stored by a
+//! replay, which loses nothing.
+//!
 //! Kinds from `0x80` on are the core's own and never travel on the wire. Compatibility: a new
 //! layout gets a new kind; replay keeps reading the old ones. A record of an unknown kind is
 //! skipped and counted as corrupt, as before.
 
 use super::SampleBatch;
 use protocols::wire::{Message, WIRE_VERSION, WriteBatch};
-use protocols::{Label, Labels, Sample, Tenant};
+use protocols::{Label, Labels, Sample, SeriesId, Tenant};
 
 /// The kind byte of a [`SampleBatch`] record.
 const KIND_SAMPLES: u8 = 0x80;
+/// The kind byte of a [`Record::DropPartition`].
+const KIND_DROP_PARTITION: u8 = 0x81;
+/// The kind byte of a [`Record::ForgetSeries`].
+const KIND_FORGET_SERIES: u8 = 0x82;
 const SAMPLE_BYTES: usize = 16;
+
+/// One WAL record: an admitted write, or a decision of the retention pass.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Write(Batch),
+    /// Drop partition `index` of `tenant` (wholly past its retention when it was decided).
+    DropPartition {
+        tenant: Tenant,
+        index: i64,
+    },
+    /// Remove these series of `tenant` from the index if they hold no sample when applied.
+    ForgetSeries {
+        tenant: Tenant,
+        ids: Vec<SeriesId>,
+    },
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Write(b) => b.encode(),
+            Self::DropPartition { tenant, index } => {
+                let mut out = Vec::with_capacity(2 + 10 + tenant.as_str().len() + 8);
+                out.extend_from_slice(&[WIRE_VERSION, KIND_DROP_PARTITION]);
+                put_bytes(&mut out, tenant.as_str().as_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out
+            }
+            Self::ForgetSeries { tenant, ids } => {
+                let mut out = Vec::with_capacity(2 + 20 + tenant.as_str().len() + ids.len() * 8);
+                out.extend_from_slice(&[WIRE_VERSION, KIND_FORGET_SERIES]);
+                put_bytes(&mut out, tenant.as_str().as_bytes());
+                put_uvarint(&mut out, ids.len() as u64);
+                for id in ids {
+                    out.extend_from_slice(&id.0.to_le_bytes());
+                }
+                out
+            }
+        }
+    }
+
+    /// Reads a record written by [`Record::encode`].
+    pub fn decode(record: &[u8]) -> Result<Self, RecordError> {
+        match record {
+            [WIRE_VERSION, KIND_DROP_PARTITION, body @ ..] => {
+                let mut r = Reader(body);
+                let tenant = r.tenant()?;
+                let index = i64::from_le_bytes(r.array()?);
+                r.end()?;
+                Ok(Self::DropPartition { tenant, index })
+            }
+            [WIRE_VERSION, KIND_FORGET_SERIES, body @ ..] => {
+                let mut r = Reader(body);
+                let tenant = r.tenant()?;
+                let n = r.count(8)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(SeriesId(u64::from_le_bytes(r.array()?)));
+                }
+                r.end()?;
+                Ok(Self::ForgetSeries { tenant, ids })
+            }
+            _ => Batch::decode(record).map(Self::Write),
+        }
+    }
+}
 
 /// A batch the writer logs and applies.
 #[derive(Debug)]
@@ -115,7 +200,7 @@ fn encode_samples(b: &SampleBatch) -> Vec<u8> {
 
 fn decode_samples(body: &[u8]) -> Result<SampleBatch, RecordError> {
     let mut r = Reader(body);
-    let tenant = Tenant::new(r.string()?).map_err(|e| RecordError::Invalid(e.to_string()))?;
+    let tenant = r.tenant()?;
     let count = r.count(1)?;
     let mut series = Vec::with_capacity(count);
     for _ in 0..count {
@@ -140,12 +225,7 @@ fn decode_samples(body: &[u8]) -> Result<SampleBatch, RecordError> {
             .collect();
         series.push((labels, samples));
     }
-    if !r.0.is_empty() {
-        return Err(RecordError::Invalid(format!(
-            "{} bytes after the last series",
-            r.0.len()
-        )));
-    }
+    r.end()?;
     Ok(SampleBatch { tenant, series })
 }
 
@@ -195,6 +275,25 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let bytes = self.take(N)?;
+        bytes.try_into().map_err(|_| RecordError::Truncated)
+    }
+
+    fn tenant(&mut self) -> Result<Tenant, RecordError> {
+        Tenant::new(self.string()?).map_err(|e| RecordError::Invalid(e.to_string()))
+    }
+
+    /// Refuses bytes after the record's last field.
+    fn end(&self) -> Result<(), RecordError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(RecordError::Invalid(format!(
+                "{n} bytes after the record's end"
+            ))),
+        }
     }
 
     fn string(&mut self) -> Result<String, RecordError> {
@@ -293,13 +392,45 @@ mod tests {
         assert!(matches!(Batch::decode(&huge), Err(RecordError::Truncated)));
     }
 
+    #[test]
+    fn retention_records_round_trip_and_refuse_damage() {
+        let tenant = Tenant::new("acme").expect("valid");
+        let drop = Record::DropPartition {
+            tenant: tenant.clone(),
+            index: -3,
+        };
+        let forget = Record::ForgetSeries {
+            tenant: tenant.clone(),
+            ids: vec![SeriesId(1), SeriesId(u64::MAX)],
+        };
+        for record in [drop, forget] {
+            let bytes = record.encode();
+            let back = Record::decode(&bytes).expect("decodes");
+            assert_eq!(back.encode(), bytes, "{back:?}");
+            for cut in 2..bytes.len() {
+                assert!(Record::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut extra = bytes.clone();
+            extra.push(0);
+            assert!(Record::decode(&extra).is_err());
+        }
+        let Record::Write(Batch::Samples(b)) =
+            Record::decode(&Record::Write(Batch::Samples(batch())).encode()).expect("ok")
+        else {
+            panic!("decoded another kind")
+        };
+        assert_eq!(bits(&b), bits(&batch()));
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let mut record = vec![WIRE_VERSION, KIND_SAMPLES];
-            record.extend_from_slice(&bytes);
-            let _ = Batch::decode(&record);
-            let _ = Batch::decode(&bytes);
+            for kind in [KIND_SAMPLES, KIND_DROP_PARTITION, KIND_FORGET_SERIES] {
+                let mut record = vec![WIRE_VERSION, kind];
+                record.extend_from_slice(&bytes);
+                let _ = Record::decode(&record);
+            }
+            let _ = Record::decode(&bytes);
         }
 
         #[test]

@@ -255,12 +255,15 @@ fn compaction_merges_a_day_into_one_block_and_later_writes_still_win() {
         ..CompactionOptions::default()
     };
     let queue = s.shared.queue.clone().expect("queue");
-    assert_eq!(compactor::pass(&s.ks, &queue, &opts).expect("pass"), 1);
+    assert_eq!(
+        compactor::pass(&s.ks, &queue, &opts, Clock::system().now_ms()).expect("pass"),
+        1
+    );
     // The day with 11 chunks is one block now; the day before keeps its single chunk.
     assert_eq!(chunk_count(&s, id), 2);
     assert_eq!(s.samples(id, i64::MIN, i64::MAX).expect("read"), before);
     assert_eq!(
-        compactor::pass(&s.ks, &queue, &opts).expect("pass"),
+        compactor::pass(&s.ks, &queue, &opts, Clock::system().now_ms()).expect("pass"),
         0,
         "nothing left dirty"
     );
