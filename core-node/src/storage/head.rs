@@ -142,6 +142,28 @@ impl Head {
         Ok(())
     }
 
+    /// Removes every sample of `tenant`'s series with `start_ms <= timestamp <= end_ms` (a
+    /// retention drop of that time range); returns how many went.
+    pub fn remove_range(&self, tenant: &Tenant, start_ms: i64, end_ms: i64) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = write(shard);
+            shard.retain(|_, series| {
+                if &series.tenant != tenant {
+                    return true;
+                }
+                let before = series.samples.len();
+                series
+                    .samples
+                    .retain(|s| !(start_ms..=end_ms).contains(&s.timestamp_ms));
+                removed += before - series.samples.len();
+                !series.samples.is_empty()
+            });
+        }
+        self.samples.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
     /// Empties the head after a flush committed everything it held.
     pub fn clear(&self) {
         for shard in self.shards.iter() {

@@ -21,6 +21,11 @@ pub fn index_of(timestamp_ms: i64) -> i64 {
     timestamp_ms.div_euclid(PARTITION_MS)
 }
 
+/// The first millisecond of partition `index`.
+pub fn start_of(index: i64) -> i64 {
+    index.saturating_mul(PARTITION_MS)
+}
+
 /// The last millisecond of partition `index`.
 pub fn end_of(index: i64) -> i64 {
     (index + 1)

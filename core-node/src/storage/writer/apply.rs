@@ -13,7 +13,7 @@
 
 use super::super::record::{Batch, Record};
 use super::super::vault::DictionaryId;
-use super::super::{SampleBatch, StorageError, keys};
+use super::super::{SampleBatch, StorageError, keys, partitions};
 use super::{Dirty, Replace, Writer, corrupt};
 use fjall::{Keyspace, OwnedWriteBatch};
 use foldhash::{HashMap, HashSet};
@@ -133,10 +133,15 @@ impl Writer {
         }
     }
 
-    /// Drops one partition (its own atomic step in fjall, not part of the group's batch).
+    /// Drops one partition (its own atomic step in fjall, not part of the group's batch) and
+    /// the head's samples of the same tenant and time range: which of them a head flush had
+    /// already moved to fjall is local, what goes is not. Answers whether the partition
+    /// existed here (local too: a number for the log, not part of the data).
     fn apply_drop(&self, tenant: &Tenant, index: i64) -> RetentionOutcome {
         let existed = self.ks.chunks.get(tenant, index).is_some();
         self.ks.chunks.drop_partition(tenant, index)?;
+        let (start, end) = (partitions::start_of(index), partitions::end_of(index));
+        self.ks.head.remove_range(tenant, start, end);
         if existed {
             metrics::counter!("updraft_core_partitions_dropped_total").increment(1);
             tracing::info!(%tenant, partition = index, "dropped a partition past retention");

@@ -76,29 +76,47 @@ impl Writer {
                 .iter()
                 .filter(|r| applied.is_none_or(|a| r.end > a))
             {
-                last_end = Some(record.end);
                 match Record::decode(&record.payload) {
+                    Ok(mut r @ (Record::DropPartition { .. } | Record::ForgetSeries { .. })) => {
+                        // A retention record was committed in a group of its own: so it is
+                        // replayed, after everything before it is absorbed.
+                        if let Some(end) = last_end.take() {
+                            self.commit_replayed(
+                                std::mem::replace(&mut wb, self.ks.db.batch()),
+                                std::mem::take(&mut p),
+                                end,
+                            )?;
+                        }
+                        p.next_seq = self.next_seq;
+                        let _ = self.apply_record(&mut wb, &mut p, &mut r);
+                        self.commit_replayed(
+                            std::mem::replace(&mut wb, self.ks.db.batch()),
+                            std::mem::take(&mut p),
+                            record.end,
+                        )?;
+                        p.next_seq = self.next_seq;
+                        batches += 1;
+                    }
                     Ok(mut r) => {
                         // Admission happened before the record was logged: what it holds is
                         // applied whatever the limits, retention or clock are now.
                         let _ = self.apply_record(&mut wb, &mut p, &mut r);
+                        last_end = Some(record.end);
                         batches += 1;
                     }
                     Err(_) => {
                         // Checksummed bytes we wrote ourselves: a newer or broken build.
                         corrupt += record.end.0 - record.start.0;
+                        last_end = Some(record.end);
                         tracing::error!(offset = record.start.0, "undecodable WAL record skipped");
                     }
                 }
             }
             if let Some(end) = last_end {
-                // New series entries; the samples go to the head, as in `commit_group`.
-                wb.commit()?;
-                self.absorb(p);
-                self.logged_end = end;
-                if self.ks.head.len() >= self.head_max_samples {
-                    self.flush_head()?;
-                }
+                self.commit_replayed(wb, p, end)?;
+            }
+            if self.ks.head.len() >= self.head_max_samples {
+                self.flush_head()?;
             }
             from = chunk.next;
         }
@@ -110,6 +128,21 @@ impl Writer {
         metrics::counter!("updraft_core_wal_replayed_batches_total").increment(batches);
         self.checkpoint()?;
         tracing::info!(batches, corrupt_bytes = corrupt, elapsed = ?started.elapsed(), "WAL replayed");
+        Ok(())
+    }
+
+    /// Commits replayed records up to `end`: new series entries to fjall, samples to the head,
+    /// as `commit_group` does.
+    fn commit_replayed(
+        &mut self,
+        mut wb: fjall::OwnedWriteBatch,
+        p: Pending,
+        end: Offset,
+    ) -> Result<(), StorageError> {
+        self.stage_dirty(&mut wb, &p);
+        wb.commit()?;
+        self.absorb(p);
+        self.logged_end = end;
         Ok(())
     }
 

@@ -437,7 +437,7 @@ impl Writer {
         // retention free space and the compactor and checkpoints finish.
         let health = self.ks.health.get();
         if health.is_failed() {
-            return refuse(group, &health.reason().unwrap_or_default().to_owned(), true);
+            return refuse(group, health.reason().unwrap_or_default(), true);
         }
         let (group, refused): (Vec<Request>, Vec<Request>) = match health.reason() {
             Some(_) => group
