@@ -509,10 +509,12 @@ pub(crate) async fn submit(
                     IngestError::internal(protocol, message)
                 });
             }
+            // Nothing of the batch was applied: a storage error is the node's, never the
+            // client's, and the client keeps its data and retries.
             Ok(Err(e)) => {
-                return Err(IngestError::internal(
+                return Err(IngestError::unavailable(
                     protocol,
-                    format!("storage failed: {e}"),
+                    format!("{e}; retry later"),
                 ));
             }
             Err(_) => return Err(IngestError::unavailable(protocol, "storage writer stopped")),

@@ -553,7 +553,10 @@ impl Storage {
     /// Blocks until the record is durable and applied.
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "tests today; a cluster follower's apply path next")
+        expect(
+            dead_code,
+            reason = "tests today; a cluster follower's apply path next"
+        )
     )]
     pub(crate) fn apply_admitted(&self, record: record::Record) -> Result<usize, StorageError> {
         let Some(queue) = &self.shared.queue else {
