@@ -2,6 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
+use crate::logging::LogFormat;
 use crate::storage::{Durability, Limits, Retention, parse_retention};
 use crate::tls::{HttpTlsFiles, TlsFiles, TlsMinVersion};
 use anyhow::Context;
@@ -92,6 +93,10 @@ pub struct RunArgs {
     /// (hex); with neither, storage is not encrypted [default: none].
     #[arg(long, env = "UPDRAFT_CORE_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line, for log shippers); RUST_LOG sets the filter [default: text].
+    #[arg(long, value_enum, env = "UPDRAFT_CORE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -120,6 +125,7 @@ struct FileConfig {
     #[serde(default)]
     tenant_retention: std::collections::BTreeMap<String, String>,
     master_key_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
 }
 
 /// A validated configuration.
@@ -143,6 +149,8 @@ pub struct CoreConfig {
     pub retention: Retention,
     /// Master key file for encryption at rest (else `UPDRAFT_MASTER_KEY`, else none).
     pub master_key_file: Option<PathBuf>,
+    /// How `main` sets up logging (the node itself only emits events).
+    pub log_format: LogFormat,
 }
 
 impl CoreConfig {
@@ -161,6 +169,7 @@ impl CoreConfig {
             limits: Limits::default(),
             retention: Retention::default(),
             master_key_file: None,
+            log_format: LogFormat::default(),
         }
     }
 
@@ -236,6 +245,7 @@ impl CoreConfig {
             limits,
             retention,
             master_key_file: args.master_key_file.or(file.master_key_file),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             http_tls,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args
@@ -282,7 +292,7 @@ mod tests {
         let path = dir.path().join("core.toml");
         std::fs::write(
             &path,
-            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:1\"\ndurability = \"buffered\"\n",
+            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:1\"\ndurability = \"buffered\"\nlog_format = \"json\"\n",
         )
         .expect("write");
         let cfg = CoreConfig::from_args(RunArgs {
@@ -295,6 +305,7 @@ mod tests {
         assert_eq!(cfg.http_listen.port(), 2);
         assert_eq!(cfg.durability, Durability::Buffered);
         assert_eq!(cfg.quic_listen.port(), 4433);
+        assert_eq!(cfg.log_format, LogFormat::Json);
 
         std::fs::write(&path, "no_such_option = 1\n").expect("write");
         let err = CoreConfig::from_args(RunArgs {

@@ -53,6 +53,7 @@ mod broker;
 mod buffer;
 mod http;
 mod ingest;
+pub mod logging;
 mod mapping;
 mod reload;
 mod telemetry;

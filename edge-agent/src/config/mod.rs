@@ -25,6 +25,7 @@ use std::time::Duration;
 
 mod bridge;
 
+pub use crate::logging::LogFormat;
 pub use crate::mapping::{
     Decoder, Overflow, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate,
 };
@@ -207,6 +208,8 @@ pub struct AgentConfig {
     pub mqtt_tls_client_cert_as_username: bool,
     /// Bridge mode: also subscribe to an existing broker.
     pub bridge: Option<BridgeConfig>,
+    /// How `main` sets up logging (the agent itself only emits events).
+    pub log_format: LogFormat,
 }
 
 impl Default for AgentConfig {
@@ -244,6 +247,7 @@ impl Default for AgentConfig {
             mqtt_tls_client_ca: None,
             mqtt_tls_client_cert_as_username: false,
             bridge: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -333,6 +337,7 @@ impl AgentConfig {
             bridge_username: cli.bridge_username.or(file.bridge_username),
             bridge_password: cli.bridge_password.or(file.bridge_password),
             bridge_ca: cli.bridge_ca.or(file.bridge_ca),
+            log_format: layer!(log_format),
         };
         raw.validate()
     }
@@ -616,6 +621,11 @@ struct Cli {
     /// CA certificate (PEM): connect to the bridged broker over TLS, trusting only this CA
     #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_BRIDGE_CA")]
     bridge_ca: Option<PathBuf>,
+
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line, for log shippers); RUST_LOG sets the filter
+    #[arg(long, value_name = "FORMAT", value_enum, env = "UPDRAFT_EDGE_LOG_FORMAT", default_value = LogFormat::DEFAULT)]
+    log_format: LogFormat,
 }
 
 impl Cli {
@@ -684,6 +694,7 @@ impl Cli {
             mqtt_tls_client_ca: self.mqtt_tls_client_ca,
             mqtt_tls_client_cert_as_username: self.mqtt_tls_client_cert_as_username,
             bridge,
+            log_format: self.log_format,
         };
         config.validate()?;
         Ok(config)
@@ -727,6 +738,7 @@ struct FileConfig {
     bridge_username: Option<String>,
     bridge_password: Option<String>,
     bridge_ca: Option<PathBuf>,
+    log_format: Option<LogFormat>,
 }
 
 impl FileConfig {
