@@ -53,6 +53,11 @@ pub const DEFAULT_BACKLOG_RATE: u64 = 0;
 pub const DEFAULT_MQTT_MAX_PUBLISH_RATE: u32 = 0;
 /// Fsync every burst at once by default.
 pub const DEFAULT_BUFFER_FSYNC_INTERVAL_MS: u64 = 0;
+/// Long enough for a scrape or a health check to see a failed buffer, short enough that a
+/// restart comes soon (devices wait meanwhile).
+pub const DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS: u64 = 10_000;
+/// Upper bound of `--buffer-failure-exit-delay-ms`.
+const MAX_BUFFER_FAILURE_EXIT_DELAY_MS: u64 = 600_000;
 
 /// Longest accepted agent id, in bytes.
 const MAX_AGENT_ID_BYTES: usize = 128;
@@ -186,6 +191,9 @@ pub struct AgentConfig {
     /// Shortest time between two fsyncs of the buffer (0: one per burst, at once). Every
     /// acknowledgement still waits for the fsync covering its message.
     pub buffer_fsync_interval: Duration,
+    /// How long the agent reports a failed buffer (`/health` 503, `updraft_edge_buffer_healthy`
+    /// 0) before it exits with an error for its supervisor to restart it.
+    pub buffer_failure_exit_delay: Duration,
     /// Most PUBLISH packets per second per MQTT connection, i.e. per device (0: no limit).
     pub mqtt_max_publish_rate: u32,
     /// The master key for encryption at rest of the buffer (32 bytes, raw or hex); without
@@ -238,6 +246,7 @@ impl Default for AgentConfig {
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             backlog_rate: DEFAULT_BACKLOG_RATE,
             buffer_fsync_interval: Duration::from_millis(DEFAULT_BUFFER_FSYNC_INTERVAL_MS),
+            buffer_failure_exit_delay: Duration::from_millis(DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS),
             mqtt_max_publish_rate: DEFAULT_MQTT_MAX_PUBLISH_RATE,
             master_key_file: None,
             mqtt_users_file: None,
@@ -323,6 +332,7 @@ impl AgentConfig {
             buffer_max_bytes: layer!(buffer_max_bytes),
             backlog_rate: layer!(backlog_rate),
             buffer_fsync_interval_ms: layer!(buffer_fsync_interval_ms),
+            buffer_failure_exit_delay_ms: layer!(buffer_failure_exit_delay_ms),
             mqtt_max_publish_rate: layer!(mqtt_max_publish_rate),
             master_key_file: cli.master_key_file.or(file.master_key_file),
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
@@ -372,6 +382,13 @@ impl AgentConfig {
         range("batch-max-delay-ms", delay_ms, 0, 60_000)?;
         let fsync_ms = u64::try_from(self.buffer_fsync_interval.as_millis()).unwrap_or(u64::MAX);
         range("buffer-fsync-interval-ms", fsync_ms, 0, 60_000)?;
+        let exit_ms = u64::try_from(self.buffer_failure_exit_delay.as_millis()).unwrap_or(u64::MAX);
+        range(
+            "buffer-failure-exit-delay-ms",
+            exit_ms,
+            0,
+            MAX_BUFFER_FAILURE_EXIT_DELAY_MS,
+        )?;
         range(
             "buffer-segment-bytes",
             self.buffer_segment_bytes,
@@ -541,6 +558,13 @@ struct Cli {
     #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FSYNC_INTERVAL_MS", default_value_t = DEFAULT_BUFFER_FSYNC_INTERVAL_MS)]
     buffer_fsync_interval_ms: u64,
 
+    /// When the buffer fails (an append or fsync error, or a panic of its thread), the agent
+    /// takes no more messages, answers /health with 503 and the reason, sets
+    /// updraft_edge_buffer_healthy to 0, and exits with an error this many ms later for its
+    /// supervisor to restart it (recovery keeps every fsynced sample). At most 600000
+    #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FAILURE_EXIT_DELAY_MS", default_value_t = DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS)]
+    buffer_failure_exit_delay_ms: u64,
+
     /// Most PUBLISH packets per second per MQTT connection (a device), bursts of up to that
     /// many allowed; a faster connection is slowed down (its socket is not read meanwhile,
     /// counted in updraft_edge_mqtt_throttled_total), never dropped. 0: no limit
@@ -685,6 +709,7 @@ impl Cli {
             buffer_max_bytes: self.buffer_max_bytes,
             backlog_rate: self.backlog_rate,
             buffer_fsync_interval: Duration::from_millis(self.buffer_fsync_interval_ms),
+            buffer_failure_exit_delay: Duration::from_millis(self.buffer_failure_exit_delay_ms),
             mqtt_max_publish_rate: self.mqtt_max_publish_rate,
             master_key_file: self.master_key_file,
             mqtt_users_file: self.mqtt_users_file,
@@ -724,6 +749,7 @@ struct FileConfig {
     buffer_max_bytes: Option<u64>,
     backlog_rate: Option<u64>,
     buffer_fsync_interval_ms: Option<u64>,
+    buffer_failure_exit_delay_ms: Option<u64>,
     mqtt_max_publish_rate: Option<u32>,
     master_key_file: Option<PathBuf>,
     mqtt_users_file: Option<PathBuf>,

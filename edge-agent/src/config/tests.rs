@@ -150,6 +150,9 @@ fn invalid_values_name_the_option() {
     let huge = u64::MAX.to_string();
     assert!(msg(&["--buffer-fsync-interval-ms", &huge]).contains("--buffer-fsync-interval-ms"));
     assert!(parse(&["--buffer-fsync-interval-ms", "60000"]).is_ok());
+    assert!(msg(&["--buffer-failure-exit-delay-ms", "600001"]).contains("exit-delay"));
+    let c = parse(&["--buffer-failure-exit-delay-ms", "0"]).expect("valid");
+    assert_eq!(c.buffer_failure_exit_delay, Duration::ZERO);
     assert!(msg(&["--http-listen", "127.0.0.1:1883"]).contains("same address"));
     let repeated = parse(&["--core", "a:1", "--core", "b:2"]).expect("valid");
     assert_eq!(repeated.core.len(), 2);
