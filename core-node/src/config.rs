@@ -2,6 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
+use crate::logging::LogFormat;
 use crate::storage::{Durability, Limits, Retention, parse_retention};
 use crate::tls::{HttpTlsFiles, TlsFiles, TlsMinVersion};
 use anyhow::Context;
@@ -103,6 +104,10 @@ pub struct RunArgs {
     /// [default: 10].
     #[arg(long, env = "UPDRAFT_CORE_STORAGE_FAILURE_EXIT_SECS")]
     pub storage_failure_exit_secs: Option<u64>,
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line, for log shippers); RUST_LOG sets the filter [default: text].
+    #[arg(long, value_enum, env = "UPDRAFT_CORE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -133,6 +138,7 @@ struct FileConfig {
     master_key_file: Option<PathBuf>,
     min_free_disk_mib: Option<u64>,
     storage_failure_exit_secs: Option<u64>,
+    log_format: Option<LogFormat>,
 }
 
 /// The default of `--min-free-disk-mib`.
@@ -166,6 +172,8 @@ pub struct CoreConfig {
     pub min_free_disk_bytes: u64,
     /// How long a node whose storage failed goes on answering `/health` before it exits.
     pub storage_failure_exit_after: std::time::Duration,
+    /// How `main` sets up logging (the node itself only emits events).
+    pub log_format: LogFormat,
 }
 
 impl CoreConfig {
@@ -188,6 +196,7 @@ impl CoreConfig {
             storage_failure_exit_after: std::time::Duration::from_secs(
                 DEFAULT_STORAGE_FAILURE_EXIT_SECS,
             ),
+            log_format: LogFormat::default(),
         }
     }
 
@@ -273,6 +282,7 @@ impl CoreConfig {
             limits,
             retention,
             master_key_file: args.master_key_file.or(file.master_key_file),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             http_tls,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(base.data_dir),
             quic_listen: args
@@ -319,7 +329,7 @@ mod tests {
         let path = dir.path().join("core.toml");
         std::fs::write(
             &path,
-            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:1\"\ndurability = \"buffered\"\n",
+            "data_dir = \"/from/file\"\nhttp_listen = \"127.0.0.1:1\"\ndurability = \"buffered\"\nlog_format = \"json\"\n",
         )
         .expect("write");
         let cfg = CoreConfig::from_args(RunArgs {
@@ -332,6 +342,7 @@ mod tests {
         assert_eq!(cfg.http_listen.port(), 2);
         assert_eq!(cfg.durability, Durability::Buffered);
         assert_eq!(cfg.quic_listen.port(), 4433);
+        assert_eq!(cfg.log_format, LogFormat::Json);
 
         std::fs::write(&path, "no_such_option = 1\n").expect("write");
         let err = CoreConfig::from_args(RunArgs {

@@ -16,12 +16,14 @@
 //!   [`query::DataSource`].
 //! - [`http`]: the Prometheus-compatible HTTP API, remote_write and InfluxDB line protocol
 //!   ingest, `/metrics` and `/health`.
+//! - [`logging`]: log lines on stderr as text or JSON (`--log-format`).
 
 pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod logging;
 pub mod storage;
 pub mod tls;
 

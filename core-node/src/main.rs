@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use core_node::auth::store::TokenFileStore;
 use core_node::auth::{Role, TokenId};
+use core_node::logging::{self, LogFormat};
 use core_node::{certs, config};
 use std::path::PathBuf;
 
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 /// buffers per request, and glibc's free-list consolidation was a third of remote_write's CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Without `RUST_LOG`: our info lines; fjall and lsm-tree log routine maintenance at info.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
 /// Updraft core node: QUIC ingest from edge agents, durable storage, Prometheus HTTP API.
 #[derive(Parser)]
@@ -147,15 +151,11 @@ struct CertsArgs {
 
 fn main() -> anyhow::Result<()> {
     core_node::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        // stdout is for command output (`tokens create` prints the token alone).
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `run` sets up logging once its configuration (with --log-format) is read.
+    if !matches!(cli.command, None | Some(Command::Run(_))) {
+        logging::init(LogFormat::Text, DEFAULT_LOG_FILTER);
+    }
     match cli.command {
         Some(Command::Certs(args)) => {
             let written = certs::ensure(&certs::CertRequest {
@@ -413,6 +413,7 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
 
 fn serve(args: config::RunArgs) -> anyhow::Result<()> {
     let config = config::CoreConfig::from_args(args)?;
+    logging::init(config.log_format, DEFAULT_LOG_FILTER);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(core_node::run(config, metrics, shutdown_signal()))

@@ -70,6 +70,26 @@ pub(crate) enum IngestError {
     Buffer(#[from] LogError),
     #[error("cannot encode buffer record: {0}")]
     Record(#[from] RecordError),
+    #[error("the ingest thread panicked: {0}")]
+    Panicked(String),
+}
+
+/// Test hook, honoured by debug builds only (the cross-process tests run those): the ingest
+/// thread panics right after its N-th buffer append, before the fsync, as a bug or a failing
+/// disk would, so that supervision can be tested end to end (`docs/edge-agent.md`).
+pub(crate) const PANIC_AFTER_APPENDS_ENV: &str = "UPDRAFT_EDGE_TEST_PANIC_AFTER_APPENDS";
+
+/// [`PANIC_AFTER_APPENDS_ENV`] when set to a number, in a debug build.
+pub(crate) fn panic_after_appends_from_env() -> Option<u64> {
+    if cfg!(debug_assertions) {
+        std::env::var(PANIC_AFTER_APPENDS_ENV)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    } else {
+        None
+    }
 }
 
 pub(crate) struct IngestSettings {
@@ -81,10 +101,13 @@ pub(crate) struct IngestSettings {
     pub bound: crate::buffer::overflow::Bound,
     /// Shortest time between two fsyncs; messages arriving meanwhile join the next one.
     pub fsync_interval: Duration,
+    /// Tests only: panic after this many appends (see [`PANIC_AFTER_APPENDS_ENV`]).
+    pub panic_after_appends: Option<u64>,
 }
 
 /// Starts the ingest thread. It stops after one last drain and fsync once `stop` turns true
-/// (or its sender is dropped), and reports how it ended on the returned channel.
+/// (or its sender is dropped), and reports how it ended on the returned channel, a panic
+/// included ([`IngestError::Panicked`]).
 pub(crate) fn spawn(
     queue: mpsc::Receiver<Incoming>,
     writer: LogWriter,
@@ -112,6 +135,7 @@ pub(crate) fn spawn(
         pending_bytes: 0,
         burst_samples: 0,
         appended: false,
+        appends: 0,
         last_sync: Instant::now(),
         warnings: LogLimiter::new(WARNINGS_PER_WINDOW, WARNING_WINDOW),
         received: counter!(telemetry::MESSAGES_RECEIVED),
@@ -124,7 +148,11 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("updraft-ingest".to_owned())
         .spawn(move || {
-            let result = ingest.run();
+            // A panic is reported like an error, with its message, so the agent can say why
+            // it is going down. The state it leaves is only dropped: unsynced records were
+            // never acknowledged, and the next start's recovery decides what is on disk.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ingest.run()))
+                .unwrap_or_else(|payload| Err(IngestError::Panicked(panic_message(&*payload))));
             // Release the buffer (and its directory lock) before reporting that we are done.
             drop(ingest);
             // The receiver is gone only if the agent was abandoned; nothing left to tell.
@@ -151,6 +179,8 @@ struct Ingest {
     /// Samples appended since the last fsync.
     burst_samples: u64,
     appended: bool,
+    /// Records appended since start (for the test hook).
+    appends: u64,
     /// When the last fsync finished (see [`IngestSettings::fsync_interval`]).
     last_sync: Instant,
     warnings: LogLimiter,
@@ -322,6 +352,17 @@ impl Ingest {
             .collect();
         let payload = record::encode(&self.settings.tenant, &series)?;
         self.writer.append(&payload)?;
+        self.appends += 1;
+        if self
+            .settings
+            .panic_after_appends
+            .is_some_and(|n| self.appends >= n)
+        {
+            panic!(
+                "test hook {PANIC_AFTER_APPENDS_ENV}: panicking after buffer append {}",
+                self.appends
+            );
+        }
         self.burst_samples += self.pending_samples as u64;
         self.pending_samples = 0;
         self.pending_bytes = 0;
@@ -347,6 +388,15 @@ impl Ingest {
         });
         Ok(())
     }
+}
+
+/// The text of a panic (`panic!` with a literal or with formatting), else a placeholder.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn label_bytes(labels: &Labels) -> usize {
@@ -441,6 +491,7 @@ mod tests {
                 record_max_samples: 10_000,
                 bound: crate::buffer::overflow::Bound::new(u64::MAX),
                 fsync_interval: Duration::from_millis(600),
+                panic_after_appends: None,
             },
             progress_tx,
             stop_rx,
@@ -476,6 +527,66 @@ mod tests {
         );
         stop_tx.send(true).expect("stop");
         done.await.expect("ingest ended").expect("ingest ok");
+    }
+
+    /// A panic in the ingest thread comes back as an error with its message, and the message
+    /// it was appending is not acknowledged (it was never fsynced).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_is_reported_with_its_message_and_acknowledges_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (writer, reader, _) = crate::buffer::open(
+            dir.path(),
+            crate::buffer::LogOptions {
+                segment_max_bytes: 1 << 20,
+            },
+        )
+        .expect("open");
+        let (queue_tx, queue_rx) = mpsc::channel(16);
+        let (progress_tx, _progress_rx) = watch::channel(Progress {
+            durable_end: reader.acked(),
+            samples: 0,
+        });
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let done = spawn(
+            queue_rx,
+            writer,
+            reader,
+            IngestSettings {
+                mapper: Mapper::new(vec![Rule::default()], 65_536),
+                tenant: Tenant::default(),
+                record_max_samples: 10_000,
+                bound: crate::buffer::overflow::Bound::new(u64::MAX),
+                fsync_interval: Duration::ZERO,
+                panic_after_appends: Some(1),
+            },
+            progress_tx,
+            stop_rx,
+        )
+        .expect("spawn");
+        let acked = Arc::new(Mutex::new(false));
+        let flag = acked.clone();
+        queue_tx
+            .send(Incoming {
+                topic: Bytes::from_static(b"site1/dev1/temp"),
+                payload: Bytes::from_static(b"21.5"),
+                ack: Some(AckTicket::new(move || *flag.lock().expect("lock") = true)),
+            })
+            .await
+            .expect("queued");
+        let ended = tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .expect("the ingest thread ends")
+            .expect("it reports how");
+        match ended {
+            Err(IngestError::Panicked(message)) => {
+                assert!(message.contains("after buffer append 1"), "{message}");
+            }
+            other => panic!("expected a reported panic, got {other:?}"),
+        }
+        assert!(
+            !*acked.lock().expect("lock"),
+            "an unsynced message was acknowledged"
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //!   hold the on-disk format.
 //! - `uplink`: batching, delivery to the cores with retries and fail-over, acknowledgement;
 //!   the network sits behind a `Transport` trait (QUIC in production, scripted in tests).
-//! - `http`: `/metrics` and `/health`.
+//! - `http`: `/metrics` and `/health` (503 with the reason once the buffer failed).
+//! - [`logging`]: log lines on stderr as text or JSON (`--log-format`).
 //! - `telemetry`: metric names, part of the agent's interface.
 //!
 //! # Guarantees
@@ -53,6 +54,7 @@ mod broker;
 mod buffer;
 mod http;
 mod ingest;
+pub mod logging;
 mod mapping;
 mod reload;
 mod telemetry;
@@ -69,11 +71,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uplink::{Uplink, UplinkError, UplinkSettings};
 
 /// How long each part may take to stop once shutdown was requested.
@@ -83,8 +84,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// taken, gives an in-flight batch a moment to be acknowledged and closes the QUIC endpoint.
 ///
 /// Fails at start-up on invalid configuration, unreadable certificates, a listen address that
-/// cannot be bound or a buffer that cannot be opened, and later if the buffer fails (a failed
-/// fsync is not retried: restart and let recovery decide what is on disk).
+/// cannot be bound or a buffer that cannot be opened, and later if the buffer fails: a failed
+/// append or fsync is not retried, and a panic of the ingest thread is not survived. Then
+/// `/health` answers 503 with the reason, `updraft_edge_buffer_healthy` turns 0, and after
+/// `config.buffer_failure_exit_delay` (for monitoring to see it) `run` returns the error, for
+/// a supervisor to restart the agent and recovery to decide what is on disk.
 ///
 /// The MQTT listeners close with the rest; `run` may be called again in the same process.
 pub async fn run(
@@ -107,7 +111,9 @@ struct Agent {
     mqtt_addr: SocketAddr,
     #[cfg_attr(not(test), allow(dead_code))]
     mqtt5_addr: SocketAddr,
-    ready: Arc<AtomicBool>,
+    health: Arc<http::Health>,
+    /// How long a failed buffer is reported before `run_until` returns.
+    failure_exit_delay: Duration,
     /// `true` (or dropping it) stops every part.
     stop: watch::Sender<bool>,
     ingest: oneshot::Receiver<Result<(), IngestError>>,
@@ -117,6 +123,15 @@ struct Agent {
 
 impl Agent {
     async fn start(config: AgentConfig, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        Self::start_with(config, metrics, ingest::panic_after_appends_from_env()).await
+    }
+
+    /// [`Agent::start`] with the ingest thread's test hook given explicitly.
+    async fn start_with(
+        config: AgentConfig,
+        metrics: PrometheusHandle,
+        panic_after_appends: Option<u64>,
+    ) -> anyhow::Result<Self> {
         config.validate().context("invalid configuration")?;
         let tls = uplink::quic::client_tls(&config.ca, &config.cert, &config.key)
             .context("cannot set up TLS for the uplink")?;
@@ -160,14 +175,21 @@ impl Agent {
         }
         counter!(telemetry::BUFFER_CORRUPT_BYTES).increment(recovery.corrupt_bytes);
         gauge!(telemetry::BUFFER_BYTES).set(reader.unacked_bytes() as f64);
+        if let Some(n) = panic_after_appends {
+            warn!(
+                appends = n,
+                "test hook {} set: the ingest thread will panic",
+                ingest::PANIC_AFTER_APPENDS_ENV
+            );
+        }
 
         // From here on, an early return drops `stop_tx`, which stops what was started.
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ready = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(http::Health::default());
         let http = tokio::spawn(http::serve(
             http_listener,
             metrics,
-            Arc::clone(&ready),
+            Arc::clone(&health),
             stopped(stop_rx.clone()),
         ));
 
@@ -186,6 +208,7 @@ impl Agent {
                 record_max_samples: config.batch_max_samples,
                 bound: buffer::overflow::Bound::new(config.buffer_max_bytes),
                 fsync_interval: config.buffer_fsync_interval,
+                panic_after_appends,
             },
             progress_tx,
             stop_rx.clone(),
@@ -196,7 +219,8 @@ impl Agent {
         if let Some(bridge) = config.bridge.clone() {
             drop(bridge::spawn(bridge, queue_tx, stop_rx.clone())?);
         }
-        ready.store(true, Ordering::Release);
+        gauge!(telemetry::BUFFER_HEALTHY).set(1.0);
+        health.set_ready(true);
 
         let cores: Vec<String> = config.core.iter().map(ToString::to_string).collect();
         info!(
@@ -225,7 +249,8 @@ impl Agent {
             http_addr,
             mqtt_addr,
             mqtt5_addr,
-            ready,
+            health,
+            failure_exit_delay: config.buffer_failure_exit_delay,
             stop: stop_tx,
             ingest,
             uplink: tokio::spawn(uplink.run()),
@@ -239,23 +264,34 @@ impl Agent {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            ready,
+            health,
+            failure_exit_delay,
             stop,
             mut ingest,
             mut uplink,
             mut http,
             ..
         } = self;
+        let mut shutdown = std::pin::pin!(shutdown);
         // Which part ended first; the others are stopped and collected below.
         let (mut ingest_end, mut uplink_end, mut http_end) = (None, None, None);
         tokio::select! {
-            () = shutdown => info!("shutting down"),
+            () = &mut shutdown => info!("shutting down"),
             r = &mut ingest => ingest_end = Some(r),
             r = &mut uplink => uplink_end = Some(r),
             r = &mut http => http_end = Some(r),
         }
         let failed_early = ingest_end.is_some() || uplink_end.is_some() || http_end.is_some();
-        ready.store(false, Ordering::Release);
+        if let Some(reason) = ingest_end.as_ref().and_then(buffer_failure) {
+            report_buffer_failure(&health, &reason, failure_exit_delay);
+            // The HTTP listener keeps answering meanwhile, so monitoring sees the 503 and the
+            // metric (the uplink ends with the ingest thread; the restart ships the rest).
+            tokio::select! {
+                () = &mut shutdown => info!("shutting down"),
+                () = tokio::time::sleep(failure_exit_delay) => {}
+            }
+        }
+        health.set_ready(false);
         stop.send_replace(true);
 
         // Ingest first: it fsyncs its last burst, so nothing taken from the broker is lost.
@@ -276,7 +312,7 @@ impl Agent {
         match ingest_result {
             Some(Ok(Ok(()))) => {}
             Some(Ok(Err(e))) => errors.push(anyhow!(e).context("ingest failed")),
-            Some(Err(_)) => errors.push(anyhow!("ingest thread panicked")),
+            Some(Err(_)) => errors.push(anyhow!("ingest thread vanished without a result")),
             None => errors.push(anyhow!("ingest thread did not stop in time")),
         }
         match uplink_result {
@@ -302,6 +338,34 @@ impl Agent {
             Some(first) => Err(first),
         }
     }
+}
+
+/// Why the ingest thread's end means the buffer failed (`None`: it ended cleanly).
+fn buffer_failure(
+    end: &Result<Result<(), IngestError>, oneshot::error::RecvError>,
+) -> Option<String> {
+    match end {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("the ingest thread vanished without a result".to_owned()),
+    }
+}
+
+/// Makes a failed buffer visible: `/health`, the metric and one log line that says what to do.
+fn report_buffer_failure(health: &http::Health, reason: &str, exit_delay: Duration) {
+    health.fail(format!(
+        "buffer failed: {reason}; the agent exits within {} s to be restarted",
+        exit_delay.as_secs_f64().ceil()
+    ));
+    gauge!(telemetry::BUFFER_HEALTHY).set(0.0);
+    error!(
+        reason,
+        exit_in_s = exit_delay.as_secs_f64(),
+        "the buffer failed: the agent takes no more messages (none unsynced was acknowledged, \
+         so devices resend) and exits with an error after --buffer-failure-exit-delay-ms; a \
+         supervisor (systemd Restart=on-failure) restarts it and recovery keeps every fsynced \
+         sample. If it recurs, check the data directory's disk (free space, I/O errors in dmesg)"
+    );
 }
 
 /// `topic -> decoder` of every rule, in order, for the start-up line.

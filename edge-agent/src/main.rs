@@ -6,11 +6,11 @@
 //! `edge-agent keys list|rotate|rewrap` shows or rotates the buffer's data keys, or re-wraps
 //! them under a new master key (encryption at rest).
 
-use edge_agent::config::AgentConfig;
+use edge_agent::config::{AgentConfig, LogFormat};
+use edge_agent::logging;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
 
 /// Without `RUST_LOG`: our info lines (MQTT connections are logged at debug). fjall and
 /// lsm-tree log routine maintenance at info.
@@ -23,25 +23,21 @@ const EXIT_CONFIG: u8 = 2;
 async fn main() -> ExitCode {
     // Before anything can build a TLS configuration; an error only means one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
     if std::env::args_os().nth(1).is_some_and(|a| a == "passwd") {
+        logging::init(LogFormat::Text, DEFAULT_LOG_FILTER);
         return passwd();
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "keys") {
+        logging::init(LogFormat::Text, DEFAULT_LOG_FILTER);
         return keys();
     }
     // Exits with clap's usage message (status 2) on unknown flags, prints --help/--version.
+    // Its errors go to stderr directly: logging starts once --log-format is known.
     let config = match AgentConfig::from_args() {
         Ok(config) => config,
         Err(e) => return fail(Some("invalid configuration"), &e.into(), EXIT_CONFIG),
     };
+    logging::init(config.log_format, DEFAULT_LOG_FILTER);
     let metrics = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         Err(e) => return fail(Some("cannot install the metrics recorder"), &e.into(), 1),

@@ -17,6 +17,7 @@ pub(crate) const SAMPLES_RECEIVED: &str = "updraft_edge_samples_received_total";
 pub(crate) const SAMPLES_BUFFERED: &str = "updraft_edge_samples_buffered_total";
 pub(crate) const BUFFER_BYTES: &str = "updraft_edge_buffer_bytes";
 pub(crate) const BUFFER_CORRUPT_BYTES: &str = "updraft_edge_buffer_corrupt_bytes_total";
+pub(crate) const BUFFER_HEALTHY: &str = "updraft_edge_buffer_healthy";
 pub(crate) const SAMPLES_SHIPPED: &str = "updraft_edge_samples_shipped_total";
 pub(crate) const SAMPLES_ACKED: &str = "updraft_edge_samples_acked_total";
 pub(crate) const SAMPLES_DROPPED: &str = "updraft_edge_samples_dropped_total";
@@ -129,6 +130,12 @@ pub(crate) fn register(endpoints: &[CoreEndpoint]) {
         BUFFER_BYTES,
         Unit::Bytes,
         "bytes in the disk buffer not yet acknowledged by a core"
+    );
+    describe_gauge!(
+        BUFFER_HEALTHY,
+        "1 while the buffer takes writes; 0 once its ingest thread failed (a failed append or \
+         fsync, or a panic): /health answers 503 and the agent exits after \
+         --buffer-failure-exit-delay-ms"
     );
     describe_counter!(
         BUFFER_CORRUPT_BYTES,

@@ -3,6 +3,7 @@
 
 use super::*;
 use protocols::model::Labels;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -78,6 +79,10 @@ async fn wait_for_metrics(addr: SocketAddr, wanted: &[&str]) -> String {
     }
 }
 
+/// Agents in this binary run one at a time: each start resets the shared counters, and the
+/// first test reads exact values.
+static ONE_AGENT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Launchers `tokio::spawn` the agent, so its future must be `Send + 'static`.
 #[test]
 fn run_can_be_spawned() {
@@ -91,6 +96,7 @@ fn run_can_be_spawned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_without_a_core_buffers_publishes_and_stops_cleanly() {
+    let _one = ONE_AGENT_AT_A_TIME.lock().await;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     // The only test in this binary that installs a global recorder.
@@ -184,5 +190,71 @@ async fn starts_without_a_core_buffers_publishes_and_stops_cleanly() {
             (r#"env_ok{device="pump7",site="plant1"}"#.to_owned(), 1.0),
             (r#"temp{device="pump7",site="plant1"}"#.to_owned(), 21.5),
         ]
+    );
+}
+
+/// The buffer's thread panics (test hook) after its first append: `/health` turns 503 with
+/// the reason while the agent keeps serving it for the exit delay, then `run_until` returns
+/// the error (main exits 1), not sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_buffer_is_reported_then_the_agent_exits_with_an_error() {
+    let _one = ONE_AGENT_AT_A_TIME.lock().await;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_certs(dir.path());
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let exit_delay = Duration::from_millis(1500);
+    let config = AgentConfig {
+        mqtt_listen: any_port,
+        mqtt5_listen: any_port,
+        http_listen: any_port,
+        data_dir: dir.path().join("data"),
+        core: vec!["127.0.0.1:9".parse().expect("endpoint")],
+        ca: cert.clone(),
+        cert,
+        key,
+        buffer_failure_exit_delay: exit_delay,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::start_with(config, handle, Some(1))
+        .await
+        .expect("agent starts");
+    let (http_addr, mqtt_addr) = (agent.http_addr, agent.mqtt_addr);
+    assert_eq!(http_get(http_addr, "/health").await, (200, "ok".to_owned()));
+    let running = tokio::spawn(agent.run_until(std::future::pending()));
+
+    publish(mqtt_addr, &[("plant1/pump7/temp", b"21.5")]).await;
+    let failed_at = Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (status, body) = http_get(http_addr, "/health").await;
+            if status == 503 {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("/health turns 503");
+    assert!(
+        body.contains("buffer failed") && body.contains("after buffer append 1"),
+        "{body}"
+    );
+    assert!(!running.is_finished(), "exited before the exit delay");
+
+    let result = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the agent exits")
+        .expect("run_until did not panic");
+    let err = result.expect_err("a failed buffer is an error");
+    assert!(format!("{err:#}").contains("panicked"), "{err:#}");
+    // Measured from when the failure was seen, which is after it happened: a lower bound
+    // with the polling interval as slack.
+    assert!(
+        failed_at.elapsed() + Duration::from_millis(100) >= exit_delay,
+        "exited after {:?}, before the {exit_delay:?} delay",
+        failed_at.elapsed()
     );
 }

@@ -7,51 +7,20 @@
 
 use crate::error::QueryError;
 use crate::eval::{Evaluator, Stepped, group_labels};
+pub use crate::options::EngineOptions;
+use crate::parse::parse;
 use crate::source::DataSource;
 use crate::value::{InstantSample, LabelSet, Scalar, Series, StringValue, Value};
-use promql_parser::parser::function::{Function, register_extra_functions};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, LabelModifier};
 use protocols::{Sample, Tenant};
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Most points a range query may return per series, as in Prometheus: enough for a week at
 /// 60 s resolution or a year at 1 h.
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
-
-/// Limits and constants of query evaluation. The defaults are Prometheus' defaults.
-#[derive(Debug, Clone)]
-pub struct EngineOptions {
-    /// How far back from the evaluation time a vector selector looks for a sample; the window
-    /// is left-open, `(t - lookback, t]`. Prometheus' `--query.lookback-delta`: 5 minutes.
-    pub lookback_delta_ms: i64,
-    /// Most samples one query may load into memory; past it the query fails rather than
-    /// exhausting the node. Prometheus' `--query.max-samples`: 50,000,000.
-    pub max_samples: usize,
-    /// Longest a query may evaluate. Prometheus' `--query.timeout`: 2 minutes.
-    pub timeout: Duration,
-    /// The step of a subquery that names none (`x[1h:]`): Prometheus uses its
-    /// `global.evaluation_interval`, 1 minute by default. Must be positive.
-    pub default_subquery_step_ms: i64,
-    /// Most threads one selector's series are evaluated on (at least 64 series each); the
-    /// answer is the same whatever the number. Default: the cores available.
-    pub parallelism: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self {
-            lookback_delta_ms: 5 * 60 * 1000,
-            max_samples: 50_000_000,
-            timeout: Duration::from_secs(120),
-            default_subquery_step_ms: 60_000,
-            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
-}
 
 /// Evaluates PromQL. Cheap to create and to clone; holds no state between queries.
 #[derive(Debug, Clone, Default)]
@@ -259,39 +228,4 @@ fn order_by_value(
     for (slot, (_, sample)) in vector.iter_mut().zip(keyed) {
         *slot = sample;
     }
-}
-
-/// Teaches the parser Prometheus 2's name of `double_exponential_smoothing`, `holt_winters`,
-/// which promql-parser (following Prometheus 3) does not know. The parser's function table
-/// is process-wide; registering once is enough, and a failure (the name became a built-in)
-/// leaves the built-in in place.
-fn register_holt_winters() {
-    static REGISTERED: OnceLock<()> = OnceLock::new();
-    REGISTERED.get_or_init(|| {
-        let _ = register_extra_functions(vec![Function::new(
-            "holt_winters",
-            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
-            0,
-            ValueType::Vector,
-            false,
-        )]);
-    });
-}
-
-/// Parses PromQL, mapping the parser's error into ours.
-pub(crate) fn parse(query: &str) -> Result<Expr, QueryError> {
-    register_holt_winters();
-    if query.trim().is_empty() {
-        // The parser's own message for this case is unhelpful; this is Prometheus' wording.
-        return Err(QueryError::Parse("no expression found in input".into()));
-    }
-    promql_parser::parser::parse(query).map_err(|message| {
-        // The parser refuses a selector that matches everything in Prometheus' words, which
-        // are also `EmptySelector`'s: keep one variant for the one error.
-        if message == QueryError::EmptySelector.to_string() {
-            QueryError::EmptySelector
-        } else {
-            QueryError::Parse(message)
-        }
-    })
 }

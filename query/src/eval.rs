@@ -20,8 +20,8 @@
 //! (`histogram_quantile`), `subquery` (subqueries, each evaluated by an evaluator of its own
 //! over its aligned inner steps).
 
-use crate::engine::EngineOptions;
 use crate::error::QueryError;
+use crate::options::EngineOptions;
 use crate::selector;
 use crate::source::DataSource;
 use crate::value::{Matrix, Series};

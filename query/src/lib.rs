@@ -17,21 +17,28 @@
 //! arms.
 //!
 //! Modules:
-//! - [`engine`]: [`Engine`], the instant and range entry points and their limits.
+//! - [`engine`]: [`Engine`], the instant and range entry points.
+//! - [`options`]: [`EngineOptions`], the limits and constants of evaluation.
 //! - [`eval`]: the AST walk, lookback and stale-marker semantics; its private submodules
 //!   hold the operators and functions: `aggregate`, `binary`, `functions` (range vectors),
 //!   `instant` (instant vectors), `histogram` (`histogram_quantile`), `subquery`.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
+//! - `parse`: PromQL text to the parser's AST, with our error type.
 //! - [`value`]: [`Value`] and its parts.
 //! - [`error`]: why a query failed, [`QueryError`].
 //! - [`matcher`]: label matchers (`=`, `!=`, `=~`, `!~`) with Prometheus' anchoring rules.
 //! - [`source`]: the [`DataSource`] trait.
+//!
+//! Layering, top to bottom: a module uses only modules after it in `engine`, `eval`,
+//! `selector`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
 
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod matcher;
+pub mod options;
+mod parse;
 pub mod selector;
 pub mod source;
 pub mod value;
@@ -39,10 +46,11 @@ pub mod value;
 #[cfg(test)]
 mod testing;
 
-pub use engine::{Engine, EngineOptions, MAX_POINTS_PER_SERIES, validate_range};
+pub use engine::{Engine, MAX_POINTS_PER_SERIES, validate_range};
 pub use error::QueryError;
 pub use eval::{STALE_NAN_BITS, is_stale_marker};
 pub use matcher::{MatchOp, Matcher};
+pub use options::EngineOptions;
 pub use selector::parse_series_selector;
 pub use source::{DataSource, DataSourceError, SeriesRef};
 pub use value::{InstantSample, LabelSet, Matrix, Scalar, Series, StringValue, Value, Vector};

@@ -36,7 +36,7 @@ pub(crate) fn matchers(selector: &VectorSelector) -> Result<Vec<Matcher>, QueryE
 /// Parses a series selector such as `up{job="node"}`, as taken by `match[]`: no range, no
 /// `offset`, no `@`, nothing around it.
 pub fn parse_series_selector(input: &str) -> Result<Vec<Matcher>, QueryError> {
-    match crate::engine::parse(input)? {
+    match crate::parse::parse(input)? {
         Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => matchers(&vs),
         _ => Err(QueryError::Parse(format!(
             "{input:?} is not a series selector such as up{{job=\"node\"}}"

@@ -20,6 +20,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line); RUST_LOG sets the filter. The demo's core node and agent log through it too
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "UPDRAFT_SIM_LOG_FORMAT",
+        default_value = core_node::logging::LogFormat::DEFAULT
+    )]
+    log_format: core_node::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -382,16 +392,12 @@ fn run_export(args: ExportArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Logs go to stderr so that `--json` leaves stdout to the figures.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,rumqttd=warn,rumqttd::router::routing=off,fjall=warn,lsm_tree=warn".into()
-            }),
-        )
-        .init();
     let cli = Cli::parse();
+    // Logs go to stderr so that `--json` leaves stdout to the figures.
+    core_node::logging::init(
+        cli.log_format,
+        "info,rumqttd=warn,rumqttd::router::routing=off,fjall=warn,lsm_tree=warn",
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Bench(args) => bench::run(args),

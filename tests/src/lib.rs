@@ -990,3 +990,10 @@ impl Drop for UdpDelayProxy {
         }
     }
 }
+
+impl Process {
+    /// The exit status once the process has ended by itself; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}

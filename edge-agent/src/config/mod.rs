@@ -23,10 +23,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use crate::bridge::BridgeConfig;
+mod bridge;
+
+pub use crate::logging::LogFormat;
 pub use crate::mapping::{
     Decoder, Overflow, Rule, RuleConfig, RuleError, TemplateError, TopicTemplate,
 };
+pub use bridge::{BridgeConfig, DEFAULT_BRIDGE_TOPIC};
 
 pub const DEFAULT_AGENT_ID: &str = "edge-agent";
 // The three listen addresses and the core endpoint also appear typed in `AgentConfig::default`.
@@ -50,6 +53,11 @@ pub const DEFAULT_BACKLOG_RATE: u64 = 0;
 pub const DEFAULT_MQTT_MAX_PUBLISH_RATE: u32 = 0;
 /// Fsync every burst at once by default.
 pub const DEFAULT_BUFFER_FSYNC_INTERVAL_MS: u64 = 0;
+/// Long enough for a scrape or a health check to see a failed buffer, short enough that a
+/// restart comes soon (devices wait meanwhile).
+pub const DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS: u64 = 10_000;
+/// Upper bound of `--buffer-failure-exit-delay-ms`.
+const MAX_BUFFER_FAILURE_EXIT_DELAY_MS: u64 = 600_000;
 
 /// Longest accepted agent id, in bytes.
 const MAX_AGENT_ID_BYTES: usize = 128;
@@ -183,6 +191,9 @@ pub struct AgentConfig {
     /// Shortest time between two fsyncs of the buffer (0: one per burst, at once). Every
     /// acknowledgement still waits for the fsync covering its message.
     pub buffer_fsync_interval: Duration,
+    /// How long the agent reports a failed buffer (`/health` 503, `updraft_edge_buffer_healthy`
+    /// 0) before it exits with an error for its supervisor to restart it.
+    pub buffer_failure_exit_delay: Duration,
     /// Most PUBLISH packets per second per MQTT connection, i.e. per device (0: no limit).
     pub mqtt_max_publish_rate: u32,
     /// The master key for encryption at rest of the buffer (32 bytes, raw or hex); without
@@ -205,6 +216,8 @@ pub struct AgentConfig {
     pub mqtt_tls_client_cert_as_username: bool,
     /// Bridge mode: also subscribe to an existing broker.
     pub bridge: Option<BridgeConfig>,
+    /// How `main` sets up logging (the agent itself only emits events).
+    pub log_format: LogFormat,
 }
 
 impl Default for AgentConfig {
@@ -233,6 +246,7 @@ impl Default for AgentConfig {
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             backlog_rate: DEFAULT_BACKLOG_RATE,
             buffer_fsync_interval: Duration::from_millis(DEFAULT_BUFFER_FSYNC_INTERVAL_MS),
+            buffer_failure_exit_delay: Duration::from_millis(DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS),
             mqtt_max_publish_rate: DEFAULT_MQTT_MAX_PUBLISH_RATE,
             master_key_file: None,
             mqtt_users_file: None,
@@ -242,6 +256,7 @@ impl Default for AgentConfig {
             mqtt_tls_client_ca: None,
             mqtt_tls_client_cert_as_username: false,
             bridge: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -317,6 +332,7 @@ impl AgentConfig {
             buffer_max_bytes: layer!(buffer_max_bytes),
             backlog_rate: layer!(backlog_rate),
             buffer_fsync_interval_ms: layer!(buffer_fsync_interval_ms),
+            buffer_failure_exit_delay_ms: layer!(buffer_failure_exit_delay_ms),
             mqtt_max_publish_rate: layer!(mqtt_max_publish_rate),
             master_key_file: cli.master_key_file.or(file.master_key_file),
             mqtt_users_file: cli.mqtt_users_file.or(file.mqtt_users_file),
@@ -331,6 +347,7 @@ impl AgentConfig {
             bridge_username: cli.bridge_username.or(file.bridge_username),
             bridge_password: cli.bridge_password.or(file.bridge_password),
             bridge_ca: cli.bridge_ca.or(file.bridge_ca),
+            log_format: layer!(log_format),
         };
         raw.validate()
     }
@@ -365,6 +382,13 @@ impl AgentConfig {
         range("batch-max-delay-ms", delay_ms, 0, 60_000)?;
         let fsync_ms = u64::try_from(self.buffer_fsync_interval.as_millis()).unwrap_or(u64::MAX);
         range("buffer-fsync-interval-ms", fsync_ms, 0, 60_000)?;
+        let exit_ms = u64::try_from(self.buffer_failure_exit_delay.as_millis()).unwrap_or(u64::MAX);
+        range(
+            "buffer-failure-exit-delay-ms",
+            exit_ms,
+            0,
+            MAX_BUFFER_FAILURE_EXIT_DELAY_MS,
+        )?;
         range(
             "buffer-segment-bytes",
             self.buffer_segment_bytes,
@@ -534,6 +558,13 @@ struct Cli {
     #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FSYNC_INTERVAL_MS", default_value_t = DEFAULT_BUFFER_FSYNC_INTERVAL_MS)]
     buffer_fsync_interval_ms: u64,
 
+    /// When the buffer fails (an append or fsync error, or a panic of its thread), the agent
+    /// takes no more messages, answers /health with 503 and the reason, sets
+    /// updraft_edge_buffer_healthy to 0, and exits with an error this many ms later for its
+    /// supervisor to restart it (recovery keeps every fsynced sample). At most 600000
+    #[arg(long, value_name = "MS", env = "UPDRAFT_EDGE_BUFFER_FAILURE_EXIT_DELAY_MS", default_value_t = DEFAULT_BUFFER_FAILURE_EXIT_DELAY_MS)]
+    buffer_failure_exit_delay_ms: u64,
+
     /// Most PUBLISH packets per second per MQTT connection (a device), bursts of up to that
     /// many allowed; a faster connection is slowed down (its socket is not read meanwhile,
     /// counted in updraft_edge_mqtt_throttled_total), never dropped. 0: no limit
@@ -590,7 +621,7 @@ struct Cli {
         value_name = "FILTER",
         env = "UPDRAFT_EDGE_BRIDGE_TOPIC",
         value_delimiter = ',',
-        default_value = crate::bridge::DEFAULT_TOPIC
+        default_value = DEFAULT_BRIDGE_TOPIC
     )]
     bridge_topic: Vec<String>,
 
@@ -614,6 +645,11 @@ struct Cli {
     /// CA certificate (PEM): connect to the bridged broker over TLS, trusting only this CA
     #[arg(long, value_name = "PEM", env = "UPDRAFT_EDGE_BRIDGE_CA")]
     bridge_ca: Option<PathBuf>,
+
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line, for log shippers); RUST_LOG sets the filter
+    #[arg(long, value_name = "FORMAT", value_enum, env = "UPDRAFT_EDGE_LOG_FORMAT", default_value = LogFormat::DEFAULT)]
+    log_format: LogFormat,
 }
 
 impl Cli {
@@ -673,6 +709,7 @@ impl Cli {
             buffer_max_bytes: self.buffer_max_bytes,
             backlog_rate: self.backlog_rate,
             buffer_fsync_interval: Duration::from_millis(self.buffer_fsync_interval_ms),
+            buffer_failure_exit_delay: Duration::from_millis(self.buffer_failure_exit_delay_ms),
             mqtt_max_publish_rate: self.mqtt_max_publish_rate,
             master_key_file: self.master_key_file,
             mqtt_users_file: self.mqtt_users_file,
@@ -682,6 +719,7 @@ impl Cli {
             mqtt_tls_client_ca: self.mqtt_tls_client_ca,
             mqtt_tls_client_cert_as_username: self.mqtt_tls_client_cert_as_username,
             bridge,
+            log_format: self.log_format,
         };
         config.validate()?;
         Ok(config)
@@ -711,6 +749,7 @@ struct FileConfig {
     buffer_max_bytes: Option<u64>,
     backlog_rate: Option<u64>,
     buffer_fsync_interval_ms: Option<u64>,
+    buffer_failure_exit_delay_ms: Option<u64>,
     mqtt_max_publish_rate: Option<u32>,
     master_key_file: Option<PathBuf>,
     mqtt_users_file: Option<PathBuf>,
@@ -725,6 +764,7 @@ struct FileConfig {
     bridge_username: Option<String>,
     bridge_password: Option<String>,
     bridge_ca: Option<PathBuf>,
+    log_format: Option<LogFormat>,
 }
 
 impl FileConfig {
@@ -741,160 +781,4 @@ impl FileConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn parse(args: &[&str]) -> Result<AgentConfig, ConfigError> {
-        let args = std::iter::once("edge-agent").chain(args.iter().copied());
-        AgentConfig::try_from_args(args)
-    }
-
-    #[test]
-    fn defaults_are_valid_and_match_default_impl() {
-        let parsed = parse(&[]).expect("defaults are valid");
-        let default = AgentConfig::default();
-        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
-        assert_eq!(parsed.core[0].to_string(), DEFAULT_CORE);
-        assert_eq!(parsed.rules.len(), 1);
-        assert_eq!(parsed.rules[0].topic.as_str(), DEFAULT_TOPIC_TEMPLATE);
-        default.validate().expect("default is valid");
-    }
-
-    #[test]
-    fn flags_override_file_and_file_overrides_defaults() {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        writeln!(
-            file,
-            r#"
-            agent-id = "from-file"
-            tenant = "acme"
-            core = ["core-a:4433", "[::1]:5000"]
-            batch-max-delay-ms = 50
-            "#
-        )
-        .expect("write");
-        let path = file.path().to_str().expect("utf-8 path");
-        let c = parse(&["--config", path, "--agent-id", "from-flag"]).expect("valid");
-        assert_eq!(c.agent_id.0, "from-flag");
-        assert_eq!(c.tenant.as_str(), "acme");
-        assert_eq!(c.batch_max_delay, Duration::from_millis(50));
-        let cores: Vec<String> = c.core.iter().map(ToString::to_string).collect();
-        assert_eq!(cores, ["core-a:4433", "[::1]:5000"]);
-        assert_eq!(c.core[1].host, "::1");
-    }
-
-    #[test]
-    fn the_example_config_lists_every_option_with_its_default() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/edge-agent.toml");
-        let text = std::fs::read_to_string(path).expect("deploy/edge-agent.toml");
-        let file: toml::Table = toml::from_str(&text).expect("valid TOML");
-        let mut keys: Vec<&str> = file.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        // The file shows the default rule as [[rules]]; topic-template is only mentioned in a
-        // comment because a file may not have both.
-        let mut flags: Vec<String> = Cli::command()
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(str::to_owned))
-            .filter(|f| f != "config" && f != "topic-template")
-            // Options without a default (TLS, users, bridge) are described in comments.
-            .filter(|f| {
-                Cli::command()
-                    .get_arguments()
-                    .any(|a| a.get_long() == Some(f.as_str()) && !a.get_default_values().is_empty())
-            })
-            .chain(["rules".to_owned()])
-            .collect();
-        flags.sort_unstable();
-        assert_eq!(
-            keys, flags,
-            "every flag appears in the example file, nothing else"
-        );
-        let c = parse(&["--config", path]).expect("valid");
-        assert_eq!(format!("{c:?}"), format!("{:?}", AgentConfig::default()));
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        writeln!(file, "agent_idd = \"x\"").expect("write");
-        let path = file.path().to_str().expect("utf-8 path");
-        assert!(matches!(
-            parse(&["--config", path]),
-            Err(ConfigError::ParseFile { .. })
-        ));
-    }
-
-    fn file_with(text: &str) -> tempfile::NamedTempFile {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        file.write_all(text.as_bytes()).expect("write");
-        file
-    }
-
-    #[test]
-    fn rules_come_from_the_file_unless_a_template_flag_replaces_them() {
-        let file = file_with(
-            r#"
-            [[rules]]
-            topic = "spBv1.0/#"
-            decoder = "sparkplug"
-
-            [[rules]]
-            topic = "plant/{line}/{metric}"
-            "#,
-        );
-        let path = file.path().to_str().expect("utf-8 path");
-        let c = parse(&["--config", path]).expect("valid");
-        let topics: Vec<&str> = c.rules.iter().map(|r| r.topic.as_str()).collect();
-        assert_eq!(topics, ["spBv1.0/#", "plant/{line}/{metric}"]);
-        assert_eq!(c.rules[0].decoder, Decoder::Sparkplug);
-        let c = parse(&["--config", path, "--topic-template", "a/{metric}"]).expect("valid");
-        let topics: Vec<&str> = c.rules.iter().map(|r| r.topic.as_str()).collect();
-        assert_eq!(topics, ["a/{metric}"]);
-
-        let legacy = file_with("topic-template = \"x/{device}/{metric}\"");
-        let path = legacy.path().to_str().expect("utf-8 path");
-        let c = parse(&["--config", path]).expect("valid");
-        assert_eq!(c.rules.len(), 1);
-        assert_eq!(c.rules[0].topic.as_str(), "x/{device}/{metric}");
-        assert_eq!(c.rules[0].decoder, Decoder::Auto);
-    }
-
-    #[test]
-    fn bad_rules_are_refused_with_their_number() {
-        let msg = |text: &str| {
-            let file = file_with(text);
-            let path = file.path().to_str().expect("utf-8 path").to_owned();
-            parse(&["--config", &path])
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        let both = msg("topic-template = \"{metric}\"\n[[rules]]\ntopic = \"{metric}\"");
-        assert!(both.contains("both"), "{both}");
-        let second =
-            msg("[[rules]]\ntopic = \"#\"\ndecoder = \"json\"\n[[rules]]\ntopic = \"{site}\"");
-        assert!(second.contains("entry 2"), "{second}");
-        assert!(second.contains("{metric}"), "{second}");
-        assert!(msg("rules = []").contains("at least one"));
-        let unknown = msg("[[rules]]\ntopic = \"#\"\ndecoder = \"json\"\nincludes = [\"a\"]");
-        assert!(unknown.contains("includes"), "{unknown}");
-    }
-
-    #[test]
-    fn invalid_values_name_the_option() {
-        let msg = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg(&["--tenant", "a b"]).contains("--tenant"));
-        assert!(msg(&["--core", "localhost"]).contains("--core"));
-        assert!(msg(&["--core", "::1:4433"]).contains("brackets"));
-        assert!(msg(&["--topic-template", "{site}"]).contains("--topic-template"));
-        assert!(msg(&["--batch-max-samples", "0"]).contains("--batch-max-samples"));
-        // An interval that would overflow the ingest thread's clock arithmetic is refused.
-        let huge = u64::MAX.to_string();
-        assert!(msg(&["--buffer-fsync-interval-ms", &huge]).contains("--buffer-fsync-interval-ms"));
-        assert!(parse(&["--buffer-fsync-interval-ms", "60000"]).is_ok());
-        assert!(msg(&["--http-listen", "127.0.0.1:1883"]).contains("same address"));
-        let repeated = parse(&["--core", "a:1", "--core", "b:2"]).expect("valid");
-        assert_eq!(repeated.core.len(), 2);
-    }
-}
+mod tests;
