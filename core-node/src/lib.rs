@@ -167,8 +167,12 @@ pub async fn run(
     // the node reports it (health, metric, log) for a grace period, then exits non-zero for
     // its supervisor (systemd, Kubernetes) to restart it; the restart replays the WAL.
     let storage_failed = async {
-        match storage_health.wait_for(|h| h.is_failed()).await {
-            Ok(h) => h.reason().unwrap_or_default().to_owned(),
+        let reason = storage_health
+            .wait_for(|h| h.is_failed())
+            .await
+            .map(|h| h.reason().unwrap_or_default().to_owned());
+        match reason {
+            Ok(reason) => reason,
             // The sender lives as long as storage does: not reached while we serve.
             Err(_) => std::future::pending().await,
         }
