@@ -273,6 +273,9 @@ fn ingest(storage: &Storage, batches: &[WriteBatch]) -> anyhow::Result<()> {
                     }
                 }
                 Err(SubmitError::Stopped(_)) => bail!("storage stopped"),
+                Err(SubmitError::Unavailable { reason, .. }) => {
+                    bail!("storage refuses writes: {reason}")
+                }
             }
         }
     }
