@@ -167,13 +167,14 @@ pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
         let filter = label_filter.map(|f| format!("{{{f}}}")).unwrap_or_default();
         let mut names: Vec<&str> = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
             .filter_map(|l| l.split(['{', ' ']).next())
             .collect();
         names.dedup();
+        let head: String = text.chars().take(300).collect();
         panic!(
             "metric {name}{filter} is not in the scrape (renamed, or not exported at 0 from the \
-             start?); the scrape has: {names:?}"
+             start?); the scrape has: {names:?}; it begins: {head:?}"
         )
     })
 }

@@ -109,12 +109,13 @@ fn the_quic_listener_switches_to_another_ca_without_a_restart() -> anyhow::Resul
         "the new CA's agent refused",
         Duration::from_secs(30),
         || {
-            (metric_sum(
+            // Exported from its first event on: absent means not yet.
+            let failures = metric_sum_if_present(
                 &core.metrics(),
                 "updraft_core_quic_handshake_failures_total",
                 None,
-            ) >= 1.0)
-                .then_some(())
+            )?;
+            (failures >= 1.0).then_some(())
         },
     )?;
     assert_eq!(core.series_count("new_ca")?, 0);
