@@ -208,7 +208,12 @@ pub fn skip_or_fail(reason: &str) -> anyhow::Result<()> {
     let allowed = std::env::var("UPDRAFT_ALLOW_SKIP").is_ok_and(|v| v == "1");
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     if allowed && !ci {
-        eprintln!("SKIPPED: {reason} (UPDRAFT_ALLOW_SKIP=1)");
+        // Straight to stderr, past the test harness' output capture: a skip is always seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {reason} (UPDRAFT_ALLOW_SKIP=1)"
+        );
         return Ok(());
     }
     bail!(
