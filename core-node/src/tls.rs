@@ -385,6 +385,15 @@ pub async fn watch_reloads<R: Reloadable>(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Both outcomes exist from the start, so "no reload yet" reads 0, not "no such metric".
+    for result in ["ok", "failed"] {
+        metrics::counter!(
+            "updraft_core_tls_reloads_total",
+            "listener" => cert.listener(),
+            "result" => result
+        )
+        .absolute(0);
+    }
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(RELOAD_CHECK_INTERVAL);

@@ -158,8 +158,32 @@ pub fn encode(s: &str) -> String {
 
 /// Sum of every sample of `name` (optionally restricted to series containing `label_filter`,
 /// e.g. `reason="invalid_json"`) in a Prometheus text exposition.
+///
+/// Panics, naming the metric, when no sample matches: a renamed or never-exported metric must
+/// fail the test, not read as 0 (the binaries export their counters at 0 from the start).
+/// Where absence is the expected outcome, use [`metric_sum_if_present`] and say why.
 pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
-    text.lines()
+    metric_sum_if_present(text, name, label_filter).unwrap_or_else(|| {
+        let filter = label_filter.map(|f| format!("{{{f}}}")).unwrap_or_default();
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        names.dedup();
+        let head: String = text.chars().take(300).collect();
+        panic!(
+            "metric {name}{filter} is not in the scrape (renamed, or not exported at 0 from the \
+             start?); the scrape has: {names:?}; it begins: {head:?}"
+        )
+    })
+}
+
+/// As [`metric_sum`], but `None` when no sample of `name` (with `label_filter`) is in the
+/// scrape. Only for metrics whose absence is an expected, asserted outcome.
+pub fn metric_sum_if_present(text: &str, name: &str, label_filter: Option<&str>) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -172,7 +196,30 @@ pub fn metric_sum(text: &str, name: &str, label_filter: Option<&str>) -> f64 {
             }
             value.parse::<f64>().ok()
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Called when a test cannot run on this machine (no root, a tool missing, the kernel refuses
+/// a namespace): an error naming `reason`, so the test fails. Only with
+/// `UPDRAFT_ALLOW_SKIP=1` and outside CI (`CI` unset) is it a printed `SKIPPED: <reason>`
+/// and `Ok`, for a developer machine that cannot run it; CI never skips.
+pub fn skip_or_fail(reason: &str) -> anyhow::Result<()> {
+    let allowed = std::env::var("UPDRAFT_ALLOW_SKIP").is_ok_and(|v| v == "1");
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    if allowed && !ci {
+        // Straight to stderr, past the test harness' output capture: a skip is always seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {reason} (UPDRAFT_ALLOW_SKIP=1)"
+        );
+        return Ok(());
+    }
+    bail!(
+        "cannot run here: {reason} (scripts/test.sh installs what the tests need; \
+         UPDRAFT_ALLOW_SKIP=1 skips instead, outside CI)"
+    )
 }
 
 /// Creates the CA and certificates with the real `core-node certs` command; the agent
@@ -299,10 +346,50 @@ impl Core {
         )))
     }
 
+    /// The core's `/metrics` text. Panics when the scrape fails: an empty text would read
+    /// as "no such metric", hiding the real cause.
     pub fn metrics(&self) -> String {
-        http_get(&self.url("/metrics"))
-            .map(|(_, b)| b)
-            .unwrap_or_default()
+        scrape(&self.url("/metrics"))
+    }
+
+    /// Number of series an instant query of `promql` answers now. A failed query is an
+    /// error, never 0: "nothing stored" must be told apart from "could not ask".
+    pub fn series_count(&self, promql: &str) -> anyhow::Result<usize> {
+        let answer = self.query(promql, None)?;
+        answer["data"]["result"]
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| format!("no result array for {promql}: {answer}"))
+    }
+
+    /// The single value an instant query of `promql` answers at `time` (Unix seconds, or
+    /// now): `None` for an empty answer, an error for a failed query or more than one series.
+    pub fn instant_value(&self, promql: &str, time: Option<f64>) -> anyhow::Result<Option<f64>> {
+        let answer = self.query(promql, time)?;
+        let result = answer["data"]["result"]
+            .as_array()
+            .with_context(|| format!("no result array for {promql}: {answer}"))?;
+        match result.as_slice() {
+            [] => Ok(None),
+            [one] => one["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .map(Some)
+                .with_context(|| format!("no value in the answer to {promql}: {answer}")),
+            _ => bail!(
+                "{promql} answered {} series, expected one: {answer}",
+                result.len()
+            ),
+        }
+    }
+}
+
+/// GET a `/metrics` URL; panics, naming the URL, unless it answers 200.
+fn scrape(url: &str) -> String {
+    match http_get(url) {
+        Ok((200, body)) => body,
+        Ok((status, body)) => panic!("GET {url} answered {status}: {body}"),
+        Err(e) => panic!("GET {url} failed: {e:#}"),
     }
 }
 
@@ -357,10 +444,9 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The agent's `/metrics` text; panics when the scrape fails (see [`Core::metrics`]).
     pub fn metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.http))
-            .map(|(_, b)| b)
-            .unwrap_or_default()
+        scrape(&format!("http://{}/metrics", self.http))
     }
 
     /// Publishes one message with the real `mosquitto_pub` (QoS 1 by default).
@@ -372,6 +458,39 @@ impl Agent {
 /// Runs `mosquitto_pub` against 127.0.0.1:`port`. The payload is passed on stdin (`-s`), so
 /// any bytes, including a 1 MB payload, can be sent.
 pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> anyhow::Result<()> {
+    let out = run_mosquitto_pub(port, topic, payload, extra)?;
+    if !out.status.success() {
+        bail!(
+            "mosquitto_pub -t {topic} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs [`mosquitto_pub`] expecting a refusal: `Ok` with the client's output when it ran and
+/// exited non-zero; an error when it published, or when it could not run at all (a missing
+/// client must not pass for a refusal).
+pub fn mosquitto_pub_refused(port: u16, topic: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let out = run_mosquitto_pub(port, topic, b"1", extra)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        bail!("mosquitto_pub -t {topic} {extra:?} was not refused: it published ({text})");
+    }
+    Ok(text)
+}
+
+/// `mosquitto_pub` to its exit; an error only when it could not be run.
+fn run_mosquitto_pub(
+    port: u16,
+    topic: &str,
+    payload: &[u8],
+    extra: &[&str],
+) -> anyhow::Result<std::process::Output> {
     use std::io::Write;
     let mut child = Command::new("mosquitto_pub")
         .args([
@@ -392,16 +511,10 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> 
         .spawn()
         .context("running mosquitto_pub (apt-get install mosquitto-clients)")?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(payload)?;
+        // A client refused early may close stdin first: its exit status tells.
+        let _ = stdin.write_all(payload);
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "mosquitto_pub -t {topic} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    Ok(child.wait_with_output()?)
 }
 
 /// Values of a range-query answer's single series as (unix seconds, value) pairs.
@@ -523,7 +636,8 @@ impl Drop for LinePublisher {
 }
 
 impl Agent {
-    /// Sum of every sample of the agent's metric `name` (all label sets).
+    /// Sum of every sample of the agent's metric `name` (all label sets); panics when the
+    /// scrape has no such metric (see [`metric_sum`]).
     pub fn metric(&self, name: &str) -> f64 {
         metric_sum(&self.metrics(), name, None)
     }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use updraft_tests::{
-    Agent, Core, binary, encode, http_get, http_post, make_certs, metric_sum, wait_for,
+    Agent, Core, binary, encode, http_get, http_post, make_certs, metric_sum,
+    metric_sum_if_present, wait_for,
 };
 
 fn tokens(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -180,15 +181,18 @@ fn an_agent_bound_to_one_tenant_cannot_write_another() -> anyhow::Result<()> {
     agent.publish("site1/dev1/temp", b"21.5")?;
     let admin = create(&core.data_dir, "acme", "admin")?;
     wait_for("the batch to be refused", Duration::from_secs(30), || {
-        let metrics = get_with(&core.url("/metrics"), &format!("Bearer {admin}"))
-            .ok()?
-            .1;
-        (metric_sum(
+        // The new token is picked up within a second; until then /metrics answers 401.
+        let (status, metrics) = get_with(&core.url("/metrics"), &format!("Bearer {admin}")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        // The counter appears with its first event: absent means not yet.
+        let refused = metric_sum_if_present(
             &metrics,
             "updraft_core_auth_failures_total",
             Some("reason=\"tenant_mismatch\""),
-        ) >= 1.0)
-            .then_some(())
+        )?;
+        (refused >= 1.0).then_some(())
     })?;
     Ok(())
 }

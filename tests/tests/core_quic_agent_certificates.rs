@@ -34,16 +34,9 @@ fn agent_dir(dir: &Path, core_certs: &Path, agent_certs: &Path) -> anyhow::Resul
     Ok(())
 }
 
-fn series_count(core: &Core, metric: &str) -> usize {
-    core.query(metric, None)
-        .ok()
-        .and_then(|a| a["data"]["result"].as_array().map(Vec::len))
-        .unwrap_or(0)
-}
-
 fn wait_stored(core: &Core, metric: &str) -> anyhow::Result<()> {
     wait_for(metric, Duration::from_secs(30), || {
-        (series_count(core, metric) == 1).then_some(())
+        (core.series_count(metric).ok()? == 1).then_some(())
     })
 }
 
@@ -58,14 +51,16 @@ fn an_agent_certificate_from_another_ca_is_refused_at_the_handshake() -> anyhow:
     let mixed = work.path().join("mixed");
     agent_dir(&mixed, &certs, &other)?;
     let core = Core::start(work.path(), &certs)?;
+    // Today the core exports this counter only from its first event: absent means none yet.
+    // The wait below needs it present, so a renamed counter still fails the test.
     let handshake_failures = |core: &Core| {
-        metric_sum(
+        metric_sum_if_present(
             &core.metrics(),
             "updraft_core_quic_handshake_failures_total",
             None,
         )
     };
-    assert_eq!(handshake_failures(&core), 0.0);
+    assert_eq!(handshake_failures(&core).unwrap_or(0.0), 0.0);
 
     let agent_work = work.path().join("foreign");
     std::fs::create_dir_all(&agent_work)?;
@@ -74,7 +69,7 @@ fn an_agent_certificate_from_another_ca_is_refused_at_the_handshake() -> anyhow:
     wait_for(
         "a counted handshake failure",
         Duration::from_secs(30),
-        || (handshake_failures(&core) >= 1.0).then_some(()),
+        || (handshake_failures(&core)? >= 1.0).then_some(()),
     )?;
     assert!(
         core.process.log_text().contains("quic handshake failed"),
@@ -82,7 +77,7 @@ fn an_agent_certificate_from_another_ca_is_refused_at_the_handshake() -> anyhow:
     );
     // The agent keeps the sample (it was never acknowledged) and the core stored nothing.
     assert_eq!(agent.metric("updraft_edge_samples_acked_total"), 0.0);
-    assert_eq!(series_count(&core, "foreign_ca"), 0);
+    assert_eq!(core.series_count("foreign_ca")?, 0);
 
     // The same core takes an agent whose certificate its CA signed.
     let good_work = work.path().join("good");
@@ -90,7 +85,7 @@ fn an_agent_certificate_from_another_ca_is_refused_at_the_handshake() -> anyhow:
     let good = Agent::start(&good_work, &certs, core.quic, &[])?;
     good.publish("s/d/own_ca", b"2")?;
     wait_stored(&core, "own_ca")?;
-    assert_eq!(series_count(&core, "foreign_ca"), 0);
+    assert_eq!(core.series_count("foreign_ca")?, 0);
     Ok(())
 }
 
@@ -108,14 +103,15 @@ fn an_agent_cannot_write_under_another_agent_id_than_its_certificate_names() -> 
     certs_for(&stolen, "edge-other")?;
     // Development mode does not lift the binding of a certificate that names an agent id.
     let core = Core::start(work.path(), &certs)?;
+    // Exported only from its first event, as above; the wait below needs it present.
     let refusals = |core: &Core| {
-        metric_sum(
+        metric_sum_if_present(
             &core.metrics(),
             "updraft_core_auth_failures_total",
             Some("reason=\"agent_mismatch\""),
         )
     };
-    assert_eq!(refusals(&core), 0.0);
+    assert_eq!(refusals(&core).unwrap_or(0.0), 0.0);
 
     let liar_work = work.path().join("liar");
     std::fs::create_dir_all(&liar_work)?;
@@ -124,7 +120,7 @@ fn an_agent_cannot_write_under_another_agent_id_than_its_certificate_names() -> 
     wait_for(
         "a counted agent id mismatch",
         Duration::from_secs(30),
-        || (refusals(&core) >= 1.0).then_some(()),
+        || (refusals(&core)? >= 1.0).then_some(()),
     )?;
     let rejected = metric_sum(
         &core.metrics(),
@@ -139,6 +135,6 @@ fn an_agent_cannot_write_under_another_agent_id_than_its_certificate_names() -> 
     let honest = Agent::start(&honest_work, &certs, core.quic, &[])?;
     honest.publish("s/d/own_id", b"2")?;
     wait_stored(&core, "own_id")?;
-    assert_eq!(series_count(&core, "claimed_id"), 0, "nothing stored");
+    assert_eq!(core.series_count("claimed_id")?, 0, "nothing stored");
     Ok(())
 }

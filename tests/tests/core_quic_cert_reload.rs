@@ -23,16 +23,9 @@ fn certs_for(dir: &Path, agent_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn series_count(core: &Core, metric: &str) -> usize {
-    core.query(metric, None)
-        .ok()
-        .and_then(|a| a["data"]["result"].as_array().map(Vec::len))
-        .unwrap_or(0)
-}
-
 fn wait_stored(core: &Core, metric: &str) -> anyhow::Result<()> {
     wait_for(metric, Duration::from_secs(60), || {
-        (series_count(core, metric) == 1).then_some(())
+        (core.series_count(metric).ok()? == 1).then_some(())
     })
 }
 
@@ -116,15 +109,16 @@ fn the_quic_listener_switches_to_another_ca_without_a_restart() -> anyhow::Resul
         "the new CA's agent refused",
         Duration::from_secs(30),
         || {
-            (metric_sum(
+            // Exported from its first event on: absent means not yet.
+            let failures = metric_sum_if_present(
                 &core.metrics(),
                 "updraft_core_quic_handshake_failures_total",
                 None,
-            ) >= 1.0)
-                .then_some(())
+            )?;
+            (failures >= 1.0).then_some(())
         },
     )?;
-    assert_eq!(series_count(&core, "new_ca"), 0);
+    assert_eq!(core.series_count("new_ca")?, 0);
     assert_eq!(quic_reloads(&core, "ok"), 0.0);
 
     // The switch: the other CA's CA, key and certificate replace the files the core reads.

@@ -1,6 +1,7 @@
 //! The buffer fills up while the core is down, under each overflow policy: what happens is
 //! what `docs/edge-agent.md` says, and every sample given up on is counted on `/metrics`.
 
+use anyhow::Context;
 use std::time::Duration;
 use updraft_tests::*;
 
@@ -46,16 +47,19 @@ fn overflow(policy: &str, t0_ms: i64) -> anyhow::Result<(String, Core, tempfile:
     .map(|m| (m, core, work))
 }
 
-fn count(core: &Core, promql: &str, at_ms: i64) -> f64 {
-    core.query(promql, Some(at_ms as f64 / 1000.0))
-        .ok()
-        .and_then(|a| {
-            a["data"]["result"][0]["value"][1]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// The value of `promql` at `at_ms`; a failed query or an answer of several series is an
+/// error, an empty answer `None`.
+fn value_at(core: &Core, promql: &str, at_ms: i64) -> anyhow::Result<Option<f64>> {
+    core.instant_value(promql, Some(at_ms as f64 / 1000.0))
+}
+
+/// The raw samples of `full_v` stamped exactly `ts_ms` (a 1 ms window ending there).
+fn samples_at(core: &Core, ts_ms: i64) -> anyhow::Result<Vec<(i64, f64)>> {
+    Ok(core
+        .raw_samples("full_v", "1ms", ts_ms as f64 / 1000.0)?
+        .into_iter()
+        .flat_map(|s| s.points_ms)
+        .collect())
 }
 
 fn dropped(m: &str, reason: &str) -> f64 {
@@ -80,7 +84,8 @@ fn a_full_buffer_follows_each_rules_policy_and_counts_every_drop() -> anyhow::Re
         let lost = dropped(&m, reason);
         assert!(lost > 0.0, "{policy}: the buffer never filled: {m}");
         let all_drops = metric_sum(&m, "updraft_edge_samples_dropped_total", None);
-        let stored = count(&core, &window, end_ms);
+        let stored = value_at(&core, &window, end_ms)?
+            .with_context(|| format!("{policy}: nothing of full_v stored"))?;
         // Every raw sample that did not reach the core is counted under the policy's reason
         // (downsample_backlog also drops aggregates it wrote earlier, under drop_oldest).
         let raw_lost = if policy == "downsample_backlog" {
@@ -105,24 +110,28 @@ fn a_full_buffer_follows_each_rules_policy_and_counts_every_drop() -> anyhow::Re
                 MESSAGES as f64 - stored - raw_lost
             );
         }
+        // Sample i has value i and timestamp t0 + i s: looked up by its timestamp, so that
+        // sample 0 (value 0.0) cannot be mistaken for an empty answer.
+        let (first, last) = (samples_at(&core, t0_ms)?, samples_at(&core, end_ms - 1000)?);
         match policy {
             "reject_new" => {
                 // The oldest samples were kept, the newest refused.
-                let oldest = count(&core, "full_v", t0_ms);
-                assert_eq!(oldest, 0.0, "{policy}: sample 0 is stored");
+                assert_eq!(first, [(t0_ms, 0.0)], "{policy}: sample 0 is stored");
+                assert_eq!(last, [], "{policy}: the last sample was refused");
             }
             "downsample_backlog" => {
-                let newest = count(&core, "full_v", end_ms - 1000);
                 assert_eq!(
-                    newest,
-                    (MESSAGES - 1) as f64,
+                    last,
+                    [(end_ms - 1000, (MESSAGES - 1) as f64)],
                     "{policy}: the last sample is stored"
                 );
-                let aggregated = count(
+                assert_eq!(first, [], "{policy}: raw sample 0 was replaced");
+                let aggregated = value_at(
                     &core,
                     &format!("sum(sum_over_time(full_v:count_1m[{}s]))", MESSAGES + 10),
                     end_ms,
-                );
+                )?
+                .with_context(|| format!("{policy}: no count_1m aggregate stored"))?;
                 // Each replaced sample is in one count_1m, unless that aggregate was itself
                 // given up later (counted as drop_oldest).
                 let aggregates_lost = dropped(&m, "buffer_full_drop_oldest");
@@ -137,12 +146,12 @@ fn a_full_buffer_follows_each_rules_policy_and_counts_every_drop() -> anyhow::Re
             }
             _ => {
                 // The newest samples were kept, the oldest given up.
-                let newest = count(&core, "full_v", end_ms - 1000);
                 assert_eq!(
-                    newest,
-                    (MESSAGES - 1) as f64,
+                    last,
+                    [(end_ms - 1000, (MESSAGES - 1) as f64)],
                     "{policy}: the last sample is stored"
                 );
+                assert_eq!(first, [], "{policy}: sample 0 was given up");
             }
         }
     }

@@ -10,16 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use updraft_tests::*;
 
-fn series_count(core: &Core, metric: &str) -> usize {
-    core.query(metric, None)
-        .ok()
-        .and_then(|a| a["data"]["result"].as_array().map(Vec::len))
-        .unwrap_or(0)
-}
-
 fn wait_stored(core: &Core, metric: &str) -> anyhow::Result<()> {
     wait_for(metric, Duration::from_secs(30), || {
-        (series_count(core, metric) == 1).then_some(())
+        (core.series_count(metric).ok()? == 1).then_some(())
     })
 }
 
@@ -81,9 +74,9 @@ fn hashed_passwords_and_topic_acls_drop_and_count_what_is_not_allowed() -> anyho
 
     // A wrong password against a hashed entry is refused, on both listeners.
     let wrong = ["-u", "alice", "-P", "s3creT", "-i", "dev7"];
-    assert!(mosquitto_pub(agent.mqtt_port, "site1/dev7/acl_wrong", b"1", &wrong).is_err());
+    mosquitto_pub_refused(agent.mqtt_port, "site1/dev7/acl_wrong", &wrong)?;
     let wrong5 = ["-V", "mqttv5", "-u", "bob", "-P", "hunter3"];
-    assert!(mosquitto_pub(agent.mqtt5_port, "own/bob/acl_wrong", b"1", &wrong5).is_err());
+    mosquitto_pub_refused(agent.mqtt5_port, "own/bob/acl_wrong", &wrong5)?;
 
     // Denied first: QoS 1 over MQTT 3.1.1 still gets its PUBACK (the client succeeds).
     let alice = ["-u", "alice", "-P", "s3cret", "-i", "dev7"];
@@ -109,7 +102,7 @@ fn hashed_passwords_and_topic_acls_drop_and_count_what_is_not_allowed() -> anyho
         "acl_other_user",
         "acl_not_bobs",
     ] {
-        assert_eq!(series_count(&core, metric), 0, "{metric} was stored");
+        assert_eq!(core.series_count(metric)?, 0, "{metric} was stored");
     }
     assert_eq!(denied(&agent), 3.0);
     assert_eq!(agent.metric("updraft_edge_mqtt_auth_failures_total"), 2.0);
@@ -174,7 +167,7 @@ fn a_listener_requiring_client_certificates_takes_only_devices_with_one() -> any
 
     // No client certificate, or one from another CA: refused at the TLS handshake.
     let no_cert = ["--cafile", cafile.as_str()];
-    assert!(mosquitto_pub(agent.mqtt_port, "plant/dev9/cert_none", b"1", &no_cert).is_err());
+    mosquitto_pub_refused(agent.mqtt_port, "plant/dev9/cert_none", &no_cert)?;
     let (o_cert, o_key) = (path(&other, "agent.pem"), path(&other, "agent-key.pem"));
     let foreign = [
         "--cafile",
@@ -184,7 +177,7 @@ fn a_listener_requiring_client_certificates_takes_only_devices_with_one() -> any
         "--key",
         o_key.as_str(),
     ];
-    assert!(mosquitto_pub(agent.mqtt_port, "plant/dev9/cert_foreign", b"1", &foreign).is_err());
+    mosquitto_pub_refused(agent.mqtt_port, "plant/dev9/cert_foreign", &foreign)?;
 
     // With the device's certificate: its CN (dev9) is the username the ACL knows.
     mosquitto_pub(agent.mqtt_port, "plant/dev9/cert_ok", b"5", &with_cert)?;
@@ -196,7 +189,7 @@ fn a_listener_requiring_client_certificates_takes_only_devices_with_one() -> any
     wait_stored(&core, "cert_ok_v5")?;
     assert_eq!(agent.metric("updraft_edge_mqtt_acl_denied_total"), 1.0);
     for metric in ["cert_none", "cert_foreign", "cert_denied"] {
-        assert_eq!(series_count(&core, metric), 0, "{metric} was stored");
+        assert_eq!(core.series_count(metric)?, 0, "{metric} was stored");
     }
     assert_eq!(agent.metric("updraft_edge_messages_received_total"), 2.0);
     Ok(())

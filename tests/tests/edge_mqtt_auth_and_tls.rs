@@ -3,6 +3,7 @@
 //! is stored; over TLS, a client trusting the listener's CA publishes, and plain TCP or a
 //! client trusting another CA gets nowhere.
 
+use anyhow::Context;
 use std::path::Path;
 use std::time::Duration;
 use updraft_tests::*;
@@ -19,8 +20,10 @@ fn wait_stored(core: &Core, promql: &str, want: f64) -> anyhow::Result<()> {
     })
 }
 
-fn refused(port: u16, topic: &str, extra: &[&str]) -> bool {
-    mosquitto_pub(port, topic, b"1", extra).is_err()
+/// Publishes expecting a refusal; returns the client's output. A client that could not run
+/// is an error, not a refusal.
+fn refused(port: u16, topic: &str, extra: &[&str]) -> anyhow::Result<String> {
+    mosquitto_pub_refused(port, topic, extra)
 }
 
 #[test]
@@ -41,16 +44,12 @@ fn wrong_logins_are_refused_and_counted_right_ones_are_stored() -> anyhow::Resul
     assert_eq!(agent.metric("updraft_edge_mqtt_auth_failures_total"), 0.0);
 
     let port = agent.mqtt_port;
-    assert!(refused(port, "s/d/auth_a", &["-u", "alice", "-P", "wrong"]));
-    assert!(refused(port, "s/d/auth_a", &[]), "no login at all");
-    assert!(refused(
-        port,
-        "s/d/auth_a",
-        &["-u", "mallory", "-P", "s3cret"]
-    ));
+    refused(port, "s/d/auth_a", &["-u", "alice", "-P", "wrong"])?;
+    refused(port, "s/d/auth_a", &[]).context("no login at all")?;
+    refused(port, "s/d/auth_a", &["-u", "mallory", "-P", "s3cret"])?;
     // MQTT 5 (the other listener, and the other codec) refuses the same way.
     let v5 = ["-V", "mqttv5", "-u", "alice", "-P", "wrong"];
-    assert!(refused(agent.mqtt5_port, "s/d/auth_a", &v5));
+    refused(agent.mqtt5_port, "s/d/auth_a", &v5)?;
     wait_for("4 refusals counted", Duration::from_secs(10), || {
         (agent.metric("updraft_edge_mqtt_auth_failures_total") == 4.0).then_some(())
     })?;
@@ -111,15 +110,10 @@ fn tls_listener_takes_verified_clients_and_refuses_plain_tcp() -> anyhow::Result
     wait_stored(&core, "tls_a", 3.25)?;
     wait_stored(&core, "tls_b", 4.0)?;
 
-    assert!(
-        refused(agent.mqtt_port, "s/d/tls_plain", &[]),
-        "plain TCP to the TLS port"
-    );
+    refused(agent.mqtt_port, "s/d/tls_plain", &[]).context("plain TCP to the TLS port")?;
     let wrong_ca = path(&other_ca, "ca.pem");
-    assert!(
-        refused(agent.mqtt_port, "s/d/tls_plain", &["--cafile", &wrong_ca]),
-        "a listener certificate from a CA the client does not trust"
-    );
+    refused(agent.mqtt_port, "s/d/tls_plain", &["--cafile", &wrong_ca])
+        .context("a listener certificate from a CA the client does not trust")?;
     assert_eq!(
         agent.metric("updraft_edge_messages_received_total"),
         2.0,

@@ -72,20 +72,14 @@ fn uplink_cut_then_restored_loses_nothing_and_fresh_data_comes_first() -> anyhow
             .is_some_and(|r| !r.is_empty());
         found.then(|| {
             let at = (t0_ms + total * 1000) as f64 / 1000.0;
-            core.query(
+            core.instant_value(
                 &format!("count_over_time(backlog_v[{}s])", total + 5),
                 Some(at),
             )
-            .ok()
-            .and_then(|a| {
-                a["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
         })
     })?;
+    // A failed query is an error; an empty answer is a backlog not started yet.
+    let backlog_when_fresh_seen = backlog_when_fresh_seen?.unwrap_or(0.0);
     assert!(
         backlog_when_fresh_seen < total as f64,
         "the fresh sample was only visible after the whole backlog ({backlog_when_fresh_seen})"

@@ -5,7 +5,8 @@
 //! an nftables rule in that namespace drops UDP to the core's QUIC port for
 //! `UPDRAFT_TEST_DROP_SECS` seconds (default 10) while a device keeps publishing to the agent.
 //! Needs root, iproute2 and nftables (`scripts/test.sh` installs them); without them the test
-//! prints why and passes without running.
+//! fails, naming what is missing (`UPDRAFT_ALLOW_SKIP=1` outside CI skips it instead, see
+//! [`skip_or_fail`]).
 
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
@@ -64,18 +65,19 @@ struct Netns {
 }
 
 impl Netns {
-    /// `Ok(None)` when this machine cannot do it (the reason is printed): not root, no `ip`,
-    /// no `nft`, or the kernel refuses namespaces, veth pairs or nf_tables.
+    /// When this machine cannot do it (not root, no `ip`, no `nft`, or the kernel refuses
+    /// namespaces, veth pairs or nf_tables): an error naming why, or `Ok(None)` when
+    /// [`skip_or_fail`] allows a skip.
     fn create() -> anyhow::Result<Option<Self>> {
         let uid = Command::new("id").arg("-u").output();
         let root = uid.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
         if !root {
-            eprintln!("SKIPPED: needs root to create a network namespace");
+            skip_or_fail("needs root to create a network namespace")?;
             return Ok(None);
         }
         for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
             if Command::new(sbin(tool)).arg("--version").output().is_err() {
-                eprintln!("SKIPPED: `{tool}` not found (apt-get install {package})");
+                skip_or_fail(&format!("`{tool}` not found (apt-get install {package})"))?;
                 return Ok(None);
             }
         }
@@ -91,7 +93,7 @@ impl Netns {
         let inside = std::net::Ipv4Addr::new(10, 213 + (a % 40), b, 2);
         let ip = sbin("ip");
         if let Err(e) = run(&ip, &["netns", "add", &name]) {
-            eprintln!("SKIPPED: cannot create a network namespace here: {e}");
+            skip_or_fail(&format!("cannot create a network namespace here: {e:#}"))?;
             return Ok(None);
         }
         let ns = Self {
@@ -110,11 +112,11 @@ impl Netns {
             &ns_veth,
         ];
         if let Err(e) = run(&ip, &veth) {
-            eprintln!("SKIPPED: cannot create a veth pair here: {e}");
+            skip_or_fail(&format!("cannot create a veth pair here: {e:#}"))?;
             return Ok(None);
         }
         if let Err(e) = ns.exec(&sbin("nft"), &["list", "ruleset"]) {
-            eprintln!("SKIPPED: nftables does not work here: {e}");
+            skip_or_fail(&format!("nftables does not work here: {e:#}"))?;
             return Ok(None);
         }
         run(&ip, &["link", "set", &ns_veth, "netns", &ns.name])?;
@@ -216,6 +218,7 @@ fn start_core(ns: &Netns, work: &Path, certs: &Path) -> anyhow::Result<Process> 
 #[test]
 fn packets_to_the_core_dropped_for_a_while_lose_no_sample_and_keep_order() -> anyhow::Result<()> {
     let Some(ns) = Netns::create()? else {
+        // Skipped, allowed and printed by `skip_or_fail`.
         return Ok(());
     };
     let work = tempfile::tempdir()?;
@@ -302,7 +305,10 @@ fn packets_to_the_core_dropped_for_a_while_lose_no_sample_and_keep_order() -> an
         let expected: Vec<(i64, f64)> = (0..total)
             .map(|i| (T0_MS + i * 1000, sign * i as f64))
             .collect();
-        let got = by_name.get(name).cloned().unwrap_or_default();
+        let got = by_name
+            .get(name)
+            .cloned()
+            .with_context(|| format!("{name}: no such series in the core"))?;
         let missing = expected.iter().filter(|p| !got.contains(p)).count();
         assert_eq!(missing, 0, "{name}: {missing} of {total} samples lost");
         // In time order, each value is the one published with that timestamp: order kept.

@@ -78,9 +78,11 @@ fn core_command(work: &Path, certs: &Path, http: u16, quic: u16) -> Command {
     cmd
 }
 
-/// Every file under `dir` holding one of the needles, as "path: needle".
+/// Every file under `dir` holding one of the needles, as "path: needle". An error when `dir`
+/// holds no bytes at all: finding nothing in nothing proves nothing.
 fn files_holding(dir: &Path, needles: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
+    let mut scanned = 0usize;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
@@ -90,6 +92,7 @@ fn files_holding(dir: &Path, needles: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<
                 continue;
             }
             let bytes = std::fs::read(&path)?;
+            scanned += bytes.len();
             for (what, needle) in needles {
                 if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
                     found.push(format!("{}: {what}", path.display()));
@@ -97,6 +100,7 @@ fn files_holding(dir: &Path, needles: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<
             }
         }
     }
+    anyhow::ensure!(scanned > 0, "{}: no data to scan", dir.display());
     Ok(found)
 }
 

@@ -64,6 +64,8 @@ pub(crate) enum Protocol {
 }
 
 impl Protocol {
+    const ALL: [Self; 3] = [Self::RemoteWrite, Self::InfluxV1, Self::InfluxV2];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::RemoteWrite => "remote_write",
@@ -110,6 +112,24 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
+    const ALL: [Self; 15] = [
+        Self::BodyTooLarge,
+        Self::BodyRead,
+        Self::UnsupportedMediaType,
+        Self::BadSnappy,
+        Self::BadProtobuf,
+        Self::BadGzip,
+        Self::BadUtf8,
+        Self::BadParam,
+        Self::InvalidLabels,
+        Self::BadLine,
+        Self::BadTimestamp,
+        Self::SeriesRefused,
+        Self::Busy,
+        Self::Unavailable,
+        Self::RateLimited,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::BodyTooLarge => "body_too_large",
@@ -128,6 +148,22 @@ impl Reason {
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
         }
+    }
+}
+
+/// Exports the ingest counters at 0 for every protocol and reason, so a scrape shows each
+/// series before its first event (Prometheus' advice for known label values).
+pub(crate) fn register_metrics() {
+    for protocol in Protocol::ALL {
+        metrics::counter!(INGEST_SAMPLES, "protocol" => protocol.as_str()).absolute(0);
+        for reason in Reason::ALL {
+            metrics::counter!(INGEST_REJECTED, "protocol" => protocol.as_str(), "reason" => reason.as_str())
+                .absolute(0);
+        }
+    }
+    for protocol in [Protocol::InfluxV1, Protocol::InfluxV2] {
+        metrics::counter!(FIELDS_SKIPPED, "protocol" => protocol.as_str(), "reason" => "string")
+            .absolute(0);
     }
 }
 

@@ -118,6 +118,7 @@ pub fn router(state: HttpState) -> axum::Router {
         .ingest_rate_limit
         .filter(|r| *r > 0.0)
         .map(|r| Arc::new(rate_limit::IngestRateLimit::new(r)));
+    ingest::register_metrics();
     let api = Api {
         state,
         rate_limit,
