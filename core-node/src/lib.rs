@@ -239,6 +239,8 @@ fn node_settings(
         "max_concurrent_reads": http::MAX_CONCURRENT_READS,
         "max_concurrent_writes": http::ingest::MAX_CONCURRENT_WRITES,
         "max_write_body_bytes": http::ingest::MAX_WRITE_BODY_BYTES,
+        "min_free_disk_bytes": config.min_free_disk_bytes,
+        "storage_failure_exit_secs": config.storage_failure_exit_after.as_secs(),
     }) else {
         return serde_json::Map::new();
     };

@@ -52,8 +52,39 @@ pub(crate) struct Health {
     tx: watch::Sender<StorageHealth>,
 }
 
+/// Exports storage's counters at 0 from the start, with every label value they can take, so
+/// that a rate or an alert over them works before their first event (and a renamed one is
+/// missed at once, not after the first failure).
+fn register_counters() {
+    for reason in [
+        "too_many_labels",
+        "label_name_too_long",
+        "label_value_too_long",
+        "series_limit",
+        "out_of_retention",
+        "bad_chunk",
+        "storage",
+    ] {
+        metrics::counter!("updraft_core_series_rejected_total", "reason" => reason).increment(0);
+    }
+    for outcome in ["stored", "duplicate", "failed", "read_only"] {
+        metrics::counter!("updraft_core_batches_total", "outcome" => outcome).increment(0);
+    }
+    for name in [
+        "updraft_core_samples_stored_total",
+        "updraft_core_series_created_total",
+        "updraft_core_series_forgotten_total",
+        "updraft_core_partitions_dropped_total",
+        "updraft_core_wal_corrupt_bytes_total",
+        "updraft_core_storage_failures_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 impl Health {
     pub fn new() -> Self {
+        register_counters();
         metrics::gauge!("updraft_core_storage_healthy").set(1.0);
         metrics::gauge!("updraft_core_storage_read_only").set(0.0);
         Self {
