@@ -40,16 +40,20 @@
 //! [`Storage::submit_samples`] a [`SampleBatch`] from the HTTP ingest APIs (decoded samples,
 //! no agent) for the single writer thread (a bounded queue: a full queue is refused with
 //! [`SubmitError::Busy`] rather than growing memory). The writer
-//! takes every batch waiting (group commit), checks each against the agent's last applied
-//! `(epoch, sequence)`, appends the new ones to the WAL and fsyncs it (the configured
-//! durability), commits the new series and postings to fjall, appends the samples to the
-//! in-memory [`head`], and then answers them. The head is cut into chunks (one per series and
+//! takes every batch waiting (group commit), admits each (the agent's last applied
+//! `(epoch, sequence)`, the limits and retention: the decisions that read settings, counters
+//! or the clock, taken once; refused series leave the batch), appends the admitted ones to the
+//! WAL and fsyncs it (the configured durability), commits the new series and postings to
+//! fjall, appends the samples to the in-memory [`head`], and then answers them. The head is cut into chunks (one per series and
 //! UTC day) in one fjall batch when it is full or old enough ([`StorageOptions::head_max_samples`],
 //! [`StorageOptions::head_max_age`]); that batch also records the agents' offsets and how far
 //! into the WAL it reaches, and a restart replays the WAL from there into the head again.
-//! Applying is deterministic and idempotent: the stored offset makes a resent batch a no-op,
-//! and even a re-applied one only adds samples that win over identical ones. This is the shape
-//! a replicated log will take: append the batch, then apply it.
+//! Applying is deterministic (it reads only the record and the state it is applied to; see
+//! `writer::apply`) and idempotent: the stored offset makes a resent batch a no-op, and even
+//! a re-applied one only adds samples that win over identical ones. Retention drops and
+//! series removals are WAL records too. This is the shape a replicated log will take: a
+//! leader admits and appends, every replica applies. Whether storage takes writes at all is
+//! [`health`]'s: healthy, read-only (disk almost full) or failed.
 //!
 //! The compactor never writes itself: it sends its merged blocks to the writer as a replace
 //! request, so every mutation is ordered by the one writer.
