@@ -2,6 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
+use crate::ingest::limits::QuicLimits;
 use crate::storage::{Durability, Limits, Retention, parse_retention};
 use crate::tls::{HttpTlsFiles, TlsFiles, TlsMinVersion};
 use anyhow::Context;
@@ -92,6 +93,24 @@ pub struct RunArgs {
     /// (hex); with neither, storage is not encrypted [default: none].
     #[arg(long, env = "UPDRAFT_CORE_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// QUIC connections open at once; further ones are refused before their handshake
+    /// [default: 4096].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_MAX_CONNECTIONS")]
+    pub quic_max_connections: Option<usize>,
+    /// Batches one QUIC connection may have in flight (bidirectional streams) [default: 16].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_MAX_STREAMS_PER_CONNECTION")]
+    pub quic_max_streams_per_connection: Option<u32>,
+    /// Bytes an agent may send on one stream beyond what the node has read [default: 262144].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_STREAM_RECEIVE_WINDOW")]
+    pub quic_stream_receive_window: Option<u32>,
+    /// Bytes an agent may send on one connection beyond what the node has read
+    /// [default: 262144].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_RECEIVE_WINDOW")]
+    pub quic_receive_window: Option<u32>,
+    /// Bytes of QUIC frames held node-wide from reading until answered; past it streams wait,
+    /// then get too_many_requests [default: 134217728, at least 16777216].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_INFLIGHT_BYTES")]
+    pub quic_inflight_bytes: Option<usize>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -120,6 +139,11 @@ struct FileConfig {
     #[serde(default)]
     tenant_retention: std::collections::BTreeMap<String, String>,
     master_key_file: Option<PathBuf>,
+    quic_max_connections: Option<usize>,
+    quic_max_streams_per_connection: Option<u32>,
+    quic_stream_receive_window: Option<u32>,
+    quic_receive_window: Option<u32>,
+    quic_inflight_bytes: Option<usize>,
 }
 
 /// A validated configuration.
@@ -143,6 +167,8 @@ pub struct CoreConfig {
     pub retention: Retention,
     /// Master key file for encryption at rest (else `UPDRAFT_MASTER_KEY`, else none).
     pub master_key_file: Option<PathBuf>,
+    /// Connection, stream and in-flight byte limits of QUIC ingest.
+    pub quic_limits: QuicLimits,
 }
 
 impl CoreConfig {
@@ -161,6 +187,7 @@ impl CoreConfig {
             limits: Limits::default(),
             retention: Retention::default(),
             master_key_file: None,
+            quic_limits: QuicLimits::default(),
         }
     }
 
@@ -232,7 +259,32 @@ impl CoreConfig {
             (None, None) => None,
             _ => anyhow::bail!("http_tls_cert and http_tls_key go together: give both or neither"),
         };
+        let quic = QuicLimits::default();
+        let quic_limits = QuicLimits {
+            max_connections: args
+                .quic_max_connections
+                .or(file.quic_max_connections)
+                .unwrap_or(quic.max_connections),
+            max_streams_per_connection: args
+                .quic_max_streams_per_connection
+                .or(file.quic_max_streams_per_connection)
+                .unwrap_or(quic.max_streams_per_connection),
+            stream_receive_window: args
+                .quic_stream_receive_window
+                .or(file.quic_stream_receive_window)
+                .unwrap_or(quic.stream_receive_window),
+            receive_window: args
+                .quic_receive_window
+                .or(file.quic_receive_window)
+                .unwrap_or(quic.receive_window),
+            inflight_bytes: args
+                .quic_inflight_bytes
+                .or(file.quic_inflight_bytes)
+                .unwrap_or(quic.inflight_bytes),
+        };
+        quic_limits.validate().map_err(anyhow::Error::msg)?;
         Ok(Self {
+            quic_limits,
             limits,
             retention,
             master_key_file: args.master_key_file.or(file.master_key_file),
