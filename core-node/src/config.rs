@@ -358,6 +358,31 @@ mod tests {
     }
 
     #[test]
+    fn example_config_shows_the_quic_defaults_and_flags_override_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core-node.toml");
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.quic_limits, QuicLimits::default());
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            quic_max_connections: Some(7),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.quic_limits.max_connections, 7);
+        let err = CoreConfig::from_args(RunArgs {
+            config: Some(path),
+            quic_inflight_bytes: Some(1024),
+            ..RunArgs::default()
+        })
+        .expect_err("a budget below one frame");
+        assert!(format!("{err:#}").contains("quic_inflight_bytes"));
+    }
+
+    #[test]
     fn example_config_parses() {
         let text = include_str!("../../deploy/core-node.toml");
         toml::from_str::<FileConfig>(text).expect("deploy/core-node.toml matches the code");

@@ -29,6 +29,12 @@
 //! handshake fails, is logged (`quic handshake failed`) and counted in
 //! `updraft_core_quic_handshake_failures_total`.
 //!
+//! # Memory
+//!
+//! Connections, streams per connection, receive windows and the bytes of frames held
+//! node-wide are all bounded ([`limits`]): a flood of connections or of maximum-size frames
+//! is refused or made to wait, never buffered without limit.
+//!
 //! # Certificates
 //!
 //! The listener's certificate, key and client CA are re-read without a restart when their
