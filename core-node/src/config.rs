@@ -2,6 +2,7 @@
 //! validated [`CoreConfig`]. Every option and its default is documented in
 //! `deploy/core-node.toml`.
 
+use crate::ingest::limits::QuicLimits;
 use crate::logging::LogFormat;
 use crate::storage::{Durability, Limits, Retention, parse_retention};
 use crate::tls::{HttpTlsFiles, TlsFiles, TlsMinVersion};
@@ -108,6 +109,24 @@ pub struct RunArgs {
     /// line, for log shippers); RUST_LOG sets the filter [default: text].
     #[arg(long, value_enum, env = "UPDRAFT_CORE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// QUIC connections open at once; further ones are refused before their handshake
+    /// [default: 4096].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_MAX_CONNECTIONS")]
+    pub quic_max_connections: Option<usize>,
+    /// Batches one QUIC connection may have in flight (bidirectional streams) [default: 16].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_MAX_STREAMS_PER_CONNECTION")]
+    pub quic_max_streams_per_connection: Option<u32>,
+    /// Bytes an agent may send on one stream beyond what the node has read [default: 262144].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_STREAM_RECEIVE_WINDOW")]
+    pub quic_stream_receive_window: Option<u32>,
+    /// Bytes an agent may send on one connection beyond what the node has read
+    /// [default: 262144].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_RECEIVE_WINDOW")]
+    pub quic_receive_window: Option<u32>,
+    /// Bytes of QUIC frames held node-wide from reading until answered; past it streams wait,
+    /// then get too_many_requests [default: 134217728, at least 16777216].
+    #[arg(long, env = "UPDRAFT_CORE_QUIC_INFLIGHT_BYTES")]
+    pub quic_inflight_bytes: Option<usize>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -139,6 +158,11 @@ struct FileConfig {
     min_free_disk_mib: Option<u64>,
     storage_failure_exit_secs: Option<u64>,
     log_format: Option<LogFormat>,
+    quic_max_connections: Option<usize>,
+    quic_max_streams_per_connection: Option<u32>,
+    quic_stream_receive_window: Option<u32>,
+    quic_receive_window: Option<u32>,
+    quic_inflight_bytes: Option<usize>,
 }
 
 /// The default of `--min-free-disk-mib`.
@@ -174,6 +198,8 @@ pub struct CoreConfig {
     pub storage_failure_exit_after: std::time::Duration,
     /// How `main` sets up logging (the node itself only emits events).
     pub log_format: LogFormat,
+    /// Connection, stream and in-flight byte limits of QUIC ingest.
+    pub quic_limits: QuicLimits,
 }
 
 impl CoreConfig {
@@ -197,6 +223,7 @@ impl CoreConfig {
                 DEFAULT_STORAGE_FAILURE_EXIT_SECS,
             ),
             log_format: LogFormat::default(),
+            quic_limits: QuicLimits::default(),
         }
     }
 
@@ -272,7 +299,32 @@ impl CoreConfig {
             .min_free_disk_mib
             .or(file.min_free_disk_mib)
             .unwrap_or(DEFAULT_MIN_FREE_DISK_MIB);
+        let quic = QuicLimits::default();
+        let quic_limits = QuicLimits {
+            max_connections: args
+                .quic_max_connections
+                .or(file.quic_max_connections)
+                .unwrap_or(quic.max_connections),
+            max_streams_per_connection: args
+                .quic_max_streams_per_connection
+                .or(file.quic_max_streams_per_connection)
+                .unwrap_or(quic.max_streams_per_connection),
+            stream_receive_window: args
+                .quic_stream_receive_window
+                .or(file.quic_stream_receive_window)
+                .unwrap_or(quic.stream_receive_window),
+            receive_window: args
+                .quic_receive_window
+                .or(file.quic_receive_window)
+                .unwrap_or(quic.receive_window),
+            inflight_bytes: args
+                .quic_inflight_bytes
+                .or(file.quic_inflight_bytes)
+                .unwrap_or(quic.inflight_bytes),
+        };
+        quic_limits.validate().map_err(anyhow::Error::msg)?;
         Ok(Self {
+            quic_limits,
             min_free_disk_bytes: min_free_disk_mib.saturating_mul(1 << 20),
             storage_failure_exit_after: std::time::Duration::from_secs(
                 args.storage_failure_exit_secs
@@ -351,6 +403,31 @@ mod tests {
         })
         .expect_err("unknown key");
         assert!(format!("{err:#}").contains("no_such_option"));
+    }
+
+    #[test]
+    fn example_config_shows_the_quic_defaults_and_flags_override_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core-node.toml");
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.quic_limits, QuicLimits::default());
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            quic_max_connections: Some(7),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.quic_limits.max_connections, 7);
+        let err = CoreConfig::from_args(RunArgs {
+            config: Some(path),
+            quic_inflight_bytes: Some(1024),
+            ..RunArgs::default()
+        })
+        .expect_err("a budget below one frame");
+        assert!(format!("{err:#}").contains("quic_inflight_bytes"));
     }
 
     #[test]

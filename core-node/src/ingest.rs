@@ -29,6 +29,12 @@
 //! handshake fails, is logged (`quic handshake failed`) and counted in
 //! `updraft_core_quic_handshake_failures_total`.
 //!
+//! # Memory
+//!
+//! Connections, streams per connection, receive windows and the bytes of frames held
+//! node-wide are all bounded ([`limits`]): a flood of connections or of maximum-size frames
+//! is refused or made to wait, never buffered without limit.
+//!
 //! # Certificates
 //!
 //! The listener's certificate, key and client CA are re-read without a restart when their
@@ -45,6 +51,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod limits;
+use limits::{
+    BUDGET_WAIT, ByteBudget, ConnectionSlots, GRANT_BYTES, Held, LogLimiter, QuicLimits, REFUSALS,
+};
+
 /// How long a peer may take to send one frame.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,29 +67,48 @@ pub struct TenantPolicy {
     pub unbound_may_write_any: bool,
 }
 
-/// Accepts connections until `shutdown` resolves, then closes the endpoint.
+/// Accepts connections until `shutdown` resolves, then closes the endpoint. `limits` bounds
+/// connections and in-flight bytes ([`limits`]; the endpoint's transport configuration
+/// carries the flow-control part).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     storage: Storage,
     policy: TenantPolicy,
+    limits: QuicLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = ConnectionSlots::new(limits.max_connections);
+    let budget = ByteBudget::new(limits.inflight_bytes);
+    let refusals_log = LogLimiter::default();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                let Some(slot) = slots.take() else {
+                    // Before the handshake: a refused peer costs no TLS work.
+                    incoming.refuse();
+                    metrics::counter!(REFUSALS, "reason" => "connection_limit").increment(1);
+                    if let Some(suppressed) = refusals_log.allow() {
+                        tracing::warn!(%remote, max = limits.max_connections, suppressed,
+                            "quic connection refused: the node has --quic-max-connections open \
+                             (suppressed: refusals since the last such line)");
+                    }
+                    continue;
+                };
                 let storage = storage.clone();
+                let budget = budget.clone();
                 tokio::spawn(async move {
-                    let remote = incoming.remote_address();
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, storage, policy).await,
+                        Ok(conn) => serve_connection(conn, storage, policy, budget).await,
                         Err(e) => {
                             metrics::counter!("updraft_core_quic_handshake_failures_total").increment(1);
                             tracing::warn!(%remote, error = %e, "quic handshake failed");
                         }
                     }
+                    drop(slot);
                 });
             }
         }
@@ -113,11 +143,15 @@ fn peer_binding(conn: &quinn::Connection) -> Binding {
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: TenantPolicy) {
+async fn serve_connection(
+    conn: quinn::Connection,
+    storage: Storage,
+    policy: TenantPolicy,
+    budget: ByteBudget,
+) {
     let remote = conn.remote_address();
     let binding = std::sync::Arc::new(peer_binding(&conn));
     tracing::info!(%remote, tenant = ?binding.tenant, agent = ?binding.agent, "agent connected");
-    metrics::gauge!("updraft_core_quic_connections").increment(1);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -126,7 +160,8 @@ async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: Ten
                     binding: std::sync::Arc::clone(&binding),
                     policy,
                 };
-                tokio::spawn(serve_stream(send, recv, storage, remote, allowed));
+                let budget = budget.clone();
+                tokio::spawn(serve_stream(send, recv, storage, remote, allowed, budget));
             }
             Err(e) => {
                 tracing::info!(%remote, reason = %e, "agent disconnected");
@@ -134,7 +169,6 @@ async fn serve_connection(conn: quinn::Connection, storage: Storage, policy: Ten
             }
         }
     }
-    metrics::gauge!("updraft_core_quic_connections").decrement(1);
 }
 
 /// What one connection's batches may write.
@@ -206,10 +240,14 @@ async fn serve_stream(
     storage: Storage,
     remote: SocketAddr,
     allowed: Allowed,
+    budget: ByteBudget,
 ) {
-    let frame = match tokio::time::timeout(READ_TIMEOUT, recv.read_to_end(MAX_FRAME_BYTES)).await {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+    // Held until the answer is written: for a batch, until storage made it durable.
+    let (frame, _held) = match tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, &budget))
+        .await
+    {
+        Ok(Ok(read)) => read,
+        Ok(Err(ReadFailure::TooLong)) => {
             reject(
                 &mut send,
                 remote,
@@ -222,7 +260,29 @@ async fn serve_stream(
             .await;
             return;
         }
-        Ok(Err(e)) => {
+        Ok(Err(ReadFailure::OverBudget)) => {
+            // Stop the sender now rather than let its window fill for nothing.
+            let _ = recv.stop(0u32.into());
+            metrics::counter!(REFUSALS, "reason" => "memory_budget").increment(1);
+            metrics::counter!("updraft_core_batches_rejected_total", "reason" => "memory_budget")
+                .increment(1);
+            if let Some(suppressed) = BUDGET_LOG.allow() {
+                tracing::warn!(%remote, waited = ?BUDGET_WAIT, suppressed,
+                    "quic frame refused with too_many_requests: the in-flight byte budget \
+                     (--quic-inflight-bytes) stayed exhausted (suppressed: refusals since the \
+                     last such line)");
+            }
+            answer(
+                &mut send,
+                0,
+                0,
+                ErrorCode::TooManyRequests,
+                "the node's ingest memory budget is exhausted, retry later".into(),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(ReadFailure::Stream(e))) => {
             tracing::debug!(%remote, error = %e, "stream read failed");
             return;
         }
@@ -425,12 +485,76 @@ async fn reject(
 ) {
     metrics::counter!("updraft_core_batches_rejected_total", "reason" => reason).increment(1);
     tracing::warn!(%remote, reason, %message, "rejected frame");
+    answer(send, epoch, sequence, code, message).await;
+}
+
+/// Answers a frame that was not stored.
+async fn answer(
+    send: &mut quinn::SendStream,
+    epoch: u64,
+    sequence: u64,
+    code: ErrorCode,
+    message: String,
+) {
     let ack = Message::BatchAck(BatchAck {
         epoch,
         sequence,
         outcome: AckOutcome::Failed { code, message },
     });
     write_ack(send, &ack).await;
+}
+
+/// Refusals for want of budget are logged at most every [`limits::LOG_EVERY`].
+static BUDGET_LOG: std::sync::LazyLock<LogLimiter> = std::sync::LazyLock::new(LogLimiter::default);
+
+/// Why a frame was not read whole.
+#[derive(Debug)]
+enum ReadFailure {
+    TooLong,
+    OverBudget,
+    Stream(quinn::ReadError),
+}
+
+/// Reads one frame to the stream's end, taking budget before each read (see [`limits`]).
+/// Returns the frame and the budget it holds (its length).
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    budget: &ByteBudget,
+) -> Result<(Vec<u8>, Held), ReadFailure> {
+    let mut held = Held::default();
+    let mut waited = Duration::ZERO;
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        // One byte past the maximum is enough to know a frame is too long.
+        let want = GRANT_BYTES.min(MAX_FRAME_BYTES + 1 - len);
+        budget
+            .grow(&mut held, want, &mut waited)
+            .await
+            .map_err(|_| ReadFailure::OverBudget)?;
+        let mut left = want;
+        while left > 0 {
+            match recv.read_chunk(left, true).await {
+                Ok(Some(chunk)) => {
+                    left -= chunk.bytes.len();
+                    len += chunk.bytes.len();
+                    chunks.push(chunk.bytes);
+                }
+                Ok(None) => {
+                    held.shrink_to(len);
+                    let mut frame = Vec::with_capacity(len);
+                    for c in chunks {
+                        frame.extend_from_slice(&c);
+                    }
+                    return Ok((frame, held));
+                }
+                Err(e) => return Err(ReadFailure::Stream(e)),
+            }
+        }
+        if len > MAX_FRAME_BYTES {
+            return Err(ReadFailure::TooLong);
+        }
+    }
 }
 
 async fn write_ack(send: &mut quinn::SendStream, ack: &Message) {

@@ -39,8 +39,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let quic_seen = tls::QuicStamp::of(&config.tls);
-    let server_config = tls::server_config(&config.tls)
+    let transport = Arc::new(config.quic_limits.transport_config());
+    let mut server_config = tls::server_config(&config.tls)
         .context("loading TLS files (create them with `core-node certs`)")?;
+    server_config.transport_config(Arc::clone(&transport));
     let data_dir = config.data_dir.clone();
     let durability = config.durability;
     let limits = config.limits.clone();
@@ -110,11 +112,10 @@ pub async fn run(
         .with_context(|| format!("binding HTTP listener on tcp {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
     let quic_addr = endpoint.local_addr()?;
-    let quic_cert = Arc::new(tls::QuicCert::new(
-        config.tls.clone(),
-        endpoint.clone(),
-        quic_seen,
-    ));
+    let quic_cert = Arc::new(
+        tls::QuicCert::new(config.tls.clone(), endpoint.clone(), quic_seen)
+            .with_transport(transport),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -152,6 +153,7 @@ pub async fn run(
         ingest::TenantPolicy {
             unbound_may_write_any: config.insecure_dev_mode,
         },
+        config.quic_limits.clone(),
         stopped(),
     ));
     tracing::info!(
@@ -241,6 +243,11 @@ fn node_settings(
         "max_write_body_bytes": http::ingest::MAX_WRITE_BODY_BYTES,
         "min_free_disk_bytes": config.min_free_disk_bytes,
         "storage_failure_exit_secs": config.storage_failure_exit_after.as_secs(),
+        "quic_max_connections": config.quic_limits.max_connections,
+        "quic_max_streams_per_connection": config.quic_limits.max_streams_per_connection,
+        "quic_stream_receive_window": config.quic_limits.stream_receive_window,
+        "quic_receive_window": config.quic_limits.receive_window,
+        "quic_inflight_bytes": config.quic_limits.inflight_bytes,
     }) else {
         return serde_json::Map::new();
     };

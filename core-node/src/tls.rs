@@ -174,6 +174,8 @@ pub struct QuicCert {
     endpoint: quinn::Endpoint,
     /// The files' stamp at the last load attempt, successful or not.
     seen: Mutex<QuicStamp>,
+    /// The listener's flow-control limits, kept across reloads.
+    transport: Option<Arc<quinn::TransportConfig>>,
 }
 
 impl std::fmt::Debug for QuicCert {
@@ -192,7 +194,14 @@ impl QuicCert {
             files,
             endpoint,
             seen: Mutex::new(seen),
+            transport: None,
         }
+    }
+
+    /// Every configuration this installs carries `transport` (the listener's limits).
+    pub fn with_transport(mut self, transport: Arc<quinn::TransportConfig>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// Rebuilds the server configuration when a file changed since the last attempt (or
@@ -211,10 +220,13 @@ impl QuicCert {
             }
             *seen = now;
         }
-        let config = match server_config(&self.files) {
+        let mut config = match server_config(&self.files) {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
+        if let Some(t) = &self.transport {
+            config.transport_config(Arc::clone(t));
+        }
         self.endpoint.set_server_config(Some(config));
         Some(Ok(leaf_fingerprint(&self.files.cert)))
     }

@@ -1111,3 +1111,53 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 }
+
+impl Core {
+    /// Starts a core node like [`Core::start`] (development mode, fresh ports) with
+    /// `extra_args` after the harness's own flags, and waits until `/health` answers.
+    pub fn start_with_args(work: &Path, certs: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let data_dir = work.join("core-data");
+        let log = work.join("core.log");
+        let mut cmd = Command::new(binary("core-node"));
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--http-listen", &http.to_string()])
+            .args(["--quic-listen", &quic.to_string()])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("core.pem"))
+            .arg("--key")
+            .arg(certs.join("core-key.pem"))
+            .arg("--insecure-dev-mode")
+            .args(extra_args);
+        let process = Process::spawn("core-node", cmd, log.clone())?;
+        let core = Self {
+            process,
+            http,
+            quic,
+            data_dir,
+            certs: certs.to_path_buf(),
+            log,
+            dev_mode: true,
+        };
+        core.wait_healthy()?;
+        Ok(core)
+    }
+
+    /// The core process's peak resident set size in bytes (`VmHWM` in /proc/<pid>/status).
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let pid = self.process.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+        Ok(kib * 1024)
+    }
+}

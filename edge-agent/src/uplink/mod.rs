@@ -577,7 +577,12 @@ fn decode_ack(frame: &[u8], batch: &Batch) -> Result<AckOutcome, AttemptError> {
     else {
         return Err(AttemptError::NotAnAck);
     };
-    if epoch != batch.epoch.0 || sequence != batch.end.0 {
+    // A core that refused a frame before reading it (its memory budget was exhausted) cannot
+    // name the batch: a retryable answer for (0, 0) is this batch's.
+    let unread = epoch == 0
+        && sequence == 0
+        && matches!(&outcome, AckOutcome::Failed { code, .. } if code.is_retryable());
+    if !unread && (epoch != batch.epoch.0 || sequence != batch.end.0) {
         return Err(AttemptError::WrongBatch {
             got_epoch: epoch,
             got_sequence: sequence,

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 enum Reply {
     Unreachable,
     Answer(AckOutcome),
+    /// An answer for epoch 0, sequence 0: the core refused the frame before reading it.
+    Unread(AckOutcome),
 }
 
 #[derive(Clone, Default)]
@@ -95,6 +97,12 @@ impl Transport for ScriptedCore {
             Reply::Answer(outcome) => Ok(Message::BatchAck(BatchAck {
                 epoch,
                 sequence,
+                outcome,
+            })
+            .encode()),
+            Reply::Unread(outcome) => Ok(Message::BatchAck(BatchAck {
+                epoch: 0,
+                sequence: 0,
                 outcome,
             })
             .encode()),
@@ -269,6 +277,37 @@ async fn a_batch_rejected_for_good_is_dropped_and_does_not_wedge_the_buffer() {
         [first.0, second.0],
         "the rejected batch is not resent"
     );
+}
+
+#[tokio::test]
+async fn a_core_over_its_memory_budget_gets_the_batch_again_later() {
+    // A core whose in-flight budget is exhausted answers `too_many_requests` for epoch 0,
+    // sequence 0 (it never read the frame); a non-retryable answer without the batch's
+    // sequence is not taken as this batch's verdict.
+    let mut h = Harness::new();
+    let end = h.append(2);
+    let core = ScriptedCore::new([
+        Reply::Unread(AckOutcome::Failed {
+            code: ErrorCode::TooManyRequests,
+            message: "budget".into(),
+        }),
+        Reply::Unread(AckOutcome::Failed {
+            code: ErrorCode::BadData,
+            message: "not this batch's".into(),
+        }),
+        Reply::Answer(AckOutcome::Stored {
+            samples: 2,
+            rejected_series: 0,
+            rejection: None,
+        }),
+    ]);
+    let task = h.start(core.clone(), &["core-a:4433"]);
+    h.wait_acked(end).await;
+    h.shut_down(task).await;
+
+    let seen = core.seen();
+    assert_eq!(seen.len(), 3, "the batch is sent until it is stored");
+    assert!(seen.windows(2).all(|w| w[0].1 == w[1].1));
 }
 
 #[tokio::test]
