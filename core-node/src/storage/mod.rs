@@ -66,7 +66,7 @@ mod head;
 mod keys;
 pub mod partitions;
 mod read;
-mod record;
+pub(crate) mod record;
 mod vault;
 mod writer;
 
