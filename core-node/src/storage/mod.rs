@@ -72,7 +72,7 @@ mod health;
 mod keys;
 pub mod partitions;
 mod read;
-mod record;
+pub(crate) mod record;
 mod vault;
 mod writer;
 
