@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
+//! - [`cluster`]: shard groups on openraft (not in service yet: the log store so far).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
 //!   API (optional), both reloaded without a restart.
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod ingest;
@@ -33,7 +35,7 @@ pub mod tls;
 /// codec is crate-private, so the property it checks lives here. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::storage::record::{Batch, Record};
+    use crate::storage::record::Record;
 
     /// Decodes `bytes` as a WAL record; a record that decodes must re-encode to a record that
     /// decodes to the same batch. Compared through the encoded bytes (the decoded types have
@@ -70,6 +72,7 @@ pub mod fuzzing {
     mod tests {
         use super::*;
         use crate::storage::SampleBatch;
+        use crate::storage::record::Batch;
         use proptest::prelude::*;
         use protocols::wire::{AgentId, SeriesChunk, WIRE_VERSION, WriteBatch};
         use protocols::{Labels, Sample, Tenant};

@@ -129,7 +129,7 @@ impl WriteBatch {
 }
 
 /// Byte vectors as one length-prefixed run (postcard's `bytes`), not a sequence of integers.
-mod serde_bytes_compat {
+pub mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
