@@ -247,6 +247,18 @@ pub enum WireError {
     TooLarge(usize),
     #[error("malformed message body: {0}")]
     Body(#[from] postcard::Error),
+    #[error("{0} bytes after the end of the message body")]
+    Trailing(usize),
+}
+
+/// Decodes a whole message body: bytes left after it make the frame malformed (a frame is
+/// exactly one message; junk after it would be accepted and lost silently).
+fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    match rest.len() {
+        0 => Ok(value),
+        n => Err(WireError::Trailing(n)),
+    }
 }
 
 fn frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
@@ -308,10 +320,10 @@ impl Message {
             return Err(WireError::UnsupportedVersion(*version));
         }
         match *kind {
-            KIND_WRITE_BATCH => Ok(Self::WriteBatch(postcard::from_bytes(body)?)),
-            KIND_BATCH_ACK => Ok(Self::BatchAck(postcard::from_bytes(body)?)),
-            KIND_RESUME_QUERY => Ok(Self::ResumeQuery(postcard::from_bytes(body)?)),
-            KIND_RESUME_POINT => Ok(Self::ResumePoint(postcard::from_bytes(body)?)),
+            KIND_WRITE_BATCH => Ok(Self::WriteBatch(self::body(body)?)),
+            KIND_BATCH_ACK => Ok(Self::BatchAck(self::body(body)?)),
+            KIND_RESUME_QUERY => Ok(Self::ResumeQuery(self::body(body)?)),
+            KIND_RESUME_POINT => Ok(Self::ResumePoint(self::body(body)?)),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -445,6 +457,21 @@ mod tests {
         let mut frame = vec![WIRE_VERSION, KIND_WRITE_BATCH];
         frame.extend(postcard::to_allocvec(&raw).expect("serialises"));
         assert!(matches!(Message::decode(&frame), Err(WireError::Body(_))));
+    }
+
+    #[test]
+    fn bytes_after_a_message_make_the_frame_malformed() {
+        let frame = Message::ResumeQuery(ResumeQuery {
+            agent_id: AgentId("edge-1".into()),
+        })
+        .encode();
+        assert!(Message::decode(&frame).is_ok());
+        let mut junk = frame.clone();
+        junk.extend_from_slice(&[0, 1, 2]);
+        assert!(matches!(
+            Message::decode(&junk),
+            Err(WireError::Trailing(3))
+        ));
     }
 
     /// Whatever decodes re-encodes, no larger, to a frame that decodes to the same message and
