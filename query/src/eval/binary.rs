@@ -9,7 +9,9 @@
 //!   matching labels of the left side; `group_left`/`group_right` keep the "many" side's
 //!   labels plus the listed labels of the "one" side.
 //! - Matching is done per step: a duplicate on the "one" side at one step is an error even
-//!   if it matches nothing.
+//!   if it matches nothing, and two "many" series that match one series (one-to-one) or give
+//!   one result label set (`group_left`/`group_right`) are an error even where a comparison
+//!   would filter them out (Prometheus checks before it filters).
 //! - `and`, `or`, `unless` keep their operands' labels unchanged.
 
 use super::{Evaluator, Stepped, type_mismatch, unsupported};
@@ -325,17 +327,12 @@ impl Evaluator<'_> {
                 };
                 let (l, r) = if swapped { (ov, mv) } else { (mv, ov) };
                 let (value, keep) = op.apply(l, r);
-                let value = if matching.return_bool {
-                    f64::from(u8::from(keep))
-                } else if keep {
-                    value
-                } else {
-                    continue;
-                };
                 let metric = metrics
                     .entry((k, j))
                     .or_insert_with(|| matching.result_metric(op, &many[k].metric, &one[j].metric))
                     .clone();
+                // Checked before a comparison filters, as Prometheus does: a query that
+                // matches ambiguously fails whatever the values are at that step.
                 let seen = matched.entry(&msig[k]).or_default();
                 if matches!(matching.card, VectorMatchCardinality::OneToOne) {
                     if !seen.is_empty() {
@@ -350,6 +347,13 @@ impl Evaluator<'_> {
                     ));
                 }
                 seen.insert(metric.clone());
+                let value = if matching.return_bool {
+                    f64::from(u8::from(keep))
+                } else if keep {
+                    value
+                } else {
+                    continue;
+                };
                 items.push((metric, Sample::new(t, value)));
             }
         }
