@@ -6,7 +6,7 @@
 //! `start` itself).
 
 use crate::error::QueryError;
-use crate::eval::{Evaluator, Stepped, group_labels};
+use crate::eval::{Evaluator, Stepped, finish_labels, group_labels};
 pub use crate::options::EngineOptions;
 use crate::parse::parse;
 use crate::source::DataSource;
@@ -68,7 +68,7 @@ impl Engine {
             }),
             Stepped::Vector(matrix) => {
                 // One step: each series holds exactly one point.
-                let mut vector: Vec<InstantSample> = matrix
+                let mut vector: Vec<InstantSample> = finish_labels(matrix)?
                     .into_iter()
                     .filter_map(|s| {
                         let point = s.points.first()?;
@@ -85,7 +85,8 @@ impl Engine {
                 }
                 Value::Vector(vector)
             }
-            Stepped::Matrix(mut matrix) => {
+            Stepped::Matrix(matrix) => {
+                let mut matrix = finish_labels(matrix)?;
                 matrix.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
                 Value::Matrix(matrix)
             }
@@ -118,7 +119,7 @@ impl Engine {
         let mut ev = self.evaluator(source, tenant, start_ms, end_ms, step_ms);
         let steps = ev.steps();
         let mut matrix = match ev.eval(&expr)? {
-            Stepped::Vector(matrix) => matrix,
+            Stepped::Vector(matrix) => finish_labels(matrix)?,
             Stepped::Scalar(values) => vec![Series {
                 metric: LabelSet::empty(),
                 points: steps.zip(values).map(|(t, v)| Sample::new(t, v)).collect(),

@@ -12,7 +12,7 @@
 
 use super::Evaluator;
 use crate::error::QueryError;
-use crate::value::{LabelSet, Matrix, Series};
+use crate::value::{DROP_NAME_MARK, LabelSet, Matrix, Series};
 use protocols::Sample;
 use std::collections::BTreeMap;
 
@@ -34,10 +34,12 @@ impl Evaluator<'_> {
             let Some(upper_bound) = series.metric.get("le").and_then(parse_go_float) else {
                 continue;
             };
+            // Keyed with the name, which goes at the end of evaluation (Prometheus keys by
+            // every label but `le`).
             let key = series
                 .metric
-                .filter(|name| name != "le")
-                .without_metric_name();
+                .filter(|name| name != "le" && name != DROP_NAME_MARK)
+                .drop_name_later();
             let group = groups.entry(key).or_insert_with(|| vec![Vec::new(); steps]);
             for p in series.points {
                 if let Some(buckets) = group.get_mut(self.step_index(p.timestamp_ms)) {

@@ -410,6 +410,7 @@ mod binary;
 mod functions;
 mod instant_functions;
 mod more_functions;
+mod prometheus3;
 mod subquery;
 
 /// Hundreds of series go to several workers; the answers must be exactly those of one
