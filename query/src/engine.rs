@@ -7,6 +7,7 @@
 
 use crate::error::QueryError;
 use crate::eval::{Evaluator, Stepped, finish_labels, group_labels};
+use crate::features::refuse_unsupported;
 pub use crate::options::EngineOptions;
 use crate::parse::parse;
 use crate::source::DataSource;
@@ -56,6 +57,7 @@ impl Engine {
         time_ms: i64,
     ) -> Result<Value, QueryError> {
         let expr = parse(query)?;
+        refuse_unsupported(&expr)?;
         let mut ev = self.evaluator(source, tenant, time_ms, time_ms, 1);
         Ok(match ev.eval(&expr)? {
             Stepped::Scalar(values) => Value::Scalar(Scalar {
@@ -107,6 +109,7 @@ impl Engine {
     ) -> Result<Value, QueryError> {
         validate_range(start_ms, end_ms, step_ms)?;
         let expr = parse(query)?;
+        refuse_unsupported(&expr)?;
         match expr.value_type() {
             ValueType::Vector | ValueType::Scalar => {}
             ValueType::Matrix => {

@@ -24,6 +24,8 @@
 //!   `instant` (instant vectors), `histogram` (`histogram_quantile`), `subquery`.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
+//! - `features`: the Prometheus 3 features refused on purpose (experimental functions, fill
+//!   modifiers, type-and-unit labels, native-histogram functions), named before evaluation.
 //! - `parse`: PromQL text to the parser's AST, with our error type.
 //! - [`value`]: [`Value`] and its parts.
 //! - [`error`]: why a query failed, [`QueryError`].
@@ -31,11 +33,12 @@
 //! - [`source`]: the [`DataSource`] trait.
 //!
 //! Layering, top to bottom: a module uses only modules after it in `engine`, `eval`,
-//! `selector`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
+//! `selector`, `features`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
 
 pub mod engine;
 pub mod error;
 pub mod eval;
+mod features;
 pub mod matcher;
 pub mod options;
 mod parse;

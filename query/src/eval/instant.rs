@@ -275,6 +275,12 @@ impl Evaluator<'_> {
                 let v = self.vector_operand(v)?;
                 self.histogram_quantile(&q, v).map(Stepped::Vector)
             }
+            ("histogram_fraction", [lower, upper, v]) => {
+                let lower = self.scalar_operand(lower)?;
+                let upper = self.scalar_operand(upper)?;
+                let v = self.vector_operand(v)?;
+                Ok(Stepped::Vector(self.histogram_fraction(&lower, &upper, v)))
+            }
             _ => Err(unsupported(format!("function `{name}`"))),
         }
     }
