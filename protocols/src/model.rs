@@ -21,13 +21,23 @@ pub const MAX_TENANT_BYTES: usize = 64;
 /// The label that carries the metric name.
 pub const METRIC_NAME_LABEL: &str = "__name__";
 
+/// Label names refused on every series: Prometheus 3's experimental type-and-unit labels.
+pub const RESERVED_LABEL_NAMES: [&str; 2] = ["__type__", "__unit__"];
+
 /// Why a name, label set or tenant was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     #[error("invalid metric name {0:?}: must match [a-zA-Z_:][a-zA-Z0-9_:]*")]
     InvalidMetricName(String),
-    #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __")]
+    #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_]*")]
     InvalidLabelName(String),
+    /// `__type__` and `__unit__`: Prometheus 3's experimental type-and-unit labels, which
+    /// that feature overwrites with metadata and PromQL drops like `__name__`. Stored as
+    /// plain labels they would mean something else here than there, so they are refused.
+    #[error(
+        "label name {0:?} is reserved for Prometheus' experimental type-and-unit labels (--enable-feature=type-and-unit-labels), which are not supported"
+    )]
+    ReservedLabelName(String),
     #[error("label {name:?} has a value of {len} bytes, more than the {max} allowed")]
     ValueTooLong {
         name: String,
@@ -118,7 +128,9 @@ impl Label {
 /// A canonical, validated label set that includes the metric name as `__name__`.
 ///
 /// Invariants: sorted by name, names unique, no empty values, `__name__` present and valid,
-/// every other name valid and not reserved (`__` prefix), lengths within the limits above.
+/// every other name valid and not one of [`RESERVED_LABEL_NAMES`], lengths within the limits
+/// above. Other names starting with `__` (`__address__` left over from relabelling, say) are
+/// ordinary labels, as Prometheus stores them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "Vec<Label>", into = "Vec<Label>")]
 pub struct Labels(Vec<Label>);
@@ -230,8 +242,10 @@ impl Labels {
                     return Some(ModelError::InvalidMetricName(l.value.clone()));
                 }
                 has_name = true;
-            } else if !is_valid_label_name(&l.name) || l.name.starts_with("__") {
+            } else if !is_valid_label_name(&l.name) {
                 return Some(ModelError::InvalidLabelName(l.name.clone()));
+            } else if RESERVED_LABEL_NAMES.contains(&l.name.as_str()) {
+                return Some(ModelError::ReservedLabelName(l.name.clone()));
             }
         }
         (!has_name).then_some(ModelError::MissingMetricName)
@@ -382,9 +396,20 @@ mod tests {
             Labels::from_metric("temp", [("a-b", "x")]),
             Err(ModelError::InvalidLabelName(_))
         ));
+        // Other `__` names are ordinary labels, as in Prometheus; only the type-and-unit
+        // labels are refused.
+        let relabelled = Labels::from_metric("temp", [("__address__", "10.0.0.1:9100")])
+            .expect("a __ label is accepted");
+        assert_eq!(relabelled.get("__address__"), Some("10.0.0.1:9100"));
+        for name in ["__type__", "__unit__"] {
+            let err = Labels::from_metric("temp", [(name, "x")]).expect_err(name);
+            assert_eq!(err, ModelError::ReservedLabelName(name.into()));
+            assert!(err.to_string().contains("type-and-unit"), "{err}");
+        }
+        let long = format!("__{}", "x".repeat(MAX_NAME_BYTES));
         assert!(matches!(
-            Labels::from_metric("temp", [("__x", "x")]),
-            Err(ModelError::InvalidLabelName(_))
+            Labels::from_metric("temp", [(long.as_str(), "x")]),
+            Err(ModelError::NameTooLong(_))
         ));
         assert!(matches!(
             Labels::from_metric("temp", [("a", "1"), ("a", "2")]),

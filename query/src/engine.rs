@@ -6,7 +6,8 @@
 //! `start` itself).
 
 use crate::error::QueryError;
-use crate::eval::{Evaluator, Stepped, group_labels};
+use crate::eval::{Evaluator, Stepped, finish_labels, group_labels};
+use crate::features::refuse_unsupported;
 pub use crate::options::EngineOptions;
 use crate::parse::parse;
 use crate::source::DataSource;
@@ -56,6 +57,7 @@ impl Engine {
         time_ms: i64,
     ) -> Result<Value, QueryError> {
         let expr = parse(query)?;
+        refuse_unsupported(&expr)?;
         let mut ev = self.evaluator(source, tenant, time_ms, time_ms, 1);
         Ok(match ev.eval(&expr)? {
             Stepped::Scalar(values) => Value::Scalar(Scalar {
@@ -68,7 +70,7 @@ impl Engine {
             }),
             Stepped::Vector(matrix) => {
                 // One step: each series holds exactly one point.
-                let mut vector: Vec<InstantSample> = matrix
+                let mut vector: Vec<InstantSample> = finish_labels(matrix)?
                     .into_iter()
                     .filter_map(|s| {
                         let point = s.points.first()?;
@@ -85,7 +87,8 @@ impl Engine {
                 }
                 Value::Vector(vector)
             }
-            Stepped::Matrix(mut matrix) => {
+            Stepped::Matrix(matrix) => {
+                let mut matrix = finish_labels(matrix)?;
                 matrix.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
                 Value::Matrix(matrix)
             }
@@ -106,6 +109,7 @@ impl Engine {
     ) -> Result<Value, QueryError> {
         validate_range(start_ms, end_ms, step_ms)?;
         let expr = parse(query)?;
+        refuse_unsupported(&expr)?;
         match expr.value_type() {
             ValueType::Vector | ValueType::Scalar => {}
             ValueType::Matrix => {
@@ -118,7 +122,7 @@ impl Engine {
         let mut ev = self.evaluator(source, tenant, start_ms, end_ms, step_ms);
         let steps = ev.steps();
         let mut matrix = match ev.eval(&expr)? {
-            Stepped::Vector(matrix) => matrix,
+            Stepped::Vector(matrix) => finish_labels(matrix)?,
             Stepped::Scalar(values) => vec![Series {
                 metric: LabelSet::empty(),
                 points: steps.zip(values).map(|(t, v)| Sample::new(t, v)).collect(),

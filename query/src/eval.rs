@@ -246,6 +246,20 @@ impl Evaluator<'_> {
     }
 }
 
+/// The labels of a query's result: series whose name was marked to go lose it now (Prometheus
+/// 3's delayed name removal, `cleanupMetricLabels`), and series that then share a label set
+/// are merged; two points of one label set at one time are Prometheus' "vector cannot
+/// contain metrics with the same labelset".
+pub(crate) fn finish_labels(matrix: Matrix) -> Result<Matrix, QueryError> {
+    if !matrix.iter().any(|s| s.metric.drops_name()) {
+        return Ok(matrix);
+    }
+    binary::collect_series(matrix.into_iter().map(|s| Series {
+        metric: s.metric.finished(),
+        points: s.points,
+    }))
+}
+
 fn unsupported(what: impl Into<String>) -> QueryError {
     QueryError::Unsupported(what.into())
 }

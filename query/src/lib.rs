@@ -10,9 +10,11 @@
 //! (`expr[1h:1m]`), literals and parentheses, every aggregation but `limitk`/`limit_ratio`,
 //! binary operators and unary minus, the range functions (`rate`, `deriv`,
 //! `predict_linear`, the `*_over_time` family, ...) and the instant functions (math, dates,
-//! `label_replace`, `histogram_quantile` over classic buckets, ...). Native histograms, the
-//! experimental functions of Prometheus 3 (`sort_by_label`, `first_over_time`, `info`, ...)
-//! and `limitk` are refused with [`QueryError::Unsupported`]. The evaluator is an AST walk
+//! `label_replace`, `histogram_quantile` and `histogram_fraction` over classic buckets, ...),
+//! dropping `__name__` at the end of evaluation (Prometheus 3's delayed name removal).
+//! Native histograms, the experimental features of Prometheus 3 (`sort_by_label`, `info`,
+//! `limitk`, fill modifiers, type-and-unit labels, ...) are refused with
+//! [`QueryError::Unsupported`] naming the feature. The evaluator is an AST walk
 //! with one result type per PromQL type, so operators and functions slot in as new match
 //! arms.
 //!
@@ -21,9 +23,12 @@
 //! - [`options`]: [`EngineOptions`], the limits and constants of evaluation.
 //! - [`eval`]: the AST walk, lookback and stale-marker semantics; its private submodules
 //!   hold the operators and functions: `aggregate`, `binary`, `functions` (range vectors),
-//!   `instant` (instant vectors), `histogram` (`histogram_quantile`), `subquery`.
+//!   `instant` (instant vectors), `histogram` (`histogram_quantile`, `histogram_fraction`),
+//!   `subquery`.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
+//! - `features`: the Prometheus 3 features refused on purpose (experimental functions, fill
+//!   modifiers, type-and-unit labels, native-histogram functions), named before evaluation.
 //! - `parse`: PromQL text to the parser's AST, with our error type.
 //! - [`value`]: [`Value`] and its parts.
 //! - [`error`]: why a query failed, [`QueryError`].
@@ -31,11 +36,12 @@
 //! - [`source`]: the [`DataSource`] trait.
 //!
 //! Layering, top to bottom: a module uses only modules after it in `engine`, `eval`,
-//! `selector`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
+//! `selector`, `features`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
 
 pub mod engine;
 pub mod error;
 pub mod eval;
+mod features;
 pub mod matcher;
 pub mod options;
 mod parse;

@@ -8,6 +8,10 @@ use protocols::model::METRIC_NAME_LABEL;
 use protocols::{Label, Labels, Sample};
 use std::fmt;
 
+/// The name of the mark of [`LabelSet::drop_name_later`]: not a valid label name, so no
+/// selector, matcher or grouping can name it, and it sorts before every real label.
+pub(crate) const DROP_NAME_MARK: &str = "\u{0}drop_name";
+
 /// The labels of one result series: sorted by name, names unique, values non-empty.
 ///
 /// The derived order compares label by label (name, then value), a shorter set first when one
@@ -45,9 +49,39 @@ impl LabelSet {
         Self(self.0.iter().filter(|l| keep(&l.name)).cloned().collect())
     }
 
-    /// The same set without `__name__`.
+    /// The same set without `__name__` (and without the mark of [`Self::drop_name_later`]):
+    /// for the operators that drop the name at once even in Prometheus 3 (`+`, `*`, ...
+    /// between two vectors).
     pub(crate) fn without_metric_name(&self) -> Self {
-        self.filter(|name| name != METRIC_NAME_LABEL)
+        self.filter(|name| name != METRIC_NAME_LABEL && name != DROP_NAME_MARK)
+    }
+
+    /// The same set, marked to lose `__name__` when the query's evaluation ends (Prometheus 3's
+    /// delayed name removal): functions such as `rate` keep the name meanwhile, so that
+    /// `label_replace` can still read it and two series that differ only by name stay apart.
+    /// The mark is a label whose name no PromQL label can have, so it travels with the labels
+    /// through every operator; grouping and matching leave it out.
+    pub(crate) fn drop_name_later(&self) -> Self {
+        self.with(DROP_NAME_MARK, "1")
+    }
+
+    /// Whether [`Self::drop_name_later`] marked this set.
+    pub(crate) fn drops_name(&self) -> bool {
+        self.get(DROP_NAME_MARK).is_some()
+    }
+
+    /// The same set without the mark: the name stays (`label_replace` that writes `__name__`).
+    pub(crate) fn keeping_name(&self) -> Self {
+        self.with(DROP_NAME_MARK, "")
+    }
+
+    /// The labels a query returns: a marked set loses `__name__` and the mark.
+    pub(crate) fn finished(&self) -> Self {
+        if self.drops_name() {
+            self.without_metric_name()
+        } else {
+            self.clone()
+        }
     }
 
     /// The same set with label `name` set to `value`; an empty value removes the label, as
@@ -77,7 +111,9 @@ impl fmt::Display for LabelSet {
     /// `{a="1", b="2"}`, names in order, including `__name__`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, l) in self.0.iter().enumerate() {
+        // An error message may show a set in the middle of evaluation: not the mark.
+        let shown = self.0.iter().filter(|l| l.name != DROP_NAME_MARK);
+        for (i, l) in shown.enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }

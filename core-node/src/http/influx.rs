@@ -320,7 +320,8 @@ fn excerpt(s: &str) -> &str {
 }
 
 /// A tag key as a label name: every character outside `[a-zA-Z0-9_]` becomes `_`, and a
-/// leading digit gets a `_` prefix. Keys starting with `__` stay reserved (refused).
+/// leading digit gets a `_` prefix. Keys starting with `__` are kept as they are (the model
+/// refuses `__name__` twice and the reserved `__type__`/`__unit__`).
 fn sanitize_label_name(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len() + 1);
     if raw.starts_with(|c: char| c.is_ascii_digit()) {
@@ -391,7 +392,7 @@ mod tests {
     #[test]
     fn bad_tags_and_timestamps_refuse_the_line() {
         for (text, reason) in [
-            ("m,__x=1 v=1", Reason::InvalidLabels),
+            ("m,__type__=1 v=1", Reason::InvalidLabels),
             ("m,a-b=1,a_b=2 v=1", Reason::InvalidLabels),
             ("m v=1 9223372036854775807", Reason::BadTimestamp),
         ] {

@@ -195,6 +195,45 @@ async fn remote_write_is_stored_bit_exact_and_queryable() {
 }
 
 #[tokio::test]
+async fn remote_write_keeps_double_underscore_labels_but_the_type_and_unit_ones() {
+    let n = node();
+    // Relabelling leftovers such as `__address__` are stored and queryable, as in Prometheus.
+    let body = encode(vec![series(
+        &[
+            ("__name__", "up"),
+            ("__address__", "10.0.0.1:9100"),
+            ("job", "node"),
+        ],
+        &[(T, 1.0)],
+    )]);
+    let (status, text) = send(&n.app, remote_write(body)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::NO_CONTENT, ""));
+    assert_eq!(
+        stored(
+            &n.storage,
+            "up",
+            &[("__address__", "10.0.0.1:9100"), ("job", "node")]
+        ),
+        [(T, 1f64.to_bits())]
+    );
+    assert_eq!(
+        instant(&n.app, r#"up{__address__=~"10\\..+"}"#, T as f64 / 1000.0).await,
+        [(
+            r#"{"__address__":"10.0.0.1:9100","__name__":"up","job":"node"}"#.to_owned(),
+            r#""1""#.to_owned()
+        )]
+    );
+    // `__type__`/`__unit__` are Prometheus' experimental type-and-unit labels: refused, named.
+    let body = encode(vec![series(
+        &[("__name__", "up"), ("__type__", "gauge")],
+        &[(T, 1.0)],
+    )]);
+    let (status, text) = send(&n.app, remote_write(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("type-and-unit"), "{text}");
+}
+
+#[tokio::test]
 async fn batches_without_an_agent_are_applied_every_time_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let recorder = PrometheusBuilder::new().build_recorder();
@@ -423,7 +462,7 @@ cpu-load,host=h1 value=5u 1700000000
 async fn influx_bad_lines_are_refused_by_number_and_the_good_ones_stored() {
     let n = node();
     let body = "good v=1 1700000000000\nbad,a=1\ngood v=2 1700000001000\n\
-                bad v=\"open\ngood,__x=1 v=1 1700000000000\ngood v=3 1700000002000\n";
+                bad v=\"open\ngood,__unit__=1 v=1 1700000000000\ngood v=3 1700000002000\n";
     let (status, text) = send(&n.app, post("/write?precision=ms", &[], body.into())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -432,8 +471,9 @@ async fn influx_bad_lines_are_refused_by_number_and_the_good_ones_stored() {
         "partial write: 3 of 6 lines refused; \
          line 2: missing fields (at column 8): \"bad,a=1\"; \
          line 4: unterminated string field value (at column 7): \"bad v=\\\"open\"; \
-         line 5: measurement \"good\": invalid label name \"__x\": must match \
-         [a-zA-Z_][a-zA-Z0-9_]* and not start with __; \
+         line 5: measurement \"good\": label name \"__unit__\" is reserved for Prometheus' \
+         experimental type-and-unit labels (--enable-feature=type-and-unit-labels), which are \
+         not supported; \
          3 samples of the other lines were stored"
     );
     assert_eq!(
@@ -529,7 +569,7 @@ fn accepted_samples_and_refusals_are_counted() {
             ]);
             send(&n.app, remote_write(body)).await;
             send(&n.app, remote_write(b"junk".to_vec())).await;
-            let lines = "m v=1,s=\"x\" 1\nbad\nm,__x=1 v=1\nm v=1 9223372036854775807\n";
+            let lines = "m v=1,s=\"x\" 1\nbad\nm,__type__=1 v=1\nm v=1 9223372036854775807\n";
             send(&n.app, post("/write?precision=h", &[], lines.into())).await;
             send(&n.app, post("/api/v2/write?precision=x", &[], vec![])).await;
         })

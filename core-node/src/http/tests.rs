@@ -271,7 +271,8 @@ async fn bad_queries_get_prometheus_errors() {
             "/api/v1/query?query=limitk(1,temp)",
             StatusCode::BAD_REQUEST,
             "bad_data",
-            "invalid parameter \"query\": aggregation `limitk` is not supported yet",
+            "invalid parameter \"query\": aggregation `limitk` (experimental in Prometheus 3, \
+             --enable-feature=promql-experimental-functions) is not supported yet",
         ),
         (
             "/api/v1/query?query=temp%7B",

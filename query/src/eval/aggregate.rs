@@ -9,11 +9,11 @@
 
 use super::{Evaluator, Stepped, unsupported};
 use crate::error::QueryError;
-use crate::value::{LabelSet, Matrix, Series};
+use crate::value::{DROP_NAME_MARK, LabelSet, Matrix, Series};
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 use protocols::Sample;
 use protocols::model::METRIC_NAME_LABEL;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 const SIMPLE: &[&str] = &[
     "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
@@ -30,7 +30,9 @@ impl Evaluator<'_> {
         // The parameter is evaluated first, as in Prometheus.
         if SIMPLE.contains(&op) {
             let input = self.vector_operand(&a.expr)?;
-            return Ok(Stepped::Vector(self.simple(op, input, modifier)));
+            let marked = marked_groups(&input, modifier);
+            let out = self.simple(op, input, modifier);
+            return Ok(Stepped::Vector(mark_groups(out, &marked)));
         }
         match (op, a.param.as_deref()) {
             ("topk" | "bottomk", Some(param)) => {
@@ -42,7 +44,9 @@ impl Evaluator<'_> {
             ("quantile", Some(param)) => {
                 let q = self.scalar_operand(param)?;
                 let input = self.vector_operand(&a.expr)?;
-                Ok(Stepped::Vector(self.quantile(&q, input, modifier)))
+                let marked = marked_groups(&input, modifier);
+                let out = self.quantile(&q, input, modifier);
+                Ok(Stepped::Vector(mark_groups(out, &marked)))
             }
             ("count_values", Some(param)) => {
                 let Stepped::String(label) = self.eval(param)? else {
@@ -216,14 +220,42 @@ impl Evaluator<'_> {
     }
 }
 
+/// The groups that keep `__name__` (`by (__name__)`) and have a member whose name is marked
+/// to go: Prometheus 3 drops the group's name at the end if any member's goes.
+fn marked_groups(input: &Matrix, modifier: Option<&LabelModifier>) -> HashSet<LabelSet> {
+    input
+        .iter()
+        .filter(|s| s.metric.drops_name())
+        .map(|s| group_labels(&s.metric, modifier))
+        .filter(|key| key.get(METRIC_NAME_LABEL).is_some())
+        .collect()
+}
+
+fn mark_groups(out: Matrix, marked: &HashSet<LabelSet>) -> Matrix {
+    if marked.is_empty() {
+        return out;
+    }
+    out.into_iter()
+        .map(|mut s| {
+            if marked.contains(&s.metric) {
+                s.metric = s.metric.drop_name_later();
+            }
+            s
+        })
+        .collect()
+}
+
 /// The labels of the group a series belongs to.
 pub(crate) fn group_labels(metric: &LabelSet, modifier: Option<&LabelModifier>) -> LabelSet {
     match modifier {
         Some(LabelModifier::Include(by)) => {
             metric.filter(|name| by.labels.iter().any(|l| l == name))
         }
-        Some(LabelModifier::Exclude(without)) => metric
-            .filter(|name| name != METRIC_NAME_LABEL && !without.labels.iter().any(|l| l == name)),
+        Some(LabelModifier::Exclude(without)) => metric.filter(|name| {
+            name != METRIC_NAME_LABEL
+                && name != DROP_NAME_MARK
+                && !without.labels.iter().any(|l| l == name)
+        }),
         None => LabelSet::empty(),
     }
 }

@@ -1,20 +1,24 @@
 //! Binary operators and unary minus.
 //!
 //! As in Prometheus 3 (`VectorBinop`, `VectorscalarBinop`, `resultMetric` in `engine.go`):
-//! - Arithmetic (`+ - * / % ^ atan2`) and `bool` comparisons drop `__name__`; a comparison
-//!   without `bool` filters and keeps the left operand's value (the vector's, for a
-//!   scalar/vector comparison) and its labels, name included.
+//! - Arithmetic (`+ - * / % ^ atan2`) and `bool` comparisons drop `__name__`: between two
+//!   vectors arithmetic drops it at once, elsewhere it goes when evaluation ends (delayed name
+//!   removal, `LabelSet::drop_name_later`); a comparison without `bool` filters and keeps
+//!   the left operand's value (the vector's, for a scalar/vector comparison) and its labels,
+//!   name included.
 //! - Vector/vector operands match on their labels without `__name__`, or on the `on (...)`
 //!   labels, or on all but the `ignoring (...)` labels. One-to-one results keep only the
 //!   matching labels of the left side; `group_left`/`group_right` keep the "many" side's
 //!   labels plus the listed labels of the "one" side.
 //! - Matching is done per step: a duplicate on the "one" side at one step is an error even
-//!   if it matches nothing.
+//!   if it matches nothing, and two "many" series that match one series (one-to-one) or give
+//!   one result label set (`group_left`/`group_right`) are an error even where a comparison
+//!   would filter them out (Prometheus checks before it filters).
 //! - `and`, `or`, `unless` keep their operands' labels unchanged.
 
 use super::{Evaluator, Stepped, type_mismatch, unsupported};
 use crate::error::QueryError;
-use crate::value::{LabelSet, Matrix, Series};
+use crate::value::{DROP_NAME_MARK, LabelSet, Matrix, Series};
 use promql_parser::parser::{
     BinModifier, BinaryExpr, LabelModifier, UnaryExpr, VectorMatchCardinality,
 };
@@ -111,7 +115,9 @@ impl Matching<'_> {
                 metric.filter(|name| on.labels.iter().any(|l| l == name))
             }
             Some(LabelModifier::Exclude(ignoring)) => metric.filter(|name| {
-                name != METRIC_NAME_LABEL && !ignoring.labels.iter().any(|l| l == name)
+                name != METRIC_NAME_LABEL
+                    && name != DROP_NAME_MARK
+                    && !ignoring.labels.iter().any(|l| l == name)
             }),
             None => metric.without_metric_name(),
         }
@@ -119,10 +125,15 @@ impl Matching<'_> {
 
     /// The labels of a result from `many` (the left side in one-to-one matching) and `one`.
     fn result_metric(&self, op: Op, many: &LabelSet, one: &LabelSet) -> LabelSet {
-        let mut metric = if self.return_bool || !op.is_comparison() {
-            many.without_metric_name()
-        } else {
+        // Arithmetic drops the name at once even in Prometheus 3 (`resultMetric` deletes it
+        // for `changesMetricSchema`); a `bool` comparison marks it to go at the end. A
+        // filtering comparison keeps the "many" side's mark (Prometheus 3.14 loses it there,
+        // which would bring back a name that `rate` dropped; not followed).
+        let drop_later = self.return_bool || many.drops_name();
+        let mut metric = if op.is_comparison() {
             many.clone()
+        } else {
+            many.without_metric_name()
         };
         match self.card {
             // Not the signature: `ignoring` leaves `__name__` to the rule above.
@@ -143,7 +154,11 @@ impl Matching<'_> {
             }
             VectorMatchCardinality::ManyToMany => {}
         }
-        metric
+        if drop_later && op.is_comparison() {
+            metric.drop_name_later()
+        } else {
+            metric
+        }
     }
 }
 
@@ -198,7 +213,7 @@ impl Evaluator<'_> {
             Stepped::Scalar(values) => Ok(Stepped::Scalar(values.iter().map(|v| -v).collect())),
             Stepped::Vector(matrix) => {
                 let negated = matrix.into_iter().map(|s| Series {
-                    metric: s.metric.without_metric_name(),
+                    metric: s.metric.drop_name_later(),
                     points: s
                         .points
                         .into_iter()
@@ -223,7 +238,7 @@ impl Evaluator<'_> {
         let mut out = Vec::with_capacity(vector.len());
         for series in vector {
             let metric = if drop_name {
-                series.metric.without_metric_name()
+                series.metric.drop_name_later()
             } else {
                 series.metric
             };
@@ -325,17 +340,12 @@ impl Evaluator<'_> {
                 };
                 let (l, r) = if swapped { (ov, mv) } else { (mv, ov) };
                 let (value, keep) = op.apply(l, r);
-                let value = if matching.return_bool {
-                    f64::from(u8::from(keep))
-                } else if keep {
-                    value
-                } else {
-                    continue;
-                };
                 let metric = metrics
                     .entry((k, j))
                     .or_insert_with(|| matching.result_metric(op, &many[k].metric, &one[j].metric))
                     .clone();
+                // Checked before a comparison filters, as Prometheus does: a query that
+                // matches ambiguously fails whatever the values are at that step.
                 let seen = matched.entry(&msig[k]).or_default();
                 if matches!(matching.card, VectorMatchCardinality::OneToOne) {
                     if !seen.is_empty() {
@@ -350,6 +360,13 @@ impl Evaluator<'_> {
                     ));
                 }
                 seen.insert(metric.clone());
+                let value = if matching.return_bool {
+                    f64::from(u8::from(keep))
+                } else if keep {
+                    value
+                } else {
+                    continue;
+                };
                 items.push((metric, Sample::new(t, value)));
             }
         }

@@ -241,7 +241,7 @@ impl Slider<'_> {
         let metric = if self.keep_name {
             metric
         } else {
-            metric.without_metric_name()
+            metric.drop_name_later()
         };
         let (mut lo, mut hi) = (0, 0);
         let mut points = Vec::new();

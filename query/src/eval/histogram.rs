@@ -1,5 +1,5 @@
-//! `histogram_quantile` over classic histograms: series with an `le` label, one per bucket,
-//! each counting the observations up to its upper bound.
+//! `histogram_quantile` and `histogram_fraction` over classic histograms: series with an
+//! `le` label, one per bucket, each counting the observations up to its upper bound.
 //!
 //! As Prometheus 3's `BucketQuantile`, at each step and for each group (the labels without
 //! `le` and `__name__`): buckets are sorted by bound, equal bounds merged; without a `+Inf`
@@ -12,7 +12,7 @@
 
 use super::Evaluator;
 use crate::error::QueryError;
-use crate::value::{LabelSet, Matrix, Series};
+use crate::value::{DROP_NAME_MARK, LabelSet, Matrix, Series};
 use protocols::Sample;
 use std::collections::BTreeMap;
 
@@ -27,6 +27,24 @@ struct Bucket {
 
 impl Evaluator<'_> {
     pub(super) fn histogram_quantile(&self, q: &[f64], v: Matrix) -> Result<Matrix, QueryError> {
+        Ok(self.per_histogram(v, |i, buckets| {
+            bucket_quantile(q.get(i).copied().unwrap_or(f64::NAN), buckets)
+        }))
+    }
+
+    /// `histogram_fraction(lower, upper, v)` over classic buckets (Prometheus 3.5+,
+    /// `BucketFraction`): the estimated share of observations between `lower` and `upper`.
+    pub(super) fn histogram_fraction(&self, lower: &[f64], upper: &[f64], v: Matrix) -> Matrix {
+        self.per_histogram(v, |i, buckets| {
+            let lower = lower.get(i).copied().unwrap_or(f64::NAN);
+            let upper = upper.get(i).copied().unwrap_or(f64::NAN);
+            bucket_fraction(lower, upper, buckets)
+        })
+    }
+
+    /// Groups the bucket series of `v` into histograms (every label but `le`; the name goes
+    /// at the end of evaluation) and applies `f(step index, buckets)` at each step.
+    fn per_histogram(&self, v: Matrix, f: impl Fn(usize, &mut Vec<Bucket>) -> f64) -> Matrix {
         // Group → step → buckets.
         let steps = self.step_count();
         let mut groups: BTreeMap<LabelSet, Vec<Vec<Bucket>>> = BTreeMap::new();
@@ -34,10 +52,12 @@ impl Evaluator<'_> {
             let Some(upper_bound) = series.metric.get("le").and_then(parse_go_float) else {
                 continue;
             };
+            // Keyed with the name, which goes at the end of evaluation (Prometheus keys by
+            // every label but `le`).
             let key = series
                 .metric
-                .filter(|name| name != "le")
-                .without_metric_name();
+                .filter(|name| name != "le" && name != DROP_NAME_MARK)
+                .drop_name_later();
             let group = groups.entry(key).or_insert_with(|| vec![Vec::new(); steps]);
             for p in series.points {
                 if let Some(buckets) = group.get_mut(self.step_index(p.timestamp_ms)) {
@@ -48,21 +68,18 @@ impl Evaluator<'_> {
                 }
             }
         }
-        Ok(groups
+        groups
             .into_iter()
             .filter_map(|(metric, steps)| {
                 let points: Vec<Sample> = steps
                     .into_iter()
                     .enumerate()
                     .filter(|(_, buckets)| !buckets.is_empty())
-                    .map(|(i, mut buckets)| {
-                        let q = q.get(i).copied().unwrap_or(f64::NAN);
-                        Sample::new(self.step_time(i), bucket_quantile(q, &mut buckets))
-                    })
+                    .map(|(i, mut buckets)| Sample::new(self.step_time(i), f(i, &mut buckets)))
                     .collect();
                 (!points.is_empty()).then_some(Series { metric, points })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -127,6 +144,77 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> f64 {
         rank -= buckets[b - 1].count;
     }
     bucket_start + (bucket_end - bucket_start) * (rank / count)
+}
+
+/// The share of observations in `(lower, upper]`, as Prometheus' `BucketFraction`: buckets
+/// sorted and merged as for the quantile but not made monotonic; NaN without a `+Inf`
+/// bucket, with no observations or a NaN bound; 0 when `lower >= upper`. Within a bucket the
+/// count is interpolated linearly; the first bucket starts at 0 if its bound is positive,
+/// else at -Inf, and neither it nor the `+Inf` bucket is interpolated into (a bound inside
+/// either counts all of the first bucket and none of the `+Inf` one).
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>) -> f64 {
+    buckets.sort_by(|a, b| a.upper_bound.total_cmp(&b.upper_bound));
+    if buckets
+        .last()
+        .is_none_or(|b| b.upper_bound != f64::INFINITY)
+    {
+        return f64::NAN;
+    }
+    coalesce(buckets);
+    let count = buckets.last().map_or(0.0, |b| b.count);
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let first_bound = buckets.first().map_or(0.0, |b| b.upper_bound);
+    let mut bucket_start = if first_bound <= 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
+    let (mut lower_rank, mut upper_rank) = (None, None);
+    let mut rank = 0.0;
+    for (i, b) in buckets.iter().enumerate() {
+        if i > 0 {
+            bucket_start = buckets[i - 1].upper_bound;
+        }
+        let bucket_end = b.upper_bound;
+        // The rank at `v` inside this bucket; an infinite bucket is not interpolated into.
+        let at = |v: f64| {
+            if bucket_start == f64::NEG_INFINITY {
+                b.count
+            } else {
+                rank + (b.count - rank) * (v - bucket_start) / (bucket_end - bucket_start)
+            }
+        };
+        if lower_rank.is_none() && bucket_start >= lower {
+            lower_rank = Some(rank);
+        }
+        if upper_rank.is_none() && bucket_start >= upper {
+            upper_rank = Some(rank);
+        }
+        if lower_rank.is_some() && upper_rank.is_some() {
+            break;
+        }
+        if lower_rank.is_none() && bucket_start < lower && bucket_end > lower {
+            lower_rank = Some(at(lower));
+        }
+        if upper_rank.is_none() && bucket_start < upper && bucket_end > upper {
+            upper_rank = Some(at(upper));
+        }
+        if lower_rank.is_some() && upper_rank.is_some() {
+            break;
+        }
+        rank = b.count;
+    }
+    // A rank past the total (or none) is the total; a NaN rank stays NaN, as in Go.
+    let clamp = |r: Option<f64>| match r {
+        Some(r) if r.partial_cmp(&count) != Some(std::cmp::Ordering::Greater) => r,
+        _ => count,
+    };
+    (clamp(upper_rank) - clamp(lower_rank)) / count
 }
 
 /// Merges buckets with equal bounds (sorted input), adding their counts.

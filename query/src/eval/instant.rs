@@ -3,8 +3,9 @@
 //! date functions (`hour`, `day_of_week`, ..., of the step's time or of each value),
 //! `label_replace`, `label_join`, `sort`, `sort_desc`, `absent` and `histogram_quantile`.
 //!
-//! Math and date functions drop `__name__`, as in Prometheus 2 (Prometheus 3 drops it too,
-//! only later in the evaluation); `label_replace`, `label_join` and `sort*` keep it.
+//! Math and date functions drop `__name__` when the query's evaluation ends, as Prometheus 3
+//! with delayed name removal does (`LabelSet::drop_name_later`); `label_replace`,
+//! `label_join` and `sort*` keep it, and can read or keep a name marked to go.
 
 use super::binary::collect_series;
 use super::{Evaluator, Stepped, unsupported};
@@ -238,7 +239,7 @@ impl Evaluator<'_> {
                     };
                     let mut replaced = String::new();
                     captures.expand(&replacement, &mut replaced);
-                    metric.with(&dst, &replaced)
+                    set_label(metric, &dst, &replaced)
                 })
             }
             ("label_join", [v, dst, sep, sources @ ..]) => {
@@ -266,13 +267,19 @@ impl Evaluator<'_> {
                         .map(|n| metric.get(n).unwrap_or(""))
                         .collect::<Vec<_>>()
                         .join(&sep);
-                    metric.with(&dst, &joined)
+                    set_label(metric, &dst, &joined)
                 })
             }
             ("histogram_quantile", [q, v]) => {
                 let q = self.scalar_operand(q)?;
                 let v = self.vector_operand(v)?;
                 self.histogram_quantile(&q, v).map(Stepped::Vector)
+            }
+            ("histogram_fraction", [lower, upper, v]) => {
+                let lower = self.scalar_operand(lower)?;
+                let upper = self.scalar_operand(upper)?;
+                let v = self.vector_operand(v)?;
+                Ok(Stepped::Vector(self.histogram_fraction(&lower, &upper, v)))
             }
             _ => Err(unsupported(format!("function `{name}`"))),
         }
@@ -294,10 +301,10 @@ impl Evaluator<'_> {
 }
 
 /// Applies `f(step time, value)` to every point, dropping `__name__` as every math function
-/// does in Prometheus.
+/// does in Prometheus (at the end of evaluation, as Prometheus 3 does).
 fn map_values(v: Matrix, f: impl Fn(i64, f64) -> f64) -> Result<Stepped, QueryError> {
     let mapped = v.into_iter().map(|s| Series {
-        metric: s.metric.without_metric_name(),
+        metric: s.metric.drop_name_later(),
         points: s
             .points
             .into_iter()
@@ -358,6 +365,18 @@ fn relabel(v: Matrix, f: impl Fn(&LabelSet) -> LabelSet) -> Result<Stepped, Quer
         points: s.points,
     });
     collect_series(relabelled).map(Stepped::Vector)
+}
+
+/// `metric` with label `dst` set to `value`; writing `__name__` keeps it past the end of
+/// evaluation even where a function marked it to go (Prometheus 3's `label_replace` and
+/// `label_join` clear `DropName` then).
+fn set_label(metric: &LabelSet, dst: &str, value: &str) -> LabelSet {
+    let out = metric.with(dst, value);
+    if dst == protocols::model::METRIC_NAME_LABEL {
+        out.keeping_name()
+    } else {
+        out
+    }
 }
 
 /// Whether `name` is a label name in the classic charset, `[a-zA-Z_][a-zA-Z0-9_]*`.

@@ -288,6 +288,23 @@ fn matching_errors_use_prometheus_words() {
         err.to_string(),
         "multiple matches for labels: grouping labels must ensure unique matches"
     );
+    // Prometheus checks the matching before a comparison filters: the same errors where every
+    // comparison is false (engine.go's `VectorBinop` checks `matchedSigsPresent` and
+    // `insertedSigs` before `if !keep && !returnBool`).
+    for (q, expected) in [
+        (
+            "http_requests < on (instance) info",
+            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+        ),
+        (
+            // `info` has no `group`: copying it removes what tells the two series apart.
+            "http_requests < on (instance) group_left (group) info",
+            "multiple matches for labels: grouping labels must ensure unique matches",
+        ),
+    ] {
+        let err = instant(&src, q, T).expect_err(q);
+        assert_eq!(err.to_string(), expected, "{q}");
+    }
     let err = instant(
         &src,
         r#"{__name__=~"vector_matching_a|vector_matching_b"} + 1"#,

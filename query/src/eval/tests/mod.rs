@@ -343,8 +343,14 @@ fn literals_evaluate_to_scalars_and_strings() {
 fn unsupported_constructs_are_named() {
     let src = MemorySource::default();
     for (q, what) in [
-        ("limitk(1, temp)", "aggregation `limitk`"),
-        ("sort_by_label(temp, \"a\")", "function `sort_by_label`"),
+        (
+            "limitk(1, temp)",
+            "aggregation `limitk` (experimental in Prometheus 3, --enable-feature=promql-experimental-functions)",
+        ),
+        (
+            "sort_by_label(temp, \"a\")",
+            "function `sort_by_label` (experimental in Prometheus 3, --enable-feature=promql-experimental-functions)",
+        ),
     ] {
         match instant(&src, q, T) {
             Err(QueryError::Unsupported(w)) => assert_eq!(w, what, "{q}"),
@@ -352,7 +358,10 @@ fn unsupported_constructs_are_named() {
         }
     }
     let err = instant(&src, "limitk(1, temp)", T).expect_err("unsupported");
-    assert_eq!(err.to_string(), "aggregation `limitk` is not supported yet");
+    assert_eq!(
+        err.to_string(),
+        "aggregation `limitk` (experimental in Prometheus 3, --enable-feature=promql-experimental-functions) is not supported yet"
+    );
 }
 
 #[test]
@@ -410,6 +419,7 @@ mod binary;
 mod functions;
 mod instant_functions;
 mod more_functions;
+mod prometheus3;
 mod subquery;
 
 /// Hundreds of series go to several workers; the answers must be exactly those of one
