@@ -67,6 +67,52 @@ pub struct TenantPolicy {
     pub unbound_may_write_any: bool,
 }
 
+/// Every reason `updraft_core_batches_rejected_total` takes on this listener.
+const REJECT_REASONS: [&str; 11] = [
+    "frame_too_large",
+    "timeout",
+    "unexpected_message",
+    "unsupported_version",
+    "malformed",
+    "no_agent_id",
+    "agent_mismatch",
+    "cert_without_agent_id",
+    "tenant_mismatch",
+    "cert_without_tenant",
+    "memory_budget",
+];
+
+/// Exports the listener's counters at 0 with every label value they take, so that a rate or
+/// an alert over them works before the first refusal (and a renamed one is missed at once).
+fn register_metrics() {
+    for reason in REJECT_REASONS {
+        metrics::counter!("updraft_core_batches_rejected_total", "reason" => reason).increment(0);
+    }
+    for reason in [
+        "agent_mismatch",
+        "cert_without_agent_id",
+        "tenant_mismatch",
+        "cert_without_tenant",
+    ] {
+        metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(0);
+    }
+    for reason in ["connection_limit", "memory_budget"] {
+        metrics::counter!(REFUSALS, "reason" => reason).increment(0);
+    }
+    for code in [
+        ErrorCode::BadData,
+        ErrorCode::Unavailable,
+        ErrorCode::TooManyRequests,
+        ErrorCode::Unauthorized,
+        ErrorCode::Timeout,
+    ] {
+        metrics::counter!("updraft_core_samples_rejected_total", "reason" => code.as_str())
+            .increment(0);
+    }
+    metrics::counter!("updraft_core_quic_handshake_failures_total").increment(0);
+    metrics::counter!("updraft_core_samples_received_total").increment(0);
+}
+
 /// Accepts connections until `shutdown` resolves, then closes the endpoint. `limits` bounds
 /// connections and in-flight bytes ([`limits`]; the endpoint's transport configuration
 /// carries the flow-control part).
@@ -77,6 +123,7 @@ pub async fn serve(
     limits: QuicLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    register_metrics();
     tokio::pin!(shutdown);
     let slots = ConnectionSlots::new(limits.max_connections);
     let budget = ByteBudget::new(limits.inflight_bytes);
