@@ -7,6 +7,7 @@
 //! | `ca.pem`, `ca-key.pem` | the CA that signs everything below; both sides trust only it |
 //! | `core.pem`, `core-key.pem` | the core's server certificate (SANs: the `--host` names) |
 //! | `agent.pem`, `agent-key.pem` | an edge agent's client certificate (CN = agent id, SAN URIs `updraft://tenant/<tenant>` and `updraft://agent/<agent id>`) |
+//! | `node-<id>.pem`, `node-<id>-key.pem` | with `--node-id ID`: a cluster node's certificate for inter-node mutual TLS (server and client; SANs: the `--host` names and the URI `updraft://node/<id>`) |
 //!
 //! The core certificate serves both of the core's listeners: QUIC ingest and, with
 //! `--http-tls-cert certs/core.pem --http-tls-key certs/core-key.pem`, the HTTP API (server
@@ -17,6 +18,9 @@
 //! `ingest.rs`). The agent id is read from the SAN URI only, never from the CN: certificates
 //! issued before the binding existed carry the id in their CN too, and must not start being
 //! held to it silently.
+//! A node certificate names its node id the same way ([`node_of`]): a node refuses a peer
+//! whose certificate does not name the id it claims ([`check_peer_node`]), so neither an agent
+//! certificate nor another node's can speak for a node (the cluster's transport uses it).
 //! Existing files are kept, so running the command again only fills in what is missing; an
 //! existing CA is reused to sign new leaves. `--force` re-issues the leaf certificates.
 
@@ -33,6 +37,8 @@ use std::path::{Path, PathBuf};
 pub const TENANT_URI_PREFIX: &str = "updraft://tenant/";
 /// The SAN URI prefix that names an agent certificate's agent id.
 pub const AGENT_URI_PREFIX: &str = "updraft://agent/";
+/// The SAN URI prefix that names a node certificate's node id.
+pub const NODE_URI_PREFIX: &str = "updraft://node/";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -115,6 +121,39 @@ pub fn ensure(req: &CertRequest) -> anyhow::Result<Vec<PathBuf>> {
     ));
     written.extend(issue_leaf(&req.dir, "agent", agent, &issuer, req.force)?);
     Ok(written)
+}
+
+/// Creates `node-<id>.pem` and its key in `dir`, signed by the CA there (which [`ensure`]
+/// creates), unless they exist and `force` is off; returns the paths written.
+pub fn ensure_node(
+    dir: &Path,
+    node_id: u64,
+    hosts: &[String],
+    force: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let key_path = dir.join("ca-key.pem");
+    let pem = fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "reading {} (create the CA first with `core-node certs`)",
+            key_path.display()
+        )
+    })?;
+    let ca_key =
+        KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", key_path.display()))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = leaf_params(
+        &format!("updraft-node-{node_id}"),
+        hosts,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    // Nodes dial each other: the same certificate serves and authenticates the client side.
+    params
+        .extended_key_usages
+        .push(ExtendedKeyUsagePurpose::ClientAuth);
+    params.subject_alt_names.push(SanType::URI(
+        format!("{NODE_URI_PREFIX}{node_id}").try_into()?,
+    ));
+    issue_leaf(dir, &format!("node-{node_id}"), params, &issuer, force)
 }
 
 fn ca_params() -> anyhow::Result<CertificateParams> {
@@ -246,6 +285,49 @@ pub fn tenant_of(der: &[u8]) -> TenantBinding {
     }
 }
 
+/// What a certificate says about the cluster node holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeBinding {
+    /// Exactly one `updraft://node/<id>` SAN URI with a numeric id.
+    Bound(u64),
+    /// No such URI: not a node certificate (an agent's, the core's listener certificate).
+    Unbound,
+    /// Several, a non-numeric id, or an unreadable certificate.
+    Invalid(String),
+}
+
+/// The node id a (DER) certificate names.
+pub fn node_of(der: &[u8]) -> NodeBinding {
+    let ids = match san_uris(der, NODE_URI_PREFIX) {
+        Ok(ids) => ids,
+        Err(e) => return NodeBinding::Invalid(e),
+    };
+    match ids.as_slice() {
+        [] => NodeBinding::Unbound,
+        [one] => match one.parse() {
+            Ok(id) => NodeBinding::Bound(id),
+            Err(_) => NodeBinding::Invalid(format!("node id {one:?} is not a number")),
+        },
+        _ => NodeBinding::Invalid(format!("{} node ids in one certificate", ids.len())),
+    }
+}
+
+/// Whether a peer that claims to be node `claimed` may speak for it: its (already
+/// chain-verified) certificate must name exactly that node id. The error says why not.
+pub fn check_peer_node(claimed: u64, der: &[u8]) -> Result<(), String> {
+    match node_of(der) {
+        NodeBinding::Bound(id) if id == claimed => Ok(()),
+        NodeBinding::Bound(id) => Err(format!(
+            "peer claims node {claimed} but its certificate names node {id}"
+        )),
+        NodeBinding::Unbound => Err(format!(
+            "peer claims node {claimed} but its certificate names no node (an agent's or a \
+             listener's certificate cannot join the cluster)"
+        )),
+        NodeBinding::Invalid(why) => Err(format!("peer claims node {claimed}: {why}")),
+    }
+}
+
 fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -306,5 +388,48 @@ mod tests {
         );
         assert_eq!(agent_of(&der("core.pem")), AgentBinding::Unbound);
         assert!(matches!(agent_of(b"junk"), AgentBinding::Invalid(_)));
+    }
+
+    #[test]
+    fn node_certificates_name_their_node_and_nothing_else_passes_for_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let req = CertRequest {
+            dir: dir.path().to_path_buf(),
+            core_hosts: CertRequest::default_hosts(),
+            agent_id: "edge-1".into(),
+            agent_tenant: Tenant::default(),
+            force: false,
+        };
+        ensure(&req).expect("ca and leaves");
+        let written = ensure_node(dir.path(), 3, &CertRequest::default_hosts(), false)
+            .expect("node certificate");
+        assert_eq!(written.len(), 2);
+        assert!(
+            ensure_node(dir.path(), 3, &[], false)
+                .expect("kept")
+                .is_empty()
+        );
+        let der = |name: &str| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_file(dir.path().join(name))
+                .expect("pem")
+                .to_vec()
+        };
+        let node = der("node-3.pem");
+        assert_eq!(node_of(&node), NodeBinding::Bound(3));
+        assert_eq!(check_peer_node(3, &node), Ok(()));
+        let wrong = check_peer_node(4, &node).expect_err("another node's id");
+        assert!(wrong.contains("names node 3"), "{wrong}");
+        for other in ["agent.pem", "core.pem"] {
+            assert_eq!(node_of(&der(other)), NodeBinding::Unbound);
+            assert!(check_peer_node(3, &der(other)).is_err(), "{other}");
+        }
+        assert!(matches!(node_of(b"junk"), NodeBinding::Invalid(_)));
+        // It chains to the same CA and serves TLS.
+        crate::tls::server_config(&crate::tls::TlsFiles::in_dir(dir.path(), "node-3"))
+            .expect("server config from the node certificate");
+        // Without a CA there is nothing to sign with.
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(ensure_node(empty.path(), 1, &[], false).is_err());
     }
 }

@@ -144,7 +144,12 @@ struct CertsArgs {
     /// the core refuses its batches for any other tenant.
     #[arg(long, default_value = protocols::Tenant::DEFAULT)]
     tenant: String,
-    /// Re-issue the core and agent certificates even if they exist.
+    /// Also issue a cluster node certificate node-<ID>.pem for this node id (repeatable): server
+    /// and client authentication for inter-node mutual TLS, SAN URI updraft://node/<ID> and the
+    /// --host names. (The cluster is not in service yet; docs/cluster.md.)
+    #[arg(long = "node-id", value_name = "ID")]
+    node_ids: Vec<u64>,
+    /// Re-issue the core, agent and node certificates even if they exist.
     #[arg(long)]
     force: bool,
 }
@@ -158,18 +163,22 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Certs(args)) => {
-            let written = certs::ensure(&certs::CertRequest {
+            let hosts = if args.hosts.is_empty() {
+                certs::CertRequest::default_hosts()
+            } else {
+                args.hosts
+            };
+            let mut written = certs::ensure(&certs::CertRequest {
                 dir: args.dir.clone(),
-                core_hosts: if args.hosts.is_empty() {
-                    certs::CertRequest::default_hosts()
-                } else {
-                    args.hosts
-                },
+                core_hosts: hosts.clone(),
                 agent_id: args.agent_id,
                 agent_tenant: protocols::Tenant::new(args.tenant)
                     .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?,
                 force: args.force,
             })?;
+            for id in args.node_ids {
+                written.extend(certs::ensure_node(&args.dir, id, &hosts, args.force)?);
+            }
             if written.is_empty() {
                 println!("all certificates already exist in {}", args.dir.display());
             }
