@@ -10,11 +10,13 @@
 //! - [`log_store`]: the Raft log and vote of every group hosted by the node, on one fjall
 //!   database, fsynced before openraft is told anything is durable; it passes openraft's
 //!   storage test suite.
+//! - [`transport`]: QUIC between nodes with mutual TLS from the cluster CA, one connection per
+//!   peer for every group; a peer is who its node certificate says.
 //!
 //! Next (issue order): the state machine over [`crate::storage::Storage`] (apply is already
-//! deterministic: `Storage::apply_admitted`), shard-data snapshots, the QUIC transport with one
-//! connection per peer pair carrying the group id, the metadata group, routing of writes and
-//! queries.
+//! deterministic: `Storage::apply_admitted`), shard-data snapshots, openraft's network over
+//! [`transport`] (and an in-process network for tests), the metadata group, routing of writes
+//! and queries.
 
 // openraft's `StorageError` is the error its storage traits return (over 200 bytes); helpers
 // that feed those traits return it too rather than converting at every call.
@@ -23,4 +25,5 @@
     reason = "openraft's StorageError, fixed by its traits"
 )]
 pub mod log_store;
+pub mod transport;
 pub mod types;
