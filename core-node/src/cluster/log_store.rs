@@ -111,7 +111,7 @@ fn index_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(4..12)?.try_into().ok()?))
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+pub(crate) fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_logs(&e).into()
 }
 

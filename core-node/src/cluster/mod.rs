@@ -12,11 +12,12 @@
 //!   storage test suite.
 //! - [`transport`]: QUIC between nodes with mutual TLS from the cluster CA, one connection per
 //!   peer for every group; a peer is who its node certificate says.
+//! - [`raft_network`]: openraft's network for groups over a link (that transport, or an
+//!   in-process network for tests), and the router that serves each group's Raft RPCs.
 //!
 //! Next (issue order): the state machine over [`crate::storage::Storage`] (apply is already
-//! deterministic: `Storage::apply_admitted`), shard-data snapshots, openraft's network over
-//! [`transport`] (and an in-process network for tests), the metadata group, routing of writes
-//! and queries.
+//! deterministic: `Storage::apply_admitted`), shard-data snapshots, the metadata group,
+//! routing of writes and queries.
 
 // openraft's `StorageError` is the error its storage traits return (over 200 bytes); helpers
 // that feed those traits return it too rather than converting at every call.
@@ -25,5 +26,8 @@
     reason = "openraft's StorageError, fixed by its traits"
 )]
 pub mod log_store;
+pub mod raft_network;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 pub mod types;
