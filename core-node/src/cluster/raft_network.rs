@@ -206,13 +206,30 @@ impl Handler for GroupRouter {
     }
 }
 
+/// What happens to one message on the in-process network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fault {
+    /// Lost before it reaches the peer.
+    pub drop_request: bool,
+    /// Delivered, but the answer is lost.
+    pub drop_answer: bool,
+    /// Delivered twice (the second answer is discarded).
+    pub duplicate: bool,
+    /// Held this long before delivery.
+    pub delay_ms: u64,
+}
+
+/// Decides the fate of each message (`from`, `to`): a seeded random plan in simulations.
+pub type FaultPlan = Box<dyn FnMut(NodeId, NodeId) -> Fault + Send>;
+
 /// An in-process network: every node registers its handler; a cut link fails like an
-/// unreachable peer. For tests that must control every message (partitions today; delays,
-/// drops and duplicates are next).
+/// unreachable peer, and a [`FaultPlan`] may delay, drop or duplicate any message. For tests
+/// that must control every message.
 #[derive(Default)]
 pub struct MemoryNetwork {
     nodes: Mutex<HashMap<NodeId, Arc<dyn Handler>>>,
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    faults: Mutex<Option<FaultPlan>>,
 }
 
 impl MemoryNetwork {
@@ -243,6 +260,22 @@ impl MemoryNetwork {
         self.lock_cut().clear();
     }
 
+    /// Applies `plan` to every message from now on; `None` delivers everything as it is.
+    pub fn set_faults(&self, plan: Option<FaultPlan>) {
+        *self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = plan;
+    }
+
+    fn fault(&self, from: NodeId, to: NodeId) -> Fault {
+        let mut plan = self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        plan.as_mut().map_or_else(Fault::default, |f| f(from, to))
+    }
+
     fn lock_nodes(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<dyn Handler>>> {
         self.nodes
             .lock()
@@ -270,22 +303,31 @@ impl Link for MemoryLink {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 reason: reason.to_owned(),
             };
-            if net.lock_cut().contains(&(from, to)) {
-                return Err(unreachable("link cut"));
+            let fault = net.fault(from, to);
+            if fault.delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(fault.delay_ms)).await;
+            }
+            if fault.drop_request || net.lock_cut().contains(&(from, to)) {
+                return Err(unreachable("message lost"));
             }
             let handler = net.lock_nodes().get(&to).cloned();
             let Some(handler) = handler else {
                 return Err(unreachable("no such node"));
             };
+            if fault.duplicate {
+                let _ = handler.handle(from, request.clone()).await;
+            }
             let answer = handler.handle(from, request).await;
             // A link cut while the request was in flight loses the answer too.
-            if net.lock_cut().contains(&(to, from)) {
-                return Err(unreachable("link cut"));
+            if fault.drop_answer || net.lock_cut().contains(&(to, from)) {
+                return Err(unreachable("answer lost"));
             }
             answer.map_err(|message| TransportError::Remote { node: to, message })
         })
     }
 }
 
+#[cfg(test)]
+mod simulation_tests;
 #[cfg(test)]
 mod tests;
