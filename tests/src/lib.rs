@@ -247,6 +247,8 @@ pub struct Core {
     certs: PathBuf,
     log: PathBuf,
     dev_mode: bool,
+    /// Flags after the harness's own, kept for a restart.
+    extra_args: Vec<String>,
 }
 
 impl Core {
@@ -255,7 +257,7 @@ impl Core {
     pub fn start(work: &Path, certs: &Path) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        Self::start_at(work, certs, http, quic, true)
+        Self::start_at(work, certs, http, quic, true, Vec::new())
     }
 
     /// As [`Core::start`], but secure (the default outside tests): every request but
@@ -263,7 +265,7 @@ impl Core {
     pub fn start_secure(work: &Path, certs: &Path) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        Self::start_at(work, certs, http, quic, false)
+        Self::start_at(work, certs, http, quic, false, Vec::new())
     }
 
     fn start_at(
@@ -272,6 +274,7 @@ impl Core {
         http: SocketAddr,
         quic: SocketAddr,
         dev_mode: bool,
+        extra_args: Vec<String>,
     ) -> anyhow::Result<Self> {
         let data_dir = work.join("core-data");
         let log = work.join("core.log");
@@ -289,6 +292,7 @@ impl Core {
         if dev_mode {
             cmd.arg("--insecure-dev-mode");
         }
+        cmd.args(&extra_args);
         let process = Process::spawn("core-node", cmd, log.clone())?;
         let core = Self {
             process,
@@ -298,18 +302,20 @@ impl Core {
             certs: certs.to_path_buf(),
             log,
             dev_mode,
+            extra_args,
         };
         core.wait_healthy()?;
         Ok(core)
     }
 
-    /// Kills the process with SIGKILL and starts it again on the same ports and data.
+    /// Kills the process with SIGKILL and starts it again on the same ports, data and flags.
     pub fn restart_after_kill9(mut self) -> anyhow::Result<Self> {
         self.process.kill9();
         let work = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
         let (certs, http, quic, dev) = (self.certs.clone(), self.http, self.quic, self.dev_mode);
+        let extra = std::mem::take(&mut self.extra_args);
         drop(self);
-        Self::start_at(&work, &certs, http, quic, dev)
+        Self::start_at(&work, &certs, http, quic, dev, extra)
     }
 
     pub fn wait_healthy(&self) -> anyhow::Result<()> {
@@ -1118,33 +1124,8 @@ impl Core {
     pub fn start_with_args(work: &Path, certs: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        let data_dir = work.join("core-data");
-        let log = work.join("core.log");
-        let mut cmd = Command::new(binary("core-node"));
-        cmd.arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--http-listen", &http.to_string()])
-            .args(["--quic-listen", &quic.to_string()])
-            .arg("--ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(certs.join("core.pem"))
-            .arg("--key")
-            .arg(certs.join("core-key.pem"))
-            .arg("--insecure-dev-mode")
-            .args(extra_args);
-        let process = Process::spawn("core-node", cmd, log.clone())?;
-        let core = Self {
-            process,
-            http,
-            quic,
-            data_dir,
-            certs: certs.to_path_buf(),
-            log,
-            dev_mode: true,
-        };
-        core.wait_healthy()?;
-        Ok(core)
+        let extra = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_at(work, certs, http, quic, true, extra)
     }
 
     /// The core process's peak resident set size in bytes (`VmHWM` in /proc/<pid>/status).

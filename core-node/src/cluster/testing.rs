@@ -1,7 +1,9 @@
 //! Test helpers shared by the cluster's tests.
 
-use super::log_store::read_err;
+use super::log_store::{GroupId, RaftLogs, read_err};
+use super::raft_network::{GroupNetworkFactory, GroupRouter, MemoryNetwork};
 use super::types::{Applied, Entry, GroupConfig, NodeAddr, NodeId};
+use openraft::Raft;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -113,4 +115,35 @@ impl RaftStateMachine<GroupConfig> for MemoryMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// A member of group 1 on the in-process network: its Raft (log store under `dir`, a
+/// [`MemoryMachine`]) registered with `net`, and the payloads its machine applies.
+pub(crate) struct Member {
+    pub raft: Raft<GroupConfig>,
+    pub data: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+pub(crate) async fn member(
+    id: NodeId,
+    net: &Arc<MemoryNetwork>,
+    config: openraft::Config,
+    dir: &std::path::Path,
+) -> Member {
+    let logs = RaftLogs::open(dir).expect("raft logs");
+    let machine = MemoryMachine::default();
+    let data = Arc::clone(&machine.data);
+    let raft = Raft::new(
+        id,
+        Arc::new(config.validate().expect("config")),
+        GroupNetworkFactory::new(GroupId(1), net.link(id)),
+        logs.group(GroupId(1)),
+        machine,
+    )
+    .await
+    .expect("raft");
+    let router = Arc::new(GroupRouter::default());
+    router.add(GroupId(1), raft.clone());
+    net.register(id, router);
+    Member { raft, data }
 }

@@ -7,8 +7,7 @@
 //! here is tokio's, so a seed fixes the plan, not the interleaving).
 
 use super::*;
-use crate::cluster::log_store::RaftLogs;
-use crate::cluster::testing::MemoryMachine;
+use crate::cluster::testing::member;
 use crate::cluster::types::Proposal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -37,30 +36,16 @@ fn scratch() -> tempfile::TempDir {
 
 async fn node(id: NodeId, net: &Arc<MemoryNetwork>) -> SimNode {
     let dir = scratch();
-    let logs = RaftLogs::open(dir.path()).expect("raft logs");
     let config = openraft::Config {
         heartbeat_interval: 50,
         election_timeout_min: 200,
         election_timeout_max: 400,
         ..Default::default()
     };
-    let machine = MemoryMachine::default();
-    let data = Arc::clone(&machine.data);
-    let raft = Raft::new(
-        id,
-        Arc::new(config.validate().expect("config")),
-        GroupNetworkFactory::new(GroupId(1), net.link(id)),
-        logs.group(GroupId(1)),
-        machine,
-    )
-    .await
-    .expect("raft");
-    let router = Arc::new(GroupRouter::default());
-    router.add(GroupId(1), raft.clone());
-    net.register(id, router);
+    let m = member(id, net, config, dir.path()).await;
     SimNode {
-        raft,
-        data,
+        raft: m.raft,
+        data: m.data,
         _dir: dir,
     }
 }

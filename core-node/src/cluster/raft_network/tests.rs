@@ -3,8 +3,7 @@
 //! bring the old leader back in line when the partition heals.
 
 use super::*;
-use crate::cluster::log_store::RaftLogs;
-use crate::cluster::testing::MemoryMachine;
+use crate::cluster::testing::member;
 use crate::cluster::types::Proposal;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,30 +19,16 @@ struct Node {
 
 async fn start(id: NodeId, net: &Arc<MemoryNetwork>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let logs = RaftLogs::open(dir.path()).expect("raft logs");
     let config = openraft::Config {
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
         ..Default::default()
     };
-    let machine = MemoryMachine::default();
-    let data = Arc::clone(&machine.data);
-    let raft = Raft::new(
-        id,
-        Arc::new(config.validate().expect("config")),
-        GroupNetworkFactory::new(GroupId(1), net.link(id)),
-        logs.group(GroupId(1)),
-        machine,
-    )
-    .await
-    .expect("raft");
-    let router = Arc::new(GroupRouter::default());
-    router.add(GroupId(1), raft.clone());
-    net.register(id, router);
+    let m = member(id, net, config, dir.path()).await;
     Node {
-        raft,
-        data,
+        raft: m.raft,
+        data: m.data,
         _dir: dir,
     }
 }
