@@ -463,13 +463,19 @@ mod tests {
     use crate::mapping::Rule;
     use std::sync::{Arc, Mutex};
 
-    /// With a minimum fsync interval, a message that arrives while the interval runs shares
-    /// the fsync of the one before it: the first acknowledgement waits for the second message.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn messages_within_the_fsync_interval_share_one_fsync() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// An ingest thread over a fresh buffer in `dir`, with the default mapping rule: its
+    /// queue, its stop switch and what it reports when it ends.
+    fn start(
+        dir: &std::path::Path,
+        fsync_interval: Duration,
+        panic_after_appends: Option<u64>,
+    ) -> (
+        mpsc::Sender<Incoming>,
+        watch::Sender<bool>,
+        oneshot::Receiver<Result<(), IngestError>>,
+    ) {
         let (writer, reader, _) = crate::buffer::open(
-            dir.path(),
+            dir,
             crate::buffer::LogOptions {
                 segment_max_bytes: 1 << 20,
             },
@@ -490,13 +496,22 @@ mod tests {
                 tenant: Tenant::default(),
                 record_max_samples: 10_000,
                 bound: crate::buffer::overflow::Bound::new(u64::MAX),
-                fsync_interval: Duration::from_millis(600),
-                panic_after_appends: None,
+                fsync_interval,
+                panic_after_appends,
             },
             progress_tx,
             stop_rx,
         )
         .expect("spawn");
+        (queue_tx, stop_tx, done)
+    }
+
+    /// With a minimum fsync interval, a message that arrives while the interval runs shares
+    /// the fsync of the one before it: the first acknowledgement waits for the second message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_within_the_fsync_interval_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (queue_tx, stop_tx, done) = start(dir.path(), Duration::from_millis(600), None);
         let acks: Arc<Mutex<Vec<(&str, Instant)>>> = Arc::default();
         let send = |name: &'static str| {
             let acks = acks.clone();
@@ -534,35 +549,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_is_reported_with_its_message_and_acknowledges_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (writer, reader, _) = crate::buffer::open(
-            dir.path(),
-            crate::buffer::LogOptions {
-                segment_max_bytes: 1 << 20,
-            },
-        )
-        .expect("open");
-        let (queue_tx, queue_rx) = mpsc::channel(16);
-        let (progress_tx, _progress_rx) = watch::channel(Progress {
-            durable_end: reader.acked(),
-            samples: 0,
-        });
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let done = spawn(
-            queue_rx,
-            writer,
-            reader,
-            IngestSettings {
-                mapper: Mapper::new(vec![Rule::default()], 65_536),
-                tenant: Tenant::default(),
-                record_max_samples: 10_000,
-                bound: crate::buffer::overflow::Bound::new(u64::MAX),
-                fsync_interval: Duration::ZERO,
-                panic_after_appends: Some(1),
-            },
-            progress_tx,
-            stop_rx,
-        )
-        .expect("spawn");
+        let (queue_tx, _stop_tx, done) = start(dir.path(), Duration::ZERO, Some(1));
         let acked = Arc::new(Mutex::new(false));
         let flag = acked.clone();
         queue_tx

@@ -238,6 +238,23 @@ pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `core-node` command with its data directory, listeners and the QUIC certificates of
+/// `certs` (as `make_certs` writes them); add flags, then start it.
+pub fn core_command(data_dir: &Path, http: SocketAddr, quic: SocketAddr, certs: &Path) -> Command {
+    let mut cmd = Command::new(binary("core-node"));
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--http-listen", &http.to_string()])
+        .args(["--quic-listen", &quic.to_string()])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("core.pem"))
+        .arg("--key")
+        .arg(certs.join("core-key.pem"));
+    cmd
+}
+
 /// A core node process with its addresses.
 pub struct Core {
     pub process: Process,
@@ -278,17 +295,7 @@ impl Core {
     ) -> anyhow::Result<Self> {
         let data_dir = work.join("core-data");
         let log = work.join("core.log");
-        let mut cmd = Command::new(binary("core-node"));
-        cmd.arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--http-listen", &http.to_string()])
-            .args(["--quic-listen", &quic.to_string()])
-            .arg("--ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(certs.join("core.pem"))
-            .arg("--key")
-            .arg(certs.join("core-key.pem"));
+        let mut cmd = core_command(&data_dir, http, quic, certs);
         if dev_mode {
             cmd.arg("--insecure-dev-mode");
         }

@@ -96,19 +96,9 @@ fn https_answers_trusting_clients_and_serves_a_replaced_certificate_without_rest
     make_certs(&certs)?;
     let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let mut cmd = Command::new(binary("core-node"));
-    cmd.arg("--data-dir")
-        .arg(work.path().join("core-data"))
-        .args(["--http-listen", &http.to_string()])
-        .args(["--quic-listen", &quic.to_string()])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("core.pem"))
-        .arg("--key")
-        .arg(certs.join("core-key.pem"))
-        // The same certificate `core-node certs` made for QUIC serves HTTPS.
-        .arg("--http-tls-cert")
+    let mut cmd = core_command(&work.path().join("core-data"), http, quic, &certs);
+    // The same certificate `core-node certs` made for QUIC serves HTTPS.
+    cmd.arg("--http-tls-cert")
         .arg(certs.join("core.pem"))
         .arg("--http-tls-key")
         .arg(certs.join("core-key.pem"))

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use updraft_tests::{
-    binary, free_tcp_port, free_udp_port, http_get, http_post, make_certs, wait_for,
+    core_command, free_tcp_port, free_udp_port, http_get, http_post, make_certs, wait_for,
 };
 
 /// A tmpfs of `size` MiB mounted on a fresh directory, unmounted when dropped.
@@ -73,17 +73,7 @@ impl Node {
         let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let log = work.join(format!("core-{}.log", http.port()));
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(binary("core-node"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--http-listen", &http.to_string()])
-            .args(["--quic-listen", &quic.to_string()])
-            .arg("--ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(certs.join("core.pem"))
-            .arg("--key")
-            .arg(certs.join("core-key.pem"))
+        let child = core_command(data, http, quic, &certs)
             .arg("--insecure-dev-mode")
             .args(extra)
             .env("RUST_LOG", "info")

@@ -6,10 +6,9 @@
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use updraft_tests::{
-    Agent, Process, binary, free_tcp_port, free_udp_port, http_get, make_certs, wait_for,
+    Agent, Process, core_command, free_tcp_port, free_udp_port, http_get, make_certs, wait_for,
 };
 
 const ESC: u8 = 0x1b;
@@ -24,19 +23,8 @@ fn start_core(
 ) -> anyhow::Result<(Process, PathBuf)> {
     let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let mut cmd = Command::new(binary("core-node"));
-    cmd.arg("--data-dir")
-        .arg(work.join(name))
-        .args(["--http-listen", &http.to_string()])
-        .args(["--quic-listen", &quic.to_string()])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("core.pem"))
-        .arg("--key")
-        .arg(certs.join("core-key.pem"))
-        .arg("--insecure-dev-mode")
-        .args(extra);
+    let mut cmd = core_command(&work.join(name), http, quic, certs);
+    cmd.arg("--insecure-dev-mode").args(extra);
     let log = work.join(format!("{name}.log"));
     let process = Process::spawn("core-node", cmd, log.clone())?;
     let url = format!("http://{http}/health");

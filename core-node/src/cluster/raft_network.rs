@@ -54,16 +54,16 @@ impl Link for QuicLink {
         let peers = Arc::clone(&self.peers);
         let target = node.cluster.clone();
         Box::pin(async move {
-            let unreachable = |reason: String| TransportError::Io { node: to, reason };
+            let bad_address = |reason: String| TransportError::Io { node: to, reason };
             let host = target
                 .rsplit_once(':')
                 .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-                .ok_or_else(|| unreachable(format!("cluster address {target:?} has no port")))?;
+                .ok_or_else(|| bad_address(format!("cluster address {target:?} has no port")))?;
             let addr = tokio::net::lookup_host(target.as_str())
                 .await
-                .map_err(|e| unreachable(format!("resolving {target}: {e}")))?
+                .map_err(|e| bad_address(format!("resolving {target}: {e}")))?
                 .next()
-                .ok_or_else(|| unreachable(format!("{target} resolves to nothing")))?;
+                .ok_or_else(|| bad_address(format!("{target} resolves to nothing")))?;
             peers.call(to, addr, &host, &request).await
         })
     }

@@ -151,24 +151,19 @@ pub fn node_tls(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<NodeTls> {
     })
 }
 
-/// The node id in the certificate a connection's peer presented.
-fn peer_node(conn: &quinn::Connection) -> NodeBinding {
-    let Some(identity) = conn.peer_identity() else {
-        return NodeBinding::Invalid("no peer certificate".into());
-    };
-    match identity.downcast::<Vec<CertificateDer<'static>>>() {
-        Ok(chain) => match chain.first() {
-            Some(leaf) => node_of(leaf),
-            None => NodeBinding::Invalid("empty certificate chain".into()),
-        },
-        Err(_) => NodeBinding::Invalid("unreadable peer identity".into()),
-    }
-}
-
+/// The (DER) leaf certificate a connection's peer presented.
 fn leaf_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     chain.first().map(|c| c.to_vec())
+}
+
+/// The node id in the certificate a connection's peer presented.
+fn peer_node(conn: &quinn::Connection) -> NodeBinding {
+    match leaf_der(conn) {
+        Some(leaf) => node_of(&leaf),
+        None => NodeBinding::Invalid("no readable peer certificate".into()),
+    }
 }
 
 /// Accepts nodes until the endpoint closes: each connection's requests go to `handler` with

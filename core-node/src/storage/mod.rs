@@ -572,7 +572,11 @@ impl Storage {
             .map_err(|_| StorageError::WriterStopped)?;
         rx.recv()
             .map_err(|_| StorageError::WriterStopped)?
-            .map_err(|e| StorageError::Unavailable(e.to_string()))
+            // The writer shares one error among a group's requests; this one is ours alone.
+            .map_err(|e| {
+                Arc::try_unwrap(e)
+                    .unwrap_or_else(|shared| StorageError::Unavailable(shared.to_string()))
+            })
     }
 
     /// Series `tenant` has (as of the writer's last commit): what `--max-series-per-tenant`

@@ -28,6 +28,9 @@ pub(super) struct Verdict {
     pub empty: bool,
     /// Refusals so far, to which applying adds its own.
     pub applied: Applied,
+    /// The ids of the series left in the batch, in order: applying the live batch does not
+    /// hash every label set a second time (a replay computes them).
+    pub ids: Vec<SeriesId>,
 }
 
 /// Admission's view of the group so far: what earlier requests of the group were admitted.
@@ -36,6 +39,14 @@ pub(super) struct GroupAdmission {
     new_series: HashSet<SeriesId>,
     new_per_tenant: HashMap<Tenant, u64>,
     offsets: HashMap<String, (u64, u64)>,
+}
+
+/// Keeps the series admission let through (`keep` holds one entry per series) and returns
+/// their ids, in order.
+fn retain_admitted<T>(series: &mut Vec<T>, keep: Vec<Option<SeriesId>>) -> Vec<SeriesId> {
+    let mut verdicts = keep.iter();
+    series.retain(|_| verdicts.next().is_some_and(Option::is_some));
+    keep.into_iter().flatten().collect()
 }
 
 impl Writer {
@@ -58,6 +69,7 @@ impl Writer {
                         duplicate: true,
                         empty: true,
                         applied: Applied::new(&agent),
+                        ids: Vec::new(),
                     };
                 }
                 let mut applied = Applied::new(&agent);
@@ -65,7 +77,7 @@ impl Writer {
                     g.offsets.insert(agent, (b.epoch, b.sequence));
                 }
                 let tenant = &b.tenant;
-                let keep: Vec<bool> = b
+                let keep: Vec<Option<SeriesId>> = b
                     .series
                     .iter()
                     .map(|s| {
@@ -75,19 +87,19 @@ impl Writer {
                         self.admit_series(g, tenant, &s.labels, newest, now_ms, &mut applied)
                     })
                     .collect();
-                let mut keep = keep.into_iter();
-                b.series.retain(|_| keep.next().unwrap_or(true));
+                let ids = retain_admitted(&mut b.series, keep);
                 let empty = !tracked && b.series.is_empty();
                 Verdict {
                     duplicate: false,
                     empty,
                     applied,
+                    ids,
                 }
             }
             Batch::Samples(b) => {
                 let mut applied = Applied::new("");
                 let tenant = &b.tenant;
-                let keep: Vec<bool> = b
+                let keep: Vec<Option<SeriesId>> = b
                     .series
                     .iter()
                     .map(|(labels, samples)| {
@@ -95,18 +107,18 @@ impl Writer {
                         self.admit_series(g, tenant, labels, newest, now_ms, &mut applied)
                     })
                     .collect();
-                let mut keep = keep.into_iter();
-                b.series.retain(|_| keep.next().unwrap_or(true));
+                let ids = retain_admitted(&mut b.series, keep);
                 Verdict {
                     duplicate: false,
                     empty: b.series.is_empty(),
                     applied,
+                    ids,
                 }
             }
         }
     }
 
-    /// Whether one series may be written; a refusal is counted in `applied`.
+    /// The series' id when it may be written; a refusal is counted in `applied`.
     fn admit_series(
         &self,
         g: &mut GroupAdmission,
@@ -115,12 +127,12 @@ impl Writer {
         newest_ms: i64,
         now_ms: i64,
         applied: &mut Applied,
-    ) -> bool {
+    ) -> Option<SeriesId> {
         let id = SeriesId::of(tenant, labels);
         let is_new = !self.known.contains(&id) && !g.new_series.contains(&id);
         if let Err((reason, message)) = self.check_limits(g, tenant, labels, is_new) {
             applied.reject(reason, message, labels);
-            return false;
+            return None;
         }
         if let Some(cutoff) = self
             .retention
@@ -132,13 +144,13 @@ impl Writer {
                 format!("every sample is older than the tenant's retention ({cutoff} ms)"),
                 labels,
             );
-            return false;
+            return None;
         }
         if is_new {
             g.new_series.insert(id);
             *g.new_per_tenant.entry(tenant.clone()).or_default() += 1;
         }
-        true
+        Some(id)
     }
 
     /// Why `labels` may not be written under the limits, as (counter reason, message).

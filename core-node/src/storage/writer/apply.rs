@@ -97,23 +97,29 @@ impl Writer {
         record: &mut Record,
     ) -> Result<AckOutcome, RetentionOutcome> {
         match record {
-            Record::Write(batch) => Ok(self.apply_batch(wb, p, batch, Applied::new(""))),
+            Record::Write(batch) => Ok(self.apply_batch(wb, p, batch, Applied::new(""), None)),
             other => Err(self.apply_retention(wb, p, other)),
         }
     }
 
-    /// Applies an admitted write; `applied` holds admission's refusals.
+    /// Applies an admitted write; `applied` holds admission's refusals, `ids` the ids
+    /// admission computed for the batch's series (`None`: computed here, as at a replay).
     pub(super) fn apply_batch(
         &self,
         wb: &mut OwnedWriteBatch,
         p: &mut Pending,
         batch: &mut Batch,
         mut applied: Applied,
+        ids: Option<&[SeriesId]>,
     ) -> AckOutcome {
         match batch {
-            Batch::Chunks(b) => self.apply_write(wb, p, b, applied),
+            Batch::Chunks(b) => {
+                let ids = ids.filter(|ids| ids.len() == b.series.len());
+                self.apply_write(wb, p, b, applied, ids)
+            }
             Batch::Samples(b) => {
-                self.apply_samples(wb, p, b, &mut applied);
+                let ids = ids.filter(|ids| ids.len() == b.series.len());
+                self.apply_samples(wb, p, b, &mut applied, ids);
                 applied.outcome()
             }
         }
@@ -235,6 +241,7 @@ impl Writer {
         p: &mut Pending,
         b: &WriteBatch,
         mut applied: Applied,
+        ids: Option<&[SeriesId]>,
     ) -> AckOutcome {
         let agent = b.agent_id.0.as_str();
         // An untracked batch (no agent) is applied every time and records no offset: its
@@ -246,18 +253,22 @@ impl Writer {
             return AckOutcome::Duplicate;
         }
         let mut head = Vec::with_capacity(b.series.len());
-        for s in &b.series {
+        for (i, s) in b.series.iter().enumerate() {
             // Decoding verifies the checksum and the order of timestamps: the same verdict
             // wherever the record is applied.
             match codec::decode(&s.chunk) {
-                Ok(samples) => head.extend(self.apply_series(
-                    wb,
-                    p,
-                    &b.tenant,
-                    &s.labels,
-                    samples,
-                    &mut applied,
-                )),
+                Ok(samples) => {
+                    let id = ids.map_or_else(|| SeriesId::of(&b.tenant, &s.labels), |ids| ids[i]);
+                    head.extend(self.apply_series(
+                        wb,
+                        p,
+                        &b.tenant,
+                        id,
+                        &s.labels,
+                        samples,
+                        &mut applied,
+                    ))
+                }
                 Err(e) => applied.reject("bad_chunk", format!("damaged chunk: {e}"), &s.labels),
             }
         }
@@ -278,28 +289,32 @@ impl Writer {
         p: &mut Pending,
         b: &mut SampleBatch,
         applied: &mut Applied,
+        ids: Option<&[SeriesId]>,
     ) {
         let mut head = Vec::with_capacity(b.series.len());
-        for (labels, samples) in &mut b.series {
+        for (i, (labels, samples)) in b.series.iter_mut().enumerate() {
             let samples = std::mem::take(samples);
-            head.extend(self.apply_series(wb, p, &b.tenant, labels, samples, applied));
+            let id = ids.map_or_else(|| SeriesId::of(&b.tenant, labels), |ids| ids[i]);
+            head.extend(self.apply_series(wb, p, &b.tenant, id, labels, samples, applied));
         }
         if !head.is_empty() {
             p.head.push((b.tenant.clone(), head));
         }
     }
 
-    /// Stages one series of a batch if it is new and returns its samples for the head.
+    /// Stages one series (`id` of `tenant` and `labels`) if it is new and returns its
+    /// samples for the head.
+    #[allow(clippy::too_many_arguments)]
     fn apply_series(
         &self,
         wb: &mut OwnedWriteBatch,
         p: &mut Pending,
         tenant: &Tenant,
+        id: SeriesId,
         labels: &Labels,
         samples: Vec<Sample>,
         applied: &mut Applied,
     ) -> Option<SeriesSamples> {
-        let id = SeriesId::of(tenant, labels);
         if !self.known.contains(&id) && !p.series.contains(&id) {
             if let Err(e) = self.stage_series(wb, p, tenant, id, labels) {
                 applied.reject("storage", format!("sealing the series entry: {e}"), labels);

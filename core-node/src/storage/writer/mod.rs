@@ -487,9 +487,13 @@ impl Writer {
             entry.outcome = match (&mut entry.request, entry.verdict.take()) {
                 (Request::Write { .. }, Some(v)) if v.duplicate => Some(Ok(AckOutcome::Duplicate)),
                 (Request::Write { .. }, Some(v)) if v.empty => Some(Ok(v.applied.outcome())),
-                (Request::Write { batch, .. }, Some(v)) => {
-                    Some(Ok(self.apply_batch(&mut wb, &mut p, batch, v.applied)))
-                }
+                (Request::Write { batch, .. }, Some(v)) => Some(Ok(self.apply_batch(
+                    &mut wb,
+                    &mut p,
+                    batch,
+                    v.applied,
+                    Some(&v.ids),
+                ))),
                 (Request::Apply { record, .. }, _) => {
                     Some(self.apply_record(&mut wb, &mut p, record))
                 }
