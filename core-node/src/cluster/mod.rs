@@ -27,6 +27,7 @@
 )]
 pub mod log_store;
 pub mod raft_network;
+pub mod state_machine;
 #[cfg(test)]
 mod testing;
 pub mod transport;

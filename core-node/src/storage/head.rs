@@ -164,6 +164,16 @@ impl Head {
         removed
     }
 
+    /// Removes series `id` (its shard group's data is being replaced); returns how many
+    /// samples went.
+    pub fn remove_series(&self, id: SeriesId) -> usize {
+        let removed = write(self.shard(id))
+            .remove(&id)
+            .map_or(0, |s| s.samples.len());
+        self.samples.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
     /// Empties the head after a flush committed everything it held.
     pub fn clear(&self) {
         for shard in self.shards.iter() {

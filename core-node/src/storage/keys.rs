@@ -147,6 +147,43 @@ pub fn agent_offset_key(agent: &str) -> Vec<u8> {
     k
 }
 
+/// `meta` key holding an agent's last applied (epoch, sequence) in shard group `group` (a
+/// cluster's groups keep their agents' offsets apart: each applies its part of a batch once).
+pub fn group_offset_key(group: u64, agent: &str) -> Vec<u8> {
+    let mut k = group_offset_prefix(group);
+    k.extend_from_slice(agent.as_bytes());
+    k
+}
+
+/// The prefix of every [`group_offset_key`] of `group`.
+pub fn group_offset_prefix(group: u64) -> Vec<u8> {
+    let mut k = GROUP_OFFSETS.to_vec();
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(SEP);
+    k
+}
+
+/// The prefix of every [`group_offset_key`].
+pub const GROUP_OFFSETS: &[u8] = b"group-offset\xFF";
+
+/// `meta` key holding the applied position of shard group `group` (opaque to storage: the
+/// cluster's encoding of a Raft log id and membership), written with the head flush that
+/// holds everything up to it.
+pub fn group_applied_key(group: u64) -> Vec<u8> {
+    let mut k = b"group-applied".to_vec();
+    k.push(SEP);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
+}
+
+/// Splits a [`group_offset_key`] into its group and agent.
+pub fn decode_group_offset_key(key: &[u8]) -> Option<(u64, String)> {
+    let rest = key.strip_prefix(GROUP_OFFSETS)?;
+    let group = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let agent = rest.get(8..)?.strip_prefix(&[SEP])?;
+    Some((group, String::from_utf8_lossy(agent).into_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! | `chunks~<tenant>~<partition>` | series id (u64 BE) ++ first timestamp (i64, sign bit flipped, BE) ++ write sequence (u64 BE) | a `protocols::codec` chunk |
 //! | `dirty` | series id ++ UTC day start (as above) | last write sequence (u64 BE) ++ chunks since the last merge (u32 BE) |
 //! | `meta` | `agent-offset 0xFF agent_id` / `next-seq` / `last-flush` | epoch ++ sequence / u64 / ms since the epoch (all BE) |
+//! | `meta` | `group-offset 0xFF group (u64 BE) 0xFF agent_id` / `group-applied 0xFF group` | a cluster shard group's agent offsets (as above) / its applied position (see [`group`]) |
 //!
 //! | `meta` | `encryption` (only in an encrypted store) | `aes-256-gcm/1` |
 //!
@@ -67,6 +68,7 @@
 
 mod checksum;
 mod compactor;
+pub(crate) mod group;
 mod head;
 mod health;
 mod keys;

@@ -60,8 +60,8 @@ impl Writer {
                 let last = g
                     .offsets
                     .get(&agent)
-                    .or_else(|| self.offsets.get(&agent))
-                    .copied();
+                    .copied()
+                    .or_else(|| self.committed_offset(super::NODE_SCOPE, &agent));
                 if tracked
                     && matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq)
                 {

@@ -28,7 +28,10 @@ pub(super) struct Pending {
     pub forgotten: Vec<(Tenant, SeriesId)>,
     /// New series per tenant in this group.
     pub tenant_series: HashMap<Tenant, u64>,
+    /// Offsets this group applied, all of scope `scope`.
     pub offsets: HashMap<String, (u64, u64)>,
+    /// Whose offsets these are: the node's log ([`super::NODE_SCOPE`]) or a shard group.
+    pub scope: u64,
     pub dirty: HashMap<(SeriesId, i64), Option<Dirty>>,
     pub next_seq: u64,
     /// Samples for the head, per write batch: its tenant and each series' samples.
@@ -200,14 +203,7 @@ impl Writer {
             if &owner != tenant {
                 continue;
             }
-            wb.remove(&self.ks.series, keys::series_key(id));
-            for l in labels.iter() {
-                let k = self
-                    .ks
-                    .vault
-                    .posting_key(tenant.as_str(), &l.name, &l.value, id);
-                wb.remove(&self.ks.postings, k);
-            }
+            self.unindex(wb, tenant, id, &labels);
             p.forgotten.push((owner, id));
             forgotten += 1;
         }
@@ -218,6 +214,25 @@ impl Writer {
             }
         }
         Ok(forgotten)
+    }
+
+    /// Removes series `id`'s entry and postings (its dictionary entries stay, see
+    /// [`super::super::vault`]).
+    pub(super) fn unindex(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        tenant: &Tenant,
+        id: SeriesId,
+        labels: &Labels,
+    ) {
+        wb.remove(&self.ks.series, keys::series_key(id));
+        for l in labels.iter() {
+            let k = self
+                .ks
+                .vault
+                .posting_key(tenant.as_str(), &l.name, &l.value, id);
+            wb.remove(&self.ks.postings, k);
+        }
     }
 
     pub(super) fn dirty_of(&self, p: &Pending, key: (SeriesId, i64)) -> Option<Dirty> {
@@ -231,8 +246,13 @@ impl Writer {
     pub(super) fn last_offset(&self, p: &Pending, agent: &str) -> Option<(u64, u64)> {
         p.offsets
             .get(agent)
-            .or_else(|| self.offsets.get(agent))
             .copied()
+            .or_else(|| self.committed_offset(p.scope, agent))
+    }
+
+    /// The last committed `(epoch, sequence)` of `agent` in `scope`.
+    pub(super) fn committed_offset(&self, scope: u64, agent: &str) -> Option<(u64, u64)> {
+        self.offsets.get(&scope)?.get(agent).copied()
     }
 
     fn apply_write(
@@ -418,8 +438,11 @@ impl Writer {
             }
         }
         if !p.offsets.is_empty() {
-            self.unflushed_agents.extend(p.offsets.keys().cloned());
-            self.ks.head.set_agent_offsets(p.offsets.clone());
+            self.unflushed_agents
+                .extend(p.offsets.keys().map(|a| (p.scope, a.clone())));
+            if p.scope == super::NODE_SCOPE {
+                self.ks.head.set_agent_offsets(p.offsets.clone());
+            }
         }
         let counts_changed = !p.tenant_series.is_empty() || !p.forgotten.is_empty();
         for (tenant, n) in p.tenant_series {
@@ -428,7 +451,7 @@ impl Writer {
         if counts_changed {
             self.ks.publish_tenant_series(&self.tenant_series);
         }
-        self.offsets.extend(p.offsets);
+        self.offsets.entry(p.scope).or_default().extend(p.offsets);
         for (key, mark) in p.dirty {
             match mark {
                 Some(d) => self.dirty.insert(key, d),

@@ -4,8 +4,8 @@ use super::super::record::Record;
 use super::super::{StorageError, keys, partitions};
 use super::apply::Pending;
 use super::{
-    Dirty, MAX_CHUNK_SAMPLES, NEXT_SEQ_KEY, WAL_APPLIED_KEY, WAL_ROLL_BYTES, Writer, corrupt,
-    wal_position,
+    Dirty, MAX_CHUNK_SAMPLES, NEXT_SEQ_KEY, NODE_SCOPE, WAL_APPLIED_KEY, WAL_ROLL_BYTES, Writer,
+    corrupt, wal_position,
 };
 use fjall::PersistMode;
 use protocols::{Sample, codec};
@@ -135,14 +135,25 @@ impl Writer {
     /// as `commit_group` does.
     fn commit_replayed(
         &mut self,
-        mut wb: fjall::OwnedWriteBatch,
+        wb: fjall::OwnedWriteBatch,
         p: Pending,
         end: Offset,
+    ) -> Result<(), StorageError> {
+        self.commit_pending(wb, p)?;
+        self.logged_end = end;
+        Ok(())
+    }
+
+    /// Commits applied records: new series entries (and removals) to fjall, then the rest of
+    /// `p` into the writer's state and the head.
+    pub(super) fn commit_pending(
+        &mut self,
+        mut wb: fjall::OwnedWriteBatch,
+        p: Pending,
     ) -> Result<(), StorageError> {
         self.stage_dirty(&mut wb, &p);
         wb.commit()?;
         self.absorb(p);
-        self.logged_end = end;
         Ok(())
     }
 
@@ -171,7 +182,10 @@ impl Writer {
     /// the WAL position they cover; then empties the head. Readers see the samples in the
     /// head until the commit and in fjall from it on (see [`super::head`]).
     pub(super) fn flush_head(&mut self) -> Result<(), StorageError> {
-        if self.ks.head.len() == 0 && self.logged_end == self.flushed_end {
+        if self.ks.head.len() == 0
+            && self.logged_end == self.flushed_end
+            && self.unflushed_groups.is_empty()
+        {
             return Ok(());
         }
         let started = Instant::now();
@@ -213,12 +227,21 @@ impl Writer {
                 }
                 Ok(())
             })?;
-        for agent in &self.unflushed_agents {
-            if let Some((epoch, seq)) = self.offsets.get(agent) {
+        for (scope, agent) in &self.unflushed_agents {
+            if let Some((epoch, seq)) = self.committed_offset(*scope, agent) {
                 let mut offset = Vec::with_capacity(16);
                 offset.extend_from_slice(&epoch.to_be_bytes());
                 offset.extend_from_slice(&seq.to_be_bytes());
-                wb.insert(&self.ks.meta, keys::agent_offset_key(agent), offset);
+                let key = match *scope {
+                    NODE_SCOPE => keys::agent_offset_key(agent),
+                    group => keys::group_offset_key(group, agent),
+                };
+                wb.insert(&self.ks.meta, key, offset);
+            }
+        }
+        for group in &self.unflushed_groups {
+            if let Some(applied) = self.group_applied.get(group) {
+                wb.insert(&self.ks.meta, keys::group_applied_key(*group), applied);
             }
         }
         self.stage_dirty(&mut wb, &p);
@@ -231,6 +254,7 @@ impl Writer {
         self.flushed_end = self.logged_end;
         self.unflushed_since = None;
         self.unflushed_agents.clear();
+        self.unflushed_groups.clear();
         metrics::counter!("updraft_core_head_flushes_total").increment(1);
         metrics::counter!("updraft_core_chunks_written_total").increment(chunks);
         metrics::histogram!("updraft_core_head_flush_seconds")

@@ -42,6 +42,7 @@
 mod admit;
 mod apply;
 mod flush;
+pub(super) mod group;
 
 use super::health::{DiskGuard, Health};
 use super::partitions::Retention;
@@ -78,6 +79,9 @@ const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// At a checkpoint that leaves nothing unflushed, the WAL starts a new segment when the current
 /// one holds at least this much (so the old one can be deleted); less stays where it is.
 const WAL_ROLL_BYTES: u64 = 1024 * 1024;
+/// The offset scope of the node's own log (a single node; shard groups have ids from 1).
+pub(super) const NODE_SCOPE: u64 = 0;
+
 /// Most samples one group commit gathers before it commits.
 const GROUP_MAX_SAMPLES: usize = 500_000;
 
@@ -122,6 +126,8 @@ pub(crate) enum Request {
         record: Record,
         reply: mpsc::Sender<Result<usize, Arc<StorageError>>>,
     },
+    /// A shard group's committed entries or snapshot (see [`group`]).
+    Group(group::GroupRequest),
     /// Tests: make the writer thread panic, as a bug would.
     #[cfg(test)]
     Panic,
@@ -179,15 +185,22 @@ struct Writer {
     last_checkpoint: Instant,
     /// When the oldest write the head holds was applied; `None` after a flush.
     unflushed_since: Option<Instant>,
-    /// Agents whose offset changed since the last head flush.
-    unflushed_agents: HashSet<String>,
+    /// Agents whose offset changed since the last head flush, with the scope of the offset
+    /// (see [`Writer::offsets`]).
+    unflushed_agents: HashSet<(u64, String)>,
     head_max_samples: usize,
     head_max_age: Duration,
     flush_head_on_stop: bool,
     /// Series whose `series` and `postings` entries are already committed.
     known: HashSet<SeriesId>,
-    /// Last applied (epoch, sequence) per agent, as committed.
-    offsets: HashMap<String, (u64, u64)>,
+    /// Last applied (epoch, sequence) per agent, as committed, per scope: [`NODE_SCOPE`] for
+    /// the node's own log, a shard group's id for what that group applied (a cluster splits
+    /// an agent's batch by group, and each group applies its part once).
+    offsets: HashMap<u64, HashMap<String, (u64, u64)>>,
+    /// The applied position of each shard group hosted here (opaque, see [`group`]), as
+    /// applied; written at each head flush for the groups in `unflushed_groups`.
+    group_applied: HashMap<u64, Vec<u8>>,
+    unflushed_groups: HashSet<u64>,
     /// Dirty marks as committed.
     dirty: HashMap<(SeriesId, i64), Dirty>,
     /// Next chunk write sequence, as committed.
@@ -233,12 +246,24 @@ pub(super) fn start(
         *tenant_series.entry(tenant).or_default() += 1;
         known.insert(SeriesId(u64::from_be_bytes(id)));
     }
-    let mut offsets = HashMap::new();
+    let mut offsets: HashMap<u64, HashMap<String, (u64, u64)>> = HashMap::new();
     let prefix = keys::agent_offset_key("");
     for kv in ks.meta.prefix(&prefix) {
         let (k, v) = kv.into_inner()?;
         let agent = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-        offsets.insert(agent, decode_offset(&v)?);
+        offsets
+            .entry(NODE_SCOPE)
+            .or_default()
+            .insert(agent, decode_offset(&v)?);
+    }
+    for kv in ks.meta.prefix(keys::GROUP_OFFSETS) {
+        let (k, v) = kv.into_inner()?;
+        let (group, agent) = keys::decode_group_offset_key(&k)
+            .ok_or_else(|| corrupt("meta", format!("group offset key of {} bytes", k.len())))?;
+        offsets
+            .entry(group)
+            .or_default()
+            .insert(agent, decode_offset(&v)?);
     }
     let mut dirty = HashMap::new();
     for kv in ks.dirty.iter() {
@@ -249,6 +274,17 @@ pub(super) fn start(
             .ok_or_else(|| corrupt("dirty", format!("value of {} bytes", v.len())))?;
         dirty.insert(key, mark);
     }
+    let mut group_applied = HashMap::new();
+    let prefix = keys::group_applied_key(0);
+    let prefix = &prefix[..prefix.len() - 8];
+    for kv in ks.meta.prefix(prefix) {
+        let (k, v) = kv.into_inner()?;
+        let group = k
+            .get(prefix.len()..)
+            .and_then(|g| <[u8; 8]>::try_from(g).ok())
+            .ok_or_else(|| corrupt("meta", format!("group-applied key of {} bytes", k.len())))?;
+        group_applied.insert(u64::from_be_bytes(group), v.to_vec());
+    }
     let next_seq = match ks.meta.get(NEXT_SEQ_KEY)? {
         Some(v) => u64::from_be_bytes(
             v.as_ref()
@@ -258,10 +294,12 @@ pub(super) fn start(
         None => 0,
     };
     metrics::gauge!("updraft_core_series").set(known.len() as f64);
-    ks.head.set_agent_offsets(offsets.clone());
+    if let Some(own) = offsets.get(&NODE_SCOPE) {
+        ks.head.set_agent_offsets(own.clone());
+    }
     tracing::info!(
         series = known.len(),
-        agents = offsets.len(),
+        agents = offsets.values().map(HashMap::len).sum::<usize>(),
         dirty = dirty.len(),
         next_seq,
         "storage opened"
@@ -297,6 +335,8 @@ pub(super) fn start(
         flush_head_on_stop: options.flush_head_on_stop,
         known,
         offsets,
+        group_applied,
+        unflushed_groups: HashSet::new(),
         dirty,
         next_seq,
         limits: options.limits.clone(),
@@ -371,6 +411,11 @@ impl Writer {
             #[cfg(test)]
             if matches!(first, Request::Panic) {
                 panic!("panic requested by a test");
+            }
+            if let Request::Group(request) = first {
+                self.group_request(request);
+                self.flush_if_due();
+                continue;
             }
             // A retention decision commits alone: writes grouped with it would see a series
             // it removes as known (its removal is not absorbed yet) and skip re-creating its
@@ -569,6 +614,10 @@ impl Writer {
             (Request::Write { reply, .. }, _) => {
                 let _ = reply.send(Err(Arc::new(StorageError::WriterStopped)));
             }
+            // Run on their own by `run`, never part of a write group.
+            (Request::Group(request), _) => {
+                request.refuse(Arc::new(StorageError::WriterStopped));
+            }
             #[cfg(test)]
             (Request::Panic, _) => {}
         }
@@ -611,6 +660,7 @@ fn refuse(group: Vec<Request>, reason: &str, failed: bool) {
             Request::Apply { reply, .. } => {
                 let _ = reply.send(Err(e.clone()));
             }
+            Request::Group(request) => request.refuse(e.clone()),
             #[cfg(test)]
             Request::Panic => {}
         }
@@ -625,7 +675,7 @@ impl Request {
             Self::Apply {
                 record: Record::DropPartition { .. } | Record::ForgetSeries { .. },
                 ..
-            }
+            } | Self::Group(_)
         )
     }
 
@@ -641,6 +691,7 @@ impl Request {
                 .div_ceil(2)
                 .max(plans.len()),
             Self::Checkpoint { .. } => 0,
+            Self::Group(request) => request.weight(),
             Self::Apply { record, .. } => match record {
                 Record::Write(b) => b.sample_count(),
                 Record::ForgetSeries { ids, .. } => ids.len(),
