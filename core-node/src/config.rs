@@ -127,6 +127,33 @@ pub struct RunArgs {
     /// then get too_many_requests [default: 134217728, at least 16777216].
     #[arg(long, env = "UPDRAFT_CORE_QUIC_INFLIGHT_BYTES")]
     pub quic_inflight_bytes: Option<usize>,
+    /// Cluster: this node's id (a positive integer, unique in the cluster). Without it the
+    /// node is a single node and every other cluster option is ignored (docs/cluster.md).
+    #[arg(long, env = "UPDRAFT_CORE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Cluster: the UDP address of the inter-node port (QUIC, mutual TLS with node
+    /// certificates) [default: 127.0.0.1:7401].
+    #[arg(long, env = "UPDRAFT_CORE_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Cluster: the `host:port` other nodes reach the inter-node port at; the host must be a
+    /// name in this node's certificate [default: --cluster-listen].
+    #[arg(long, env = "UPDRAFT_CORE_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Cluster: this node's certificate from `core-node certs --node-id N`
+    /// [default: node-<ID>.pem next to --ca].
+    #[arg(long, env = "UPDRAFT_CORE_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+    /// Cluster: the key of --cluster-cert [default: node-<ID>-key.pem next to --ca].
+    #[arg(long, env = "UPDRAFT_CORE_CLUSTER_KEY")]
+    pub cluster_key: Option<PathBuf>,
+    /// Cluster: Raft heartbeat interval in milliseconds; also the timeout of every Raft
+    /// message, so keep it above the slowest link's round trip [default: 200].
+    #[arg(long, env = "UPDRAFT_CORE_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Cluster: the shortest Raft election timeout in milliseconds (the longest is twice it);
+    /// a lost leader is replaced after about this long [default: 1000].
+    #[arg(long, env = "UPDRAFT_CORE_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
 }
 
 /// The TOML file's shape: the same options as the flags, all optional.
@@ -163,6 +190,32 @@ struct FileConfig {
     quic_stream_receive_window: Option<u32>,
     quic_receive_window: Option<u32>,
     quic_inflight_bytes: Option<usize>,
+    node_id: Option<u64>,
+    cluster_listen: Option<SocketAddr>,
+    cluster_advertise: Option<String>,
+    cluster_cert: Option<PathBuf>,
+    cluster_key: Option<PathBuf>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_timeout_ms: Option<u64>,
+}
+
+/// The default of `--cluster-listen`.
+pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:7401";
+/// The default of `--raft-heartbeat-ms`.
+pub const DEFAULT_RAFT_HEARTBEAT_MS: u64 = 200;
+/// The default of `--raft-election-timeout-ms`.
+pub const DEFAULT_RAFT_ELECTION_TIMEOUT_MS: u64 = 1000;
+
+/// A clustered node's settings (`--node-id` given).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub heartbeat: std::time::Duration,
+    pub election_timeout: std::time::Duration,
 }
 
 /// The default of `--min-free-disk-mib`.
@@ -200,6 +253,8 @@ pub struct CoreConfig {
     pub log_format: LogFormat,
     /// Connection, stream and in-flight byte limits of QUIC ingest.
     pub quic_limits: QuicLimits,
+    /// `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl CoreConfig {
@@ -224,6 +279,7 @@ impl CoreConfig {
             ),
             log_format: LogFormat::default(),
             quic_limits: QuicLimits::default(),
+            cluster: None,
         }
     }
 
@@ -323,7 +379,51 @@ impl CoreConfig {
                 .unwrap_or(quic.inflight_bytes),
         };
         quic_limits.validate().map_err(anyhow::Error::msg)?;
+        let ca = args.ca.or(file.ca).unwrap_or(base.tls.ca);
+        let cluster = match args.node_id.or(file.node_id) {
+            None => None,
+            Some(0) => anyhow::bail!("--node-id must be a positive integer"),
+            Some(node_id) => {
+                let listen = args
+                    .cluster_listen
+                    .or(file.cluster_listen)
+                    .unwrap_or(parse_default(DEFAULT_CLUSTER_LISTEN));
+                let certs = ca.parent().unwrap_or(Path::new("."));
+                let heartbeat = args
+                    .raft_heartbeat_ms
+                    .or(file.raft_heartbeat_ms)
+                    .unwrap_or(DEFAULT_RAFT_HEARTBEAT_MS);
+                let election = args
+                    .raft_election_timeout_ms
+                    .or(file.raft_election_timeout_ms)
+                    .unwrap_or(DEFAULT_RAFT_ELECTION_TIMEOUT_MS);
+                if heartbeat == 0 || election <= heartbeat {
+                    anyhow::bail!(
+                        "raft_election_timeout_ms ({election}) must exceed raft_heartbeat_ms ({heartbeat}), which must be positive"
+                    );
+                }
+                Some(ClusterConfig {
+                    node_id,
+                    listen,
+                    advertise: args
+                        .cluster_advertise
+                        .or(file.cluster_advertise)
+                        .unwrap_or_else(|| listen.to_string()),
+                    cert: args
+                        .cluster_cert
+                        .or(file.cluster_cert)
+                        .unwrap_or_else(|| certs.join(format!("node-{node_id}.pem"))),
+                    key: args
+                        .cluster_key
+                        .or(file.cluster_key)
+                        .unwrap_or_else(|| certs.join(format!("node-{node_id}-key.pem"))),
+                    heartbeat: std::time::Duration::from_millis(heartbeat),
+                    election_timeout: std::time::Duration::from_millis(election),
+                })
+            }
+        };
         Ok(Self {
+            cluster,
             quic_limits,
             min_free_disk_bytes: min_free_disk_mib.saturating_mul(1 << 20),
             storage_failure_exit_after: std::time::Duration::from_secs(
@@ -346,7 +446,7 @@ impl CoreConfig {
                 .or(file.http_listen)
                 .unwrap_or(base.http_listen),
             tls: TlsFiles {
-                ca: args.ca.or(file.ca).unwrap_or(base.tls.ca),
+                ca,
                 cert: args.cert.or(file.cert).unwrap_or(base.tls.cert),
                 key: args.key.or(file.key).unwrap_or(base.tls.key),
             },

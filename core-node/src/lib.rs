@@ -233,11 +233,36 @@ pub async fn run(
         }
     };
 
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            cluster::node::ClusterNode::start(
+                cluster::node::ClusterOptions {
+                    node_id: c.node_id,
+                    listen: c.listen,
+                    advertise: cluster::types::NodeAddr {
+                        cluster: c.advertise.clone(),
+                        http: http_addr.to_string(),
+                    },
+                    ca: config.tls.ca.clone(),
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                    data_dir: config.data_dir.clone(),
+                    heartbeat: c.heartbeat,
+                    election_timeout: c.election_timeout,
+                },
+                storage.clone(),
+            )
+            .await
+            .context("starting the cluster side of the node")?,
+        ),
+        None => None,
+    };
     let app = http::router(http::HttpState {
         source: Arc::new(storage.clone()),
         metrics,
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
+        cluster: cluster.clone(),
         ingest_rate_limit: config.ingest_rate_limit,
         settings: Arc::new(http::Settings {
             limits: config.limits.clone(),
@@ -302,6 +327,9 @@ pub async fn run(
     };
     tracing::info!("core node shutting down");
     let _ = stop_tx.send(true);
+    if let Some(cluster) = &cluster {
+        cluster.shutdown().await;
+    }
     let _ = ingest_task.await;
     let _ = watch_task.await;
     let _ = quic_reload_task.await;

@@ -37,6 +37,9 @@ enum Command {
     /// Encryption at rest: create a master key, list or rotate the data keys, re-wrap them
     /// under a new master key.
     Keys(KeysArgs),
+    /// The cluster: create it from nodes started with --node-id, show its state
+    /// (docs/cluster.md).
+    Cluster(core_node::cluster::cli::ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -146,7 +149,7 @@ struct CertsArgs {
     tenant: String,
     /// Also issue a cluster node certificate node-<ID>.pem for this node id (repeatable): server
     /// and client authentication for inter-node mutual TLS, SAN URI updraft://node/<ID> and the
-    /// --host names. (The cluster is not in service yet; docs/cluster.md.)
+    /// --host names (docs/cluster.md).
     #[arg(long = "node-id", value_name = "ID")]
     node_ids: Vec<u64>,
     /// Re-issue the core, agent and node certificates even if they exist.
@@ -189,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Tokens(args)) => tokens(args),
         Some(Command::Keys(args)) => keys(args),
+        Some(Command::Cluster(args)) => core_node::cluster::cli::run(args),
         Some(Command::Run(args)) => exit_2_on_key_errors(serve(*args)),
         None => exit_2_on_key_errors(serve(cli.run)),
     }

@@ -42,6 +42,12 @@ use tokio::sync::Mutex;
 /// The ALPN of the inter-node protocol (never the agents' ingest ALPN: a node certificate on
 /// the ingest port, or an agent on the cluster port, fails the handshake).
 pub const ALPN: &[u8] = b"updraft-cluster/1";
+/// Longest wait for a QUIC handshake with a peer (a few round trips on any network a cluster
+/// spans; a dead peer's address answers nothing).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A connection with nothing heard for this long is dead (keep-alives go every third of it):
+/// a restarted peer is reconnected to within this time even when no call failed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest request or answer.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -145,10 +151,17 @@ pub fn node_tls(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<NodeTls> {
         .with_client_auth_cert(chain, key)
         .context("loading the node certificate as a client certificate")?;
     client.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(NodeTls {
-        server: quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?)),
-        client: quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?)),
-    })
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
+        .keep_alive_interval(Some(IDLE_TIMEOUT / 3));
+    let transport = Arc::new(transport);
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
+    server.transport_config(Arc::clone(&transport));
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?));
+    client.transport_config(transport);
+    Ok(NodeTls { server, client })
 }
 
 /// The (DER) leaf certificate a connection's peer presented.
@@ -225,7 +238,13 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     connections: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Peers that could not be reached, and when: calls within [`RETRY_AFTER`] fail at once
+    /// instead of waiting for another handshake timeout.
+    down: std::sync::Mutex<HashMap<NodeId, std::time::Instant>>,
 }
+
+/// How long an unreachable peer is not dialled again.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Peers {
     pub fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig) -> Self {
@@ -233,6 +252,7 @@ impl Peers {
             endpoint,
             client,
             connections: Mutex::new(HashMap::new()),
+            down: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -242,26 +262,66 @@ impl Peers {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<quinn::Connection, TransportError> {
-        let mut conns = self.connections.lock().await;
-        if let Some(conn) = conns.get(&node)
+        // The lock is not held while connecting: a dead peer must not hold up calls to the
+        // others. Two calls racing to connect to one peer both connect; the last one is kept.
+        if let Some(conn) = self.connections.lock().await.get(&node)
             && conn.close_reason().is_none()
         {
             return Ok(conn.clone());
         }
         let connect = |reason: String| TransportError::Connect { node, addr, reason };
-        let conn = self
+        let down = |peers: &Self| {
+            peers
+                .down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&node)
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        };
+        if down(self) {
+            return Err(connect("unreachable a moment ago".into()));
+        }
+        let mark_down = |peers: &Self| {
+            peers
+                .down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(node, std::time::Instant::now());
+        };
+        let connecting = self
             .endpoint
             .connect_with(self.client.clone(), addr, server_name)
-            .map_err(|e| connect(e.to_string()))?
-            .await
             .map_err(|e| connect(e.to_string()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                mark_down(self);
+                return Err(connect(e.to_string()));
+            }
+            Err(_) => {
+                mark_down(self);
+                return Err(connect(format!("no handshake within {CONNECT_TIMEOUT:?}")));
+            }
+        };
         let leaf = leaf_der(&conn).unwrap_or_default();
         if let Err(why) = check_peer_node(node, &leaf) {
             conn.close(1u32.into(), b"not the node that was called");
             return Err(TransportError::Identity(why, node));
         }
-        conns.insert(node, conn.clone());
+        self.connections.lock().await.insert(node, conn.clone());
         Ok(conn)
+    }
+
+    /// Forgets `conn` as `node`'s connection (a call on it failed): the next call connects
+    /// again rather than waiting for the dead one's idle timeout.
+    async fn forget(&self, node: NodeId, conn: &quinn::Connection) {
+        let mut conns = self.connections.lock().await;
+        if conns
+            .get(&node)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&node);
+        }
     }
 
     /// Sends `request` to `node` at `addr` (`server_name`: a name its certificate carries) and
@@ -287,15 +347,23 @@ impl Peers {
                 None => reason,
             },
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
-        send.write_all(&request.encode())
-            .await
-            .map_err(|e| io(e.to_string()))?;
-        send.finish().map_err(|e| io(e.to_string()))?;
-        let answer = recv
-            .read_to_end(MAX_MESSAGE_BYTES)
-            .await
-            .map_err(|e| io(e.to_string()))?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
+            send.write_all(&request.encode())
+                .await
+                .map_err(|e| io(e.to_string()))?;
+            send.finish().map_err(|e| io(e.to_string()))?;
+            recv.read_to_end(MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|e| io(e.to_string()))
+        };
+        let answer = match exchange.await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.forget(node, &conn).await;
+                return Err(e);
+            }
+        };
         match answer.split_first() {
             Some((0, body)) => Ok(body.to_vec()),
             Some((_, message)) => Err(TransportError::Remote {

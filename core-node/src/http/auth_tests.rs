@@ -45,6 +45,7 @@ fn node_with(recorder: &PrometheusRecorder, rate_limit: Option<f64>) -> Node {
         metrics: recorder.handle(),
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
+        cluster: None,
         ingest_rate_limit: rate_limit,
         settings: Default::default(),
     });
@@ -691,6 +692,7 @@ async fn the_admin_views_show_the_own_tenant_and_the_node_without_other_tenants(
         metrics: recorder.handle(),
         auth: Arc::clone(&node.auth),
         ingest: Some(node._storage.clone()),
+        cluster: None,
         ingest_rate_limit: Some(500.0),
         settings: Arc::new(crate::http::Settings {
             limits: crate::storage::Limits::default(),

@@ -159,6 +159,10 @@ impl ApiError {
         Self::new(ErrorType::NotFound, message, None)
     }
 
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::Unavailable, message, None)
+    }
+
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorType::Internal, message, None)
     }

@@ -323,7 +323,7 @@ impl Api {
     pub(crate) async fn write_slot(
         &self,
         protocol: Protocol,
-    ) -> Result<(Storage, tokio::sync::OwnedSemaphorePermit), IngestError> {
+    ) -> Result<(WriteTarget, tokio::sync::OwnedSemaphorePermit), IngestError> {
         let Some(storage) = self.state.ingest.clone() else {
             return Err(IngestError::unavailable(
                 protocol,
@@ -334,8 +334,18 @@ impl Api {
             .acquire_owned()
             .await
             .map_err(|_| IngestError::unavailable(protocol, "write slots closed"))?;
-        Ok((storage, permit))
+        let target = WriteTarget {
+            storage,
+            cluster: self.state.cluster.clone(),
+        };
+        Ok((target, permit))
     }
+}
+
+/// Where a write goes: the node's storage, or (clustered) the shard groups of its series.
+pub(crate) struct WriteTarget {
+    storage: Storage,
+    cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
 }
 
 /// Reads the whole body, refusing one over [`MAX_WRITE_BODY_BYTES`] with 413 (from its
@@ -491,9 +501,23 @@ pub(crate) struct Stored {
 /// Queues every batch, then waits until each is durable.
 pub(crate) async fn submit(
     protocol: Protocol,
-    storage: &Storage,
+    target: &WriteTarget,
     batches: Vec<SampleBatch>,
 ) -> Result<Stored, IngestError> {
+    if let Some(cluster) = &target.cluster {
+        // Committed on a quorum of every group the batches touch, or an error naming the
+        // group that could not commit: the client retries (docs/cluster.md).
+        let samples = cluster
+            .write_samples(batches)
+            .await
+            .map_err(|e| IngestError::unavailable(protocol, format!("{e}; retry later")))?;
+        metrics::counter!(INGEST_SAMPLES, "protocol" => protocol.as_str()).increment(samples);
+        return Ok(Stored {
+            samples,
+            ..Stored::default()
+        });
+    }
+    let storage = &target.storage;
     let mut pending = Vec::with_capacity(batches.len());
     for batch in batches {
         match storage.submit_samples(batch) {

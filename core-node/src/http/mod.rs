@@ -21,6 +21,9 @@
 //! | `/api/v1/admin/tokens` | GET, POST | `admin.rs` |
 //! | `/api/v1/admin/tokens/{id}` | DELETE | `admin.rs` |
 //! | `/api/v1/admin/tenant`, `/api/v1/admin/config` | GET | `admin.rs` |
+//! | `/api/v1/admin/cluster` | GET | `cluster.rs`: nodes, groups, leaders, applied indexes |
+//! | `/api/v1/admin/cluster/init` | POST | `cluster.rs`: create the cluster |
+//! | `/api/v1/admin/cluster/checksums` | GET | `cluster.rs`: per-group content checksums |
 //!
 //! Every route but `/health` needs a token (`auth.rs`: the middleware, the route → role
 //! table, 401/403); the token's tenant is the only tenant a request reads or writes.
@@ -44,6 +47,7 @@ mod admin;
 mod auth;
 #[cfg(test)]
 mod auth_tests;
+mod cluster;
 mod encode;
 mod error;
 mod influx;
@@ -92,6 +96,8 @@ pub struct HttpState {
     /// Where the write routes submit batches; `None` serves a read-only API (writes answer
     /// 503).
     pub ingest: Option<crate::storage::Storage>,
+    /// A clustered node: writes go through its shard groups (`None`: a single node).
+    pub cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
     /// Samples per second one tenant may write over HTTP; `None`: no limit.
     pub ingest_rate_limit: Option<f64>,
     /// What `GET /api/v1/admin/tenant` and `/api/v1/admin/config` report.
@@ -148,6 +154,9 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/api/v1/admin/tokens/{id}", delete(admin::revoke))
         .route("/api/v1/admin/tenant", get(admin::tenant))
         .route("/api/v1/admin/config", get(admin::config))
+        .route("/api/v1/admin/cluster", get(cluster::status))
+        .route("/api/v1/admin/cluster/init", post(cluster::init))
+        .route("/api/v1/admin/cluster/checksums", get(cluster::checksums))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),

@@ -1,0 +1,508 @@
+//! A clustered node at run time: the metadata group, the shard groups it hosts, the transport
+//! that serves their Raft messages, and the write path that routes a batch to its groups.
+//!
+//! - **Start.** The node opens its Raft log store (`<data-dir>/raft`), serves the cluster
+//!   port (QUIC, mutual TLS with node certificates) and starts its member of the metadata
+//!   group. Whenever the cluster map changes it starts the shard groups it holds a replica
+//!   of; the first replica of a new group initialises it with every replica as a voter.
+//! - **Init.** [`ClusterNode::init`] (the admin API's `POST /api/v1/admin/cluster/init`, the
+//!   CLI's `core-node cluster init`) creates the metadata group on the first three nodes, adds
+//!   the others as learners, and commits the first map.
+//! - **Writes.** [`ClusterNode::write_samples`] splits each batch by shard group (a series'
+//!   group is fixed by its id) and proposes each part to its group: on this node when it leads
+//!   the group, else forwarded to the leader (the first answer of a replica names it). The
+//!   write is acknowledged when every part is committed (fsynced on a quorum) and applied by
+//!   the leader. A part that cannot commit within [`PROPOSE_DEADLINE`] fails the request with
+//!   the group's shard range; the client retries, and a part that had committed is applied
+//!   again harmlessly (samples rewrite themselves, agent batches are deduplicated per group).
+
+use super::log_store::{GroupId, RaftLogs};
+use super::metadata::{ClusterMap, METADATA_GROUP, MetaCommand, MetaMachine};
+use super::raft_network::{
+    GroupNetworkFactory, GroupRouter, Link, PROPOSE, ProposeResult, QuicLink,
+};
+use super::state_machine::ShardMachine;
+use super::transport::{self, Envelope, Peers};
+use super::types::{GroupConfig, NodeAddr, NodeId, Proposal};
+use crate::storage::record::{Batch, Record};
+use crate::storage::{SampleBatch, Storage};
+use anyhow::Context;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, SnapshotPolicy};
+use protocols::SeriesId;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a proposal keeps trying (elections, forwarding) before the write fails.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a node needs to join the cluster network.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub node_id: NodeId,
+    /// The UDP address the cluster port listens on.
+    pub listen: SocketAddr,
+    /// How other nodes reach this one: its cluster address (`host:port`, the host being a name
+    /// in its node certificate) and its HTTP API.
+    pub advertise: NodeAddr,
+    /// The cluster CA, and this node's certificate (`core-node certs --node-id N`) and key.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub data_dir: PathBuf,
+    /// Raft timing: heartbeat, and the election timeout's lower bound (the upper is twice it).
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+}
+
+/// Why a clustered write or command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the cluster is not initialised yet (run `core-node cluster init`)")]
+    NotInitialised,
+    #[error("group {group} (shards {first}–{last}) did not commit within {secs} s: {reason}", secs = PROPOSE_DEADLINE.as_secs())]
+    Unavailable {
+        group: u32,
+        first: u16,
+        last: u16,
+        reason: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A node of the cluster.
+pub struct ClusterNode {
+    id: NodeId,
+    storage: Storage,
+    logs: RaftLogs,
+    router: Arc<GroupRouter>,
+    link: Arc<dyn Link>,
+    meta: Raft<GroupConfig>,
+    map: watch::Receiver<Arc<ClusterMap>>,
+    groups: Mutex<HashMap<GroupId, Raft<GroupConfig>>>,
+    raft_config: Arc<openraft::Config>,
+    advertise: NodeAddr,
+}
+
+fn raft_config(
+    options: &ClusterOptions,
+    snapshots: SnapshotPolicy,
+) -> anyhow::Result<Arc<openraft::Config>> {
+    let election = options.election_timeout.as_millis() as u64;
+    let config = openraft::Config {
+        cluster_name: "updraft".into(),
+        heartbeat_interval: options.heartbeat.as_millis() as u64,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        // A shard snapshot is the group's data: minutes, not openraft's 200 ms default.
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: snapshots,
+        // A follower that lags by up to this many entries catches up from the log, not a
+        // snapshot.
+        max_in_snapshot_log_to_keep: 10_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate().context("raft settings")?))
+}
+
+impl ClusterNode {
+    /// Starts the node's cluster side: the cluster port, the metadata group, and (as the map
+    /// says) its shard groups.
+    pub async fn start(options: ClusterOptions, storage: Storage) -> anyhow::Result<Arc<Self>> {
+        let tls = transport::node_tls(&options.ca, &options.cert, &options.key).context(
+            "loading the node certificate (create it with `core-node certs --node-id N`)",
+        )?;
+        let mut endpoint = quinn::Endpoint::server(tls.server, options.listen)
+            .with_context(|| format!("binding the cluster port on udp {}", options.listen))?;
+        endpoint.set_default_client_config(tls.client.clone());
+        let peers = Arc::new(Peers::new(endpoint.clone(), tls.client));
+        let link: Arc<dyn Link> = Arc::new(QuicLink::new(peers));
+        let dir = options.data_dir.join("raft");
+        let logs = tokio::task::spawn_blocking(move || RaftLogs::open(&dir))
+            .await
+            .context("raft log task")?
+            .context("opening the raft log store")?;
+        let router = Arc::new(GroupRouter::default());
+        let (machine, map) = MetaMachine::new();
+        let meta = Raft::new(
+            options.node_id,
+            raft_config(&options, SnapshotPolicy::Never)?,
+            GroupNetworkFactory::new(METADATA_GROUP, Arc::clone(&link)),
+            logs.group(METADATA_GROUP),
+            machine,
+        )
+        .await
+        .context("starting the metadata group")?;
+        router.add(METADATA_GROUP, meta.clone());
+        tokio::spawn(transport::serve(endpoint, Arc::clone(&router) as _));
+        let node = Arc::new(Self {
+            id: options.node_id,
+            storage,
+            logs,
+            router,
+            link,
+            meta,
+            map,
+            groups: Mutex::new(HashMap::new()),
+            raft_config: raft_config(&options, SnapshotPolicy::LogsSinceLast(50_000))?,
+            advertise: options.advertise,
+        });
+        tokio::spawn(Arc::clone(&node).follow_map());
+        tracing::info!(node = node.id, cluster = %options.listen, "cluster node started");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The cluster map as this node last applied it.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        Arc::clone(&self.map.borrow())
+    }
+
+    /// Starts the shard groups of every new map.
+    async fn follow_map(self: Arc<Self>) {
+        let mut map = self.map.clone();
+        loop {
+            let current = Arc::clone(&map.borrow_and_update());
+            if let Err(e) = self.start_groups(&current).await {
+                tracing::error!(error = %e, "starting shard groups failed");
+            }
+            if map.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn start_groups(&self, map: &ClusterMap) -> anyhow::Result<()> {
+        for spec in map.groups.iter().filter(|g| g.replicas.contains(&self.id)) {
+            if lock(&self.groups).contains_key(&spec.group()) {
+                continue;
+            }
+            let machine = ShardMachine::open(spec.group(), spec.shards(), self.storage.clone())?;
+            let raft = Raft::new(
+                self.id,
+                Arc::clone(&self.raft_config),
+                GroupNetworkFactory::new(spec.group(), Arc::clone(&self.link)),
+                self.logs.group(spec.group()),
+                machine,
+            )
+            .await
+            .with_context(|| format!("starting group {}", spec.id))?;
+            self.router.add(spec.group(), raft.clone());
+            lock(&self.groups).insert(spec.group(), raft.clone());
+            if spec.replicas.first() == Some(&self.id) {
+                let members: BTreeMap<NodeId, NodeAddr> = spec
+                    .replicas
+                    .iter()
+                    .filter_map(|r| map.nodes.get(r).map(|a| (*r, a.clone())))
+                    .collect();
+                // Refused when the group already has a log here (a restart): nothing to do.
+                if raft.initialize(members).await.is_ok() {
+                    tracing::info!(group = spec.id, "shard group initialised");
+                }
+            }
+            tracing::info!(
+                group = spec.id,
+                first_shard = spec.first_shard,
+                last_shard = spec.last_shard,
+                "shard group started"
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the cluster: the metadata group on the first nodes, then the first map.
+    pub async fn init(
+        &self,
+        nodes: BTreeMap<NodeId, NodeAddr>,
+        replication_factor: usize,
+        groups_per_node: usize,
+    ) -> Result<Arc<ClusterMap>, ClusterError> {
+        if !nodes.contains_key(&self.id) {
+            return Err(ClusterError::Refused(format!(
+                "node {} (this one) is not in the node list",
+                self.id
+            )));
+        }
+        let map = ClusterMap::plan(nodes, replication_factor, groups_per_node)
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        if self.map().version > 0 {
+            return Err(ClusterError::Refused(
+                "the cluster is already initialised".into(),
+            ));
+        }
+        let voters: BTreeMap<NodeId, NodeAddr> = map
+            .metadata_voters()
+            .into_iter()
+            .filter_map(|id| map.nodes.get(&id).map(|a| (id, a.clone())))
+            .collect();
+        if !voters.contains_key(&self.id) {
+            return Err(ClusterError::Refused(format!(
+                "run init on one of the metadata voters {:?}",
+                voters.keys().collect::<Vec<_>>()
+            )));
+        }
+        // A second init (a retried command) finds the group initialised: go on to the map.
+        let _ = self.meta.initialize(voters.clone()).await;
+        let command = postcard::to_allocvec(&MetaCommand::Init(map.clone()))
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        self.propose_to(
+            METADATA_GROUP,
+            &voters.keys().copied().collect::<Vec<_>>(),
+            command,
+        )
+        .await?;
+        // Learners: the nodes that are not voters still receive the map.
+        for (id, addr) in map.nodes.iter().filter(|(id, _)| !voters.contains_key(id)) {
+            self.meta
+                .add_learner(*id, addr.clone(), false)
+                .await
+                .map_err(|e| ClusterError::Refused(format!("adding node {id}: {e}")))?;
+        }
+        Ok(Arc::new(map))
+    }
+
+    /// Splits `batches` by shard group and commits every part; answers the samples stored.
+    pub async fn write_samples(
+        self: &Arc<Self>,
+        batches: Vec<SampleBatch>,
+    ) -> Result<u64, ClusterError> {
+        let map = self.map();
+        if map.version == 0 {
+            return Err(ClusterError::NotInitialised);
+        }
+        let mut parts: BTreeMap<u32, SampleBatch> = BTreeMap::new();
+        for batch in batches {
+            for (labels, samples) in batch.series {
+                let shard = SeriesId::of(&batch.tenant, &labels).shard().0;
+                let Some(spec) = map.group_of(shard) else {
+                    return Err(ClusterError::Refused(format!(
+                        "no group holds shard {shard}"
+                    )));
+                };
+                let part = parts.entry(spec.id).or_insert_with(|| SampleBatch {
+                    tenant: batch.tenant.clone(),
+                    series: Vec::new(),
+                });
+                if part.tenant != batch.tenant {
+                    return Err(ClusterError::Refused("a write holds one tenant".into()));
+                }
+                part.series.push((labels, samples));
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (group, part) in parts {
+            let node = Arc::clone(self);
+            let replicas = map
+                .group(GroupId(group))
+                .map(|g| g.replicas.clone())
+                .unwrap_or_default();
+            let bytes = Record::Write(Batch::Samples(part)).encode();
+            tasks.spawn(async move { node.propose_to(GroupId(group), &replicas, bytes).await });
+        }
+        let mut stored = 0;
+        let mut failed = None;
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(n)) => stored += n,
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => {
+                    failed = failed.or(Some(ClusterError::Refused(format!(
+                        "a proposal task failed: {e}"
+                    ))))
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(stored),
+        }
+    }
+
+    /// Commits `bytes` in `group`, whose replicas are `replicas`: here when this node leads
+    /// it, else at the leader a replica names, trying the replicas in turn while there is no
+    /// leader. Answers what applying it answered.
+    async fn propose_to(
+        &self,
+        group: GroupId,
+        replicas: &[NodeId],
+        bytes: Vec<u8>,
+    ) -> Result<u64, ClusterError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        let local = self.router.raft(group);
+        let mut target = match &local {
+            Some(raft) => raft.metrics().borrow().current_leader.unwrap_or(self.id),
+            None => replicas.first().copied().unwrap_or(self.id),
+        };
+        let mut turn = 0usize;
+        let mut last_error;
+        loop {
+            let answer: Result<ProposeResult, String> = if target == self.id {
+                match &local {
+                    Some(raft) => Ok(raft.client_write(Proposal(bytes.clone())).await),
+                    None => Err(format!("group {} is not hosted here", group.0)),
+                }
+            } else {
+                self.forward(group, target, &bytes).await
+            };
+            match answer {
+                Ok(Ok(response)) => return Ok(response.data.0),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
+                    if f.leader_id.is_some_and(|l| l != target) =>
+                {
+                    target = f.leader_id.unwrap_or(target);
+                    continue;
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(e) => last_error = e,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let map = self.map();
+                let (first, last) = map
+                    .group(group)
+                    .map_or((0, 0), |g| (g.first_shard, g.last_shard));
+                metrics::counter!("updraft_cluster_proposals_failed_total").increment(1);
+                return Err(ClusterError::Unavailable {
+                    group: group.0,
+                    first,
+                    last,
+                    reason: last_error,
+                });
+            }
+            // No leader known (an election), or the one named is unreachable: the leader this
+            // node's replica knows of by now, else the next replica, after a pause shorter
+            // than an election.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let known = local
+                .as_ref()
+                .and_then(|raft| raft.metrics().borrow().current_leader)
+                .filter(|l| *l != target);
+            turn += 1;
+            target = match known {
+                Some(leader) => leader,
+                None if !replicas.is_empty() => replicas[turn % replicas.len()],
+                None => target,
+            };
+        }
+    }
+
+    async fn forward(
+        &self,
+        group: GroupId,
+        to: NodeId,
+        bytes: &[u8],
+    ) -> Result<ProposeResult, String> {
+        let addr = self
+            .map()
+            .nodes
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| format!("node {to} is not in the cluster map"))?;
+        let envelope = Envelope {
+            group,
+            kind: PROPOSE,
+            body: bytes.to_vec(),
+        };
+        let answer = tokio::time::timeout(PROPOSE_DEADLINE, self.link.call(to, &addr, envelope))
+            .await
+            .map_err(|_| format!("node {to} did not answer"))?
+            .map_err(|e| e.to_string())?;
+        postcard::from_bytes(&answer).map_err(|e| format!("node {to} answered garbage: {e}"))
+    }
+
+    /// The admin view: nodes, groups, leaders and each local replica's applied index.
+    pub fn status(&self) -> serde_json::Value {
+        let map = self.map();
+        let groups: Vec<serde_json::Value> = map
+            .groups
+            .iter()
+            .map(|g| {
+                let local = self.router.raft(g.group()).map(|r| {
+                    let m = r.metrics().borrow().clone();
+                    serde_json::json!({
+                        "state": format!("{:?}", m.state),
+                        "term": m.current_term,
+                        "leader": m.current_leader,
+                        "last_log_index": m.last_log_index,
+                        "applied_index": m.last_applied.map(|l| l.index),
+                        "snapshot_index": m.snapshot.map(|l| l.index),
+                        "replication": m.replication.map(|r| r.iter().map(|(id, l)| (id.to_string(), l.map(|l| l.index))).collect::<BTreeMap<_, _>>()),
+                    })
+                });
+                serde_json::json!({
+                    "id": g.id,
+                    "first_shard": g.first_shard,
+                    "last_shard": g.last_shard,
+                    "replicas": g.replicas,
+                    "local": local,
+                })
+            })
+            .collect();
+        let meta = self.meta.metrics().borrow().clone();
+        serde_json::json!({
+            "node_id": self.id,
+            "advertise": {"cluster": self.advertise.cluster, "http": self.advertise.http},
+            "map_version": map.version,
+            "replication_factor": map.replication_factor,
+            "metadata": {"leader": meta.current_leader, "state": format!("{:?}", meta.state), "applied_index": meta.last_applied.map(|l| l.index)},
+            "nodes": map.nodes.iter().map(|(id, a)| serde_json::json!({"id": id, "cluster": a.cluster, "http": a.http})).collect::<Vec<_>>(),
+            "groups": groups,
+        })
+    }
+
+    /// Per group this node holds a replica of: its applied index and a checksum of its
+    /// content (series, samples, and a hash over the per-shard checksums of its range), which
+    /// every replica at the same applied index must share. Reads every sample.
+    pub async fn checksums(&self) -> Result<serde_json::Value, crate::storage::StorageError> {
+        let storage = self.storage.clone();
+        let shards = tokio::task::spawn_blocking(move || storage.shard_checksums())
+            .await
+            .map_err(|_| crate::storage::StorageError::WriterStopped)??;
+        let map = self.map();
+        let mut out = BTreeMap::new();
+        for g in &map.groups {
+            let Some(raft) = self.router.raft(g.group()) else {
+                continue;
+            };
+            let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
+            let mut hash = xxhash_rust::xxh3::Xxh3::new();
+            let (mut series, mut samples) = (0u64, 0u64);
+            for shard in g.shards() {
+                let sum = shards.get(usize::from(shard)).copied().unwrap_or_default();
+                series += sum.series;
+                samples += sum.samples;
+                hash.update(&sum.hash.to_le_bytes());
+            }
+            out.insert(
+                g.id.to_string(),
+                serde_json::json!({
+                    "applied_index": applied,
+                    "series": series,
+                    "samples": samples,
+                    "hash": format!("{:016x}", hash.digest()),
+                }),
+            );
+        }
+        Ok(serde_json::json!({"node_id": self.id, "groups": out}))
+    }
+
+    /// Stops every group's Raft (the storage writer flushes nothing more for them).
+    pub async fn shutdown(&self) {
+        let groups: Vec<Raft<GroupConfig>> = lock(&self.groups).values().cloned().collect();
+        for raft in groups {
+            let _ = raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,266 @@
+//! Three core-node processes in a cluster at replication factor 3, written to over line
+//! protocol through every node while a random node is killed with SIGKILL and restarted, cycle
+//! after cycle. At the end: every acknowledged sample is readable from every node, no sample
+//! that was never sent exists, and every group's replicas hold identical data (the admin
+//! API's per-group checksums at the same applied index).
+//!
+//! `UPDRAFT_CLUSTER_KILL_CYCLES` sets the number of kill cycles (default 20).
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use updraft_tests::*;
+
+const SERIES: u64 = 6;
+/// Timestamps of sample `i`: one second apart from a fixed start an hour ago, so that every
+/// sample is inside the default lookback of a `[2h]` selector.
+fn timestamp_ms(base_ms: i64, i: u64) -> i64 {
+    base_ms + i as i64 * 1000
+}
+
+struct Node {
+    core: Core,
+    cluster: std::net::SocketAddr,
+}
+
+fn node_certs(certs: &Path) -> anyhow::Result<()> {
+    let out = Command::new(binary("core-node"))
+        .args([
+            "certs",
+            "--node-id",
+            "1",
+            "--node-id",
+            "2",
+            "--node-id",
+            "3",
+            "--dir",
+        ])
+        .arg(certs)
+        .output()?;
+    if !out.status.success() {
+        bail!("core-node certs: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn start(work: &Path, certs: &Path, id: u64) -> anyhow::Result<Node> {
+    let cluster = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let dir = work.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let core = Core::start_with_args(
+        &dir,
+        certs,
+        &[
+            "--node-id",
+            &id.to_string(),
+            "--cluster-listen",
+            &cluster.to_string(),
+            "--min-free-disk-mib",
+            "0",
+        ],
+    )?;
+    Ok(Node { core, cluster })
+}
+
+/// POSTs line protocol with a timeout longer than the node's own proposal deadline.
+fn post_lines(url: &str, body: &str) -> anyhow::Result<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    Ok(agent.post(url).send(body.as_bytes())?.status().as_u16())
+}
+
+/// What the writer sent and what was acknowledged, per sample index.
+#[derive(Default)]
+struct Ledger {
+    sent: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    failed_writes: u64,
+}
+
+#[test]
+fn a_three_node_cluster_loses_no_acknowledged_sample_through_kill9_cycles() -> anyhow::Result<()> {
+    let cycles: usize = std::env::var("UPDRAFT_CLUSTER_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = rand::random();
+    println!("seed {seed}, {cycles} cycles");
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(work.path(), &certs, id)?);
+    }
+    let init = Command::new(binary("core-node"))
+        .args(["cluster", "--url", &nodes[&1].core.url(""), "init"])
+        .args(nodes.iter().flat_map(|(id, n)| {
+            [
+                "--node".to_owned(),
+                format!("{id}={},{}", n.cluster, n.core.http),
+            ]
+        }))
+        .output()?;
+    if !init.status.success() {
+        bail!("cluster init: {}", String::from_utf8_lossy(&init.stderr));
+    }
+
+    // The writer: batches of 6 samples (one per series) to a node picked at random among the
+    // HTTP addresses, the next batch only after an answer. A refused or failed batch is sent
+    // again to another node until acknowledged (idempotent: the same samples).
+    let urls: Vec<String> = nodes
+        .values()
+        .map(|n| n.core.url("/write?precision=ms"))
+        .collect();
+    let base_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64)
+        - 3_600_000;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (ledger, stop) = (Arc::clone(&ledger), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body: String = (0..SERIES)
+                    .map(|s| format!("kt,s=s{s} v={i} {}\n", timestamp_ms(base_ms, i)))
+                    .collect();
+                ledger.lock().expect("lock").sent.insert(i);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let url = &urls[rng.random_range(0..urls.len())];
+                    match post_lines(url, &body) {
+                        Ok(204) => {
+                            ledger.lock().expect("lock").acked.insert(i);
+                            break;
+                        }
+                        _ => ledger.lock().expect("lock").failed_writes += 1,
+                    }
+                    if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                i += 1;
+            }
+        })
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    for cycle in 0..cycles {
+        let victim = rng.random_range(1..=3u64);
+        let acked_before = ledger.lock().expect("lock").acked.len();
+        let node = nodes.remove(&victim).context("node")?;
+        let Node { core, cluster } = node;
+        // SIGKILL, then the same ports, data and flags.
+        let core = core
+            .restart_after_kill9()
+            .with_context(|| format!("cycle {cycle}: restarting node {victim}"))?;
+        nodes.insert(victim, Node { core, cluster });
+        // The cluster takes writes again before the next kill: at least a few batches are
+        // acknowledged (a wait on a condition, not a fixed time).
+        wait_for(
+            &format!("cycle {cycle}: writes acknowledged after restarting node {victim}"),
+            Duration::from_secs(60),
+            || (ledger.lock().expect("lock").acked.len() >= acked_before + 5).then_some(()),
+        )?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+    let (sent, acked, failed) = {
+        let l = ledger.lock().expect("lock");
+        (l.sent.clone(), l.acked.clone(), l.failed_writes)
+    };
+    println!(
+        "{} batches sent, {} acknowledged, {failed} attempts refused or failed",
+        sent.len(),
+        acked.len()
+    );
+    assert!(
+        acked.len() > cycles * 5,
+        "too few writes acknowledged to mean anything"
+    );
+
+    // Every node converges on every acknowledged sample and nothing unsent.
+    let at = (base_ms as f64 + 3_600_000.0 * 2.0) / 1000.0;
+    for (id, node) in &nodes {
+        let mut last = String::new();
+        let done = wait_for(
+            &format!("node {id} holding every acknowledged sample"),
+            Duration::from_secs(120),
+            || {
+                // Line protocol's measurement `kt` and field `v` make the metric `kt_v`.
+                let series = match node.core.raw_samples("kt_v", "3h", at) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("query failed: {e:#}");
+                        return None;
+                    }
+                };
+                let mut ok = series.len() == SERIES as usize;
+                if !ok {
+                    last = format!("{} series", series.len());
+                }
+                for s in &series {
+                    let got: BTreeSet<u64> = s.points_ms.iter().map(|(_, v)| *v as u64).collect();
+                    let missing = acked.difference(&got).count();
+                    let phantom = got.difference(&sent).count();
+                    assert_eq!(
+                        phantom, 0,
+                        "node {id}: {phantom} samples that were never sent"
+                    );
+                    if missing > 0 {
+                        last = format!("{:?}: {missing} acknowledged samples missing", s.labels);
+                        ok = false;
+                    }
+                }
+                ok.then_some(())
+            },
+        );
+        if let Err(e) = done {
+            bail!("{e}: {last}");
+        }
+    }
+
+    // Replicas of each group hold identical data once they applied the same log.
+    let mut last = String::new();
+    let agreed = wait_for(
+        "every group's replicas agreeing on applied index and checksum",
+        Duration::from_secs(60),
+        || {
+            let sums: Vec<serde_json::Value> = nodes
+                .values()
+                .map(|n| get_json(&n.core.url("/api/v1/admin/cluster/checksums")))
+                .collect::<anyhow::Result<_>>()
+                .ok()?;
+            let mut per_group: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for s in &sums {
+                for (group, sum) in s["data"]["groups"].as_object()? {
+                    per_group
+                        .entry(group.clone())
+                        .or_default()
+                        .insert(sum.to_string());
+                }
+            }
+            last = format!("{per_group:?}");
+            (per_group.len() == 4 && per_group.values().all(|v| v.len() == 1)).then_some(())
+        },
+    );
+    if let Err(e) = agreed {
+        bail!("{e}: {last}");
+    }
+    Ok(())
+}
