@@ -258,7 +258,13 @@ pub async fn run(
         None => None,
     };
     let app = http::router(http::HttpState {
-        source: Arc::new(storage.clone()),
+        source: match &cluster {
+            Some(node) => Arc::new(cluster::reads::ClusterSource::new(
+                Arc::clone(node),
+                tokio::runtime::Handle::current(),
+            )),
+            None => Arc::new(storage.clone()),
+        },
         metrics,
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),

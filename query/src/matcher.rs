@@ -53,6 +53,15 @@ impl Matcher {
         })
     }
 
+    /// The value an equality matcher compares with, or a regex matcher's pattern as written
+    /// (without the anchors added here): with the operator, what rebuilds the matcher.
+    pub fn text(&self) -> &str {
+        match &self.op {
+            MatchOp::Equal(v) | MatchOp::NotEqual(v) => v,
+            MatchOp::Regex(r) | MatchOp::NotRegex(r) => source(r),
+        }
+    }
+
     /// Whether a label value satisfies this matcher; pass `""` for an absent label.
     pub fn matches(&self, value: &str) -> bool {
         match &self.op {

@@ -4,6 +4,10 @@
 //! that was never sent exists, and every group's replicas hold identical data (the admin
 //! API's per-group checksums at the same applied index).
 //!
+//! A second test runs the same three nodes at replication factor 1: each node holds only its
+//! groups' part of the data, any node answers for all of it, and a query that needs a dead
+//! node's group fails naming the shard range instead of answering without it.
+//!
 //! `UPDRAFT_CLUSTER_KILL_CYCLES` sets the number of kill cycles (default 20).
 
 use anyhow::{Context, bail};
@@ -65,6 +69,24 @@ fn start(work: &Path, certs: &Path, id: u64) -> anyhow::Result<Node> {
         ],
     )?;
     Ok(Node { core, cluster })
+}
+
+/// `core-node cluster init` through node 1, with every node and `rf` replicas per group.
+fn init(nodes: &BTreeMap<u64, Node>, rf: usize) -> anyhow::Result<()> {
+    let init = Command::new(binary("core-node"))
+        .args(["cluster", "--url", &nodes[&1].core.url(""), "init"])
+        .args(["--replication-factor", &rf.to_string()])
+        .args(nodes.iter().flat_map(|(id, n)| {
+            [
+                "--node".to_owned(),
+                format!("{id}={},{}", n.cluster, n.core.http),
+            ]
+        }))
+        .output()?;
+    if !init.status.success() {
+        bail!("cluster init: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    Ok(())
 }
 
 /// POSTs line protocol with a timeout longer than the node's own proposal deadline.
@@ -262,5 +284,75 @@ fn a_three_node_cluster_loses_no_acknowledged_sample_through_kill9_cycles() -> a
     if let Err(e) = agreed {
         bail!("{e}: {last}");
     }
+    Ok(())
+}
+
+#[test]
+fn at_replication_factor_1_data_is_partitioned_and_any_node_answers_for_all() -> anyhow::Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(work.path(), &certs, id)?);
+    }
+    init(&nodes, 1)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let body: String = (0..60)
+        .map(|d| format!("pt,device=d{d} v={d} {now_ms}\n"))
+        .collect();
+    let url = nodes[&1].core.url("/write?precision=ms");
+    wait_for("the write acknowledged", Duration::from_secs(60), || {
+        matches!(post_lines(&url, &body), Ok(204)).then_some(())
+    })?;
+    for (id, node) in &nodes {
+        let count = node.core.instant_value("count(pt_v)", None)?;
+        let sum = node.core.instant_value("sum(pt_v)", None)?;
+        assert_eq!(count, Some(60.0), "node {id} counts every series");
+        assert_eq!(
+            sum,
+            Some((0..60).sum::<u32>() as f64),
+            "node {id} sums every series"
+        );
+        let (status, values) = http_get(&node.core.url("/api/v1/label/device/values"))?;
+        assert_eq!(status, 200, "{values}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&values)?["data"]
+                .as_array()
+                .map(Vec::len),
+            Some(60)
+        );
+    }
+    // Each node holds only its own groups' series.
+    let mut held = 0;
+    for (id, node) in &nodes {
+        let sums = get_json(&node.core.url("/api/v1/admin/cluster/checksums"))?;
+        let series: u64 = sums["data"]["groups"]
+            .as_object()
+            .context("groups")?
+            .values()
+            .map(|g| g["series"].as_u64().unwrap_or_default())
+            .sum();
+        assert!(
+            series < 60,
+            "node {id} holds {series} of 60 series: not partitioned"
+        );
+        held += series;
+    }
+    assert_eq!(held, 60, "every series is held by exactly one node");
+
+    // Node 3 gone: its groups have no replica, so a query over every series fails and says
+    // which shards it could not read.
+    nodes.get_mut(&3).context("node 3")?.core.process.kill9();
+    let (status, answer) = http_get(&nodes[&1].core.url("/api/v1/query?query=count(pt_v)"))?;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("shards"),
+        "the error names the shard range: {answer}"
+    );
     Ok(())
 }

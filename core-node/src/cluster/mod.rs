@@ -18,20 +18,23 @@
 //! - [`raft_network`]: openraft's network for groups over a link (that transport, or an
 //!   in-process network for tests), the router that serves each group's Raft RPCs, and
 //!   forwarded proposals.
+//! - [`reads`]: the read path: read barriers, reads served for other nodes, and the query
+//!   engine's data source over every group.
 //! - [`node`]: a clustered node at run time (groups, write routing, admin views); [`cli`]:
 //!   `core-node cluster init|status`.
 
 // openraft's `StorageError` is the error its storage traits return (over 200 bytes); helpers
 // that feed those traits return it too rather than converting at every call.
+pub mod cli;
 #[expect(
     clippy::result_large_err,
     reason = "openraft's StorageError, fixed by its traits"
 )]
 pub mod log_store;
-pub mod cli;
 pub mod metadata;
 pub mod node;
 pub mod raft_network;
+pub mod reads;
 pub mod state_machine;
 #[cfg(test)]
 mod testing;

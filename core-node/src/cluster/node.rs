@@ -139,7 +139,6 @@ impl ClusterNode {
         .await
         .context("starting the metadata group")?;
         router.add(METADATA_GROUP, meta.clone());
-        tokio::spawn(transport::serve(endpoint, Arc::clone(&router) as _));
         let node = Arc::new(Self {
             id: options.node_id,
             storage,
@@ -152,6 +151,11 @@ impl ClusterNode {
             raft_config: raft_config(&options, SnapshotPolicy::LogsSinceLast(50_000))?,
             advertise: options.advertise,
         });
+        let handler = super::reads::NodeHandler {
+            router: Arc::clone(&node.router),
+            node: Arc::downgrade(&node),
+        };
+        tokio::spawn(transport::serve(endpoint, Arc::new(handler)));
         tokio::spawn(Arc::clone(&node).follow_map());
         tracing::info!(node = node.id, cluster = %options.listen, "cluster node started");
         Ok(node)
@@ -159,6 +163,28 @@ impl ClusterNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    pub(crate) fn router(&self) -> &GroupRouter {
+        &self.router
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Sends `envelope` to node `to` (at its address in the map) and waits for the answer.
+    pub(crate) async fn call(&self, to: NodeId, envelope: Envelope) -> Result<Vec<u8>, String> {
+        let addr = self
+            .map()
+            .nodes
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| format!("node {to} is not in the cluster map"))?;
+        tokio::time::timeout(PROPOSE_DEADLINE, self.link.call(to, &addr, envelope))
+            .await
+            .map_err(|_| format!("node {to} did not answer"))?
+            .map_err(|e| e.to_string())
     }
 
     /// The cluster map as this node last applied it.
@@ -399,21 +425,12 @@ impl ClusterNode {
         to: NodeId,
         bytes: &[u8],
     ) -> Result<ProposeResult, String> {
-        let addr = self
-            .map()
-            .nodes
-            .get(&to)
-            .cloned()
-            .ok_or_else(|| format!("node {to} is not in the cluster map"))?;
         let envelope = Envelope {
             group,
             kind: PROPOSE,
             body: bytes.to_vec(),
         };
-        let answer = tokio::time::timeout(PROPOSE_DEADLINE, self.link.call(to, &addr, envelope))
-            .await
-            .map_err(|_| format!("node {to} did not answer"))?
-            .map_err(|e| e.to_string())?;
+        let answer = self.call(to, envelope).await?;
         postcard::from_bytes(&answer).map_err(|e| format!("node {to} answered garbage: {e}"))
     }
 
