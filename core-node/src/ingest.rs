@@ -118,7 +118,7 @@ fn register_metrics() {
 /// carries the flow-control part).
 pub async fn serve(
     endpoint: quinn::Endpoint,
-    storage: Storage,
+    storage: Sink,
     policy: TenantPolicy,
     limits: QuicLimits,
     shutdown: impl Future<Output = ()>,
@@ -192,7 +192,7 @@ fn peer_binding(conn: &quinn::Connection) -> Binding {
 
 async fn serve_connection(
     conn: quinn::Connection,
-    storage: Storage,
+    storage: Sink,
     policy: TenantPolicy,
     budget: ByteBudget,
 ) {
@@ -284,7 +284,7 @@ impl Allowed {
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    storage: Storage,
+    storage: Sink,
     remote: SocketAddr,
     allowed: Allowed,
     budget: ByteBudget,
@@ -449,8 +449,41 @@ async fn serve_stream(
     write_ack(&mut send, &ack).await;
 }
 
-async fn apply(storage: &Storage, batch: WriteBatch) -> AckOutcome {
-    let pending = match storage.submit(batch) {
+/// Where agents' batches go: the node's storage, or (clustered) the shard groups of their
+/// series (see `cluster::writes`).
+#[derive(Clone)]
+pub struct Sink {
+    storage: Storage,
+    cluster: Option<std::sync::Arc<crate::cluster::node::ClusterNode>>,
+}
+
+impl Sink {
+    pub fn new(
+        storage: Storage,
+        cluster: Option<std::sync::Arc<crate::cluster::node::ClusterNode>>,
+    ) -> Self {
+        Self { storage, cluster }
+    }
+
+    /// The last `(epoch, sequence)` applied for `agent`. A cluster answers none: the batches
+    /// of an agent are split across groups, and resending is harmless (each group
+    /// deduplicates its part), where skipping a batch one group lacks would not be.
+    fn agent_offset(
+        &self,
+        agent: &str,
+    ) -> Result<Option<(u64, u64)>, crate::storage::StorageError> {
+        match self.cluster {
+            Some(_) => Ok(None),
+            None => self.storage.agent_offset(agent),
+        }
+    }
+}
+
+async fn apply(sink: &Sink, batch: WriteBatch) -> AckOutcome {
+    if let Some(cluster) = &sink.cluster {
+        return cluster.write_batch(batch).await;
+    }
+    let pending = match sink.storage.submit(batch) {
         Ok(p) => p,
         Err(SubmitError::Busy(_)) => {
             return AckOutcome::Failed {

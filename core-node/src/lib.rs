@@ -288,7 +288,7 @@ pub async fn run(
     let mut storage_health = storage.watch_health();
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint,
-        storage,
+        ingest::Sink::new(storage, cluster.clone()),
         ingest::TenantPolicy {
             unbound_may_write_any: config.insecure_dev_mode,
         },

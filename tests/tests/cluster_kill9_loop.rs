@@ -356,3 +356,98 @@ fn at_replication_factor_1_data_is_partitioned_and_any_node_answers_for_all() ->
     );
     Ok(())
 }
+
+#[test]
+fn an_agent_writes_through_the_cluster_and_fails_over_when_its_node_is_killed() -> anyhow::Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(work.path(), &certs, id)?);
+    }
+    init(&nodes, 3)?;
+    // The agent knows nodes 2 and 3 and ships to the faster; node 2 is killed mid-stream.
+    let other = nodes[&3].core.quic.to_string();
+    let agent = Agent::start(
+        work.path(),
+        &certs,
+        nodes[&2].core.quic,
+        &["--core", &other, "--batch-max-delay-ms", "50"],
+    )?;
+    let t0_ms: i64 = 1_600_000_000_000;
+    let (devices, per_device) = (8i64, 200i64);
+    let publish = |from: i64, to: i64| -> anyhow::Result<()> {
+        for d in 0..devices {
+            let lines: String = (from..to)
+                .map(|i| format!("{{\"ts\":{},\"v\":{}}}\n", t0_ms + i * 1000, d * 1000 + i))
+                .collect();
+            mosquitto_pub_lines(
+                agent.mqtt_port,
+                &format!("plant/press{d}/stream"),
+                &lines,
+                &["-q", "1"],
+            )?;
+        }
+        Ok(())
+    };
+    publish(0, per_device / 2)?;
+    wait_for(
+        "the first half acknowledged",
+        Duration::from_secs(60),
+        || {
+            let acked = metric_sum(&agent.metrics(), "updraft_edge_samples_acked_total", None);
+            (acked >= (devices * per_device / 2) as f64).then_some(())
+        },
+    )?;
+    nodes.get_mut(&2).context("node 2")?.core.process.kill9();
+    publish(per_device / 2, per_device)?;
+    wait_for(
+        "every sample acknowledged by the surviving nodes",
+        Duration::from_secs(120),
+        || {
+            let acked = metric_sum(&agent.metrics(), "updraft_edge_samples_acked_total", None);
+            (acked >= (devices * per_device) as f64).then_some(())
+        },
+    )?;
+    let node = nodes.remove(&2).context("node 2")?;
+    let core = node.core.restart_after_kill9()?;
+    nodes.insert(
+        2,
+        Node {
+            core,
+            cluster: node.cluster,
+        },
+    );
+    // Every node holds every sample of every device, each once.
+    let at = (t0_ms + per_device * 1000) as f64 / 1000.0;
+    let expected_sum: i64 = (0..devices)
+        .flat_map(|d| (0..per_device).map(move |i| d * 1000 + i))
+        .sum();
+    for (id, n) in &nodes {
+        let mut last = String::new();
+        let ok = wait_for(
+            &format!("node {id} holding every sample"),
+            Duration::from_secs(60),
+            || {
+                let count = n
+                    .core
+                    .instant_value("sum(count_over_time(stream_v[10m]))", Some(at))
+                    .ok()?;
+                let sum = n
+                    .core
+                    .instant_value("sum(sum_over_time(stream_v[10m]))", Some(at))
+                    .ok()?;
+                last = format!("count {count:?}, sum {sum:?}");
+                (count == Some((devices * per_device) as f64) && sum == Some(expected_sum as f64))
+                    .then_some(())
+            },
+        );
+        if let Err(e) = ok {
+            bail!("{e}: {last}");
+        }
+    }
+    Ok(())
+}

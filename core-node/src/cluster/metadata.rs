@@ -75,8 +75,8 @@ pub enum PlanError {
 impl ClusterMap {
     /// The first map of a cluster of `nodes`: `groups_per_node` replicas per node on average,
     /// so `nodes × groups_per_node / rf` groups (at least one, at most one per shard), each a
-    /// contiguous range of shards, their replicas spread round-robin so that every node holds
-    /// as many as any other (± 1) and leads as many at the start.
+    /// contiguous range of shards, their replicas spread so that every node holds as many as
+    /// any other (± 1) and is the first replica (the one that starts the group) of as many.
     pub fn plan(
         nodes: BTreeMap<NodeId, NodeAddr>,
         replication_factor: usize,
@@ -100,17 +100,27 @@ impl ClusterMap {
         let count =
             (nodes.len() * groups_per_node / replication_factor).clamp(1, SHARD_COUNT as usize);
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        // Each group takes the nodes holding the fewest replicas so far (ties broken by a
+        // rotation, so that equal nodes take turns), and its first replica, the one that
+        // starts it and so usually leads it, is the chosen node leading the fewest.
+        let (mut held, mut led) = (vec![0usize; ids.len()], vec![0usize; ids.len()]);
         let groups = (0..count)
             .map(|i| {
                 let first = (i * SHARD_COUNT as usize / count) as u16;
                 let last = ((i + 1) * SHARD_COUNT as usize / count - 1) as u16;
+                let mut order: Vec<usize> = (0..ids.len()).map(|k| (i + k) % ids.len()).collect();
+                order.sort_by_key(|&j| held[j]);
+                let mut chosen = order[..replication_factor].to_vec();
+                chosen.sort_by_key(|&j| led[j]);
+                for &j in &chosen {
+                    held[j] += 1;
+                }
+                led[chosen[0]] += 1;
                 GroupSpec {
                     id: i as u32 + 1,
                     first_shard: first,
                     last_shard: last,
-                    replicas: (0..replication_factor)
-                        .map(|k| ids[(i + k) % ids.len()])
-                        .collect(),
+                    replicas: chosen.iter().map(|&j| ids[j]).collect(),
                 }
             })
             .collect();
@@ -309,6 +319,15 @@ mod tests {
             }
             let (min, max) = (held.values().min(), held.values().max());
             assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{held:?}");
+            let mut led: BTreeMap<NodeId, usize> = map.nodes.keys().map(|id| (*id, 0)).collect();
+            for g in &map.groups {
+                *led.entry(g.replicas[0]).or_default() += 1;
+            }
+            let (min, max) = (led.values().min(), led.values().max());
+            assert!(
+                max.zip(min).is_some_and(|(a, b)| a - b <= 1),
+                "leaders {led:?}"
+            );
             for shard in [0u16, 1, (SHARD_COUNT - 1) as u16] {
                 let g = map.group_of(shard).expect("a group");
                 assert!(g.shards().contains(&shard));

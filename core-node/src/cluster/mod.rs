@@ -18,6 +18,8 @@
 //! - [`raft_network`]: openraft's network for groups over a link (that transport, or an
 //!   in-process network for tests), the router that serves each group's Raft RPCs, and
 //!   forwarded proposals.
+//! - [`writes`]: the write path: batches split by group, admitted and proposed at each
+//!   group's leader.
 //! - [`reads`]: the read path: read barriers, reads served for other nodes, and the query
 //!   engine's data source over every group.
 //! - [`node`]: a clustered node at run time (groups, write routing, admin views); [`cli`]:
@@ -40,3 +42,4 @@ pub mod state_machine;
 mod testing;
 pub mod transport;
 pub mod types;
+pub mod writes;

@@ -18,18 +18,13 @@
 
 use super::log_store::{GroupId, RaftLogs};
 use super::metadata::{ClusterMap, METADATA_GROUP, MetaCommand, MetaMachine};
-use super::raft_network::{
-    GroupNetworkFactory, GroupRouter, Link, PROPOSE, ProposeResult, QuicLink,
-};
+use super::raft_network::{GroupNetworkFactory, GroupRouter, Link, QuicLink};
 use super::state_machine::ShardMachine;
 use super::transport::{self, Envelope, Peers};
-use super::types::{GroupConfig, NodeAddr, NodeId, Proposal};
-use crate::storage::record::{Batch, Record};
-use crate::storage::{SampleBatch, Storage};
+use super::types::{GroupConfig, NodeAddr, NodeId};
+use crate::storage::Storage;
 use anyhow::Context;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, SnapshotPolicy};
-use protocols::SeriesId;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -293,145 +288,6 @@ impl ClusterNode {
                 .map_err(|e| ClusterError::Refused(format!("adding node {id}: {e}")))?;
         }
         Ok(Arc::new(map))
-    }
-
-    /// Splits `batches` by shard group and commits every part; answers the samples stored.
-    pub async fn write_samples(
-        self: &Arc<Self>,
-        batches: Vec<SampleBatch>,
-    ) -> Result<u64, ClusterError> {
-        let map = self.map();
-        if map.version == 0 {
-            return Err(ClusterError::NotInitialised);
-        }
-        let mut parts: BTreeMap<u32, SampleBatch> = BTreeMap::new();
-        for batch in batches {
-            for (labels, samples) in batch.series {
-                let shard = SeriesId::of(&batch.tenant, &labels).shard().0;
-                let Some(spec) = map.group_of(shard) else {
-                    return Err(ClusterError::Refused(format!(
-                        "no group holds shard {shard}"
-                    )));
-                };
-                let part = parts.entry(spec.id).or_insert_with(|| SampleBatch {
-                    tenant: batch.tenant.clone(),
-                    series: Vec::new(),
-                });
-                if part.tenant != batch.tenant {
-                    return Err(ClusterError::Refused("a write holds one tenant".into()));
-                }
-                part.series.push((labels, samples));
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (group, part) in parts {
-            let node = Arc::clone(self);
-            let replicas = map
-                .group(GroupId(group))
-                .map(|g| g.replicas.clone())
-                .unwrap_or_default();
-            let bytes = Record::Write(Batch::Samples(part)).encode();
-            tasks.spawn(async move { node.propose_to(GroupId(group), &replicas, bytes).await });
-        }
-        let mut stored = 0;
-        let mut failed = None;
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(Ok(n)) => stored += n,
-                Ok(Err(e)) => failed = failed.or(Some(e)),
-                Err(e) => {
-                    failed = failed.or(Some(ClusterError::Refused(format!(
-                        "a proposal task failed: {e}"
-                    ))))
-                }
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(stored),
-        }
-    }
-
-    /// Commits `bytes` in `group`, whose replicas are `replicas`: here when this node leads
-    /// it, else at the leader a replica names, trying the replicas in turn while there is no
-    /// leader. Answers what applying it answered.
-    async fn propose_to(
-        &self,
-        group: GroupId,
-        replicas: &[NodeId],
-        bytes: Vec<u8>,
-    ) -> Result<u64, ClusterError> {
-        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
-        let local = self.router.raft(group);
-        let mut target = match &local {
-            Some(raft) => raft.metrics().borrow().current_leader.unwrap_or(self.id),
-            None => replicas.first().copied().unwrap_or(self.id),
-        };
-        let mut turn = 0usize;
-        let mut last_error;
-        loop {
-            let answer: Result<ProposeResult, String> = if target == self.id {
-                match &local {
-                    Some(raft) => Ok(raft.client_write(Proposal(bytes.clone())).await),
-                    None => Err(format!("group {} is not hosted here", group.0)),
-                }
-            } else {
-                self.forward(group, target, &bytes).await
-            };
-            match answer {
-                Ok(Ok(response)) => return Ok(response.data.0),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
-                    if f.leader_id.is_some_and(|l| l != target) =>
-                {
-                    target = f.leader_id.unwrap_or(target);
-                    continue;
-                }
-                Ok(Err(e)) => last_error = e.to_string(),
-                Err(e) => last_error = e,
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let map = self.map();
-                let (first, last) = map
-                    .group(group)
-                    .map_or((0, 0), |g| (g.first_shard, g.last_shard));
-                metrics::counter!("updraft_cluster_proposals_failed_total").increment(1);
-                return Err(ClusterError::Unavailable {
-                    group: group.0,
-                    first,
-                    last,
-                    reason: last_error,
-                });
-            }
-            // No leader known (an election), or the one named is unreachable: the leader this
-            // node's replica knows of by now, else the next replica, after a pause shorter
-            // than an election.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let known = local
-                .as_ref()
-                .and_then(|raft| raft.metrics().borrow().current_leader)
-                .filter(|l| *l != target);
-            turn += 1;
-            target = match known {
-                Some(leader) => leader,
-                None if !replicas.is_empty() => replicas[turn % replicas.len()],
-                None => target,
-            };
-        }
-    }
-
-    async fn forward(
-        &self,
-        group: GroupId,
-        to: NodeId,
-        bytes: &[u8],
-    ) -> Result<ProposeResult, String> {
-        let envelope = Envelope {
-            group,
-            kind: PROPOSE,
-            body: bytes.to_vec(),
-        };
-        let answer = self.call(to, envelope).await?;
-        postcard::from_bytes(&answer).map_err(|e| format!("node {to} answered garbage: {e}"))
     }
 
     /// The admin view: nodes, groups, leaders and each local replica's applied index.

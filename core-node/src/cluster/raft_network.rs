@@ -28,17 +28,6 @@ use std::sync::{Arc, Mutex, RwLock};
 const APPEND_ENTRIES: u8 = 1;
 const VOTE: u8 = 2;
 const INSTALL_SNAPSHOT: u8 = 3;
-/// A proposal forwarded to the node believed to lead the group: the body is the entry's
-/// payload, the answer the `Result` of that node's `client_write` (a `ForwardToLeader` error
-/// names the leader when it is another node).
-pub const PROPOSE: u8 = 4;
-
-/// The answer to a forwarded proposal.
-pub type ProposeResult = Result<
-    openraft::raft::ClientWriteResponse<GroupConfig>,
-    RaftError<NodeId, openraft::error::ClientWriteError<NodeId, NodeAddr>>,
->;
-
 /// An answer from a [`Link`].
 pub type LinkAnswer = Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send>>;
 
@@ -211,12 +200,6 @@ impl Handler for GroupRouter {
                 APPEND_ENTRIES => encode(&raft.append_entries(decode(&request.body)?).await),
                 VOTE => encode(&raft.vote(decode(&request.body)?).await),
                 INSTALL_SNAPSHOT => encode(&raft.install_snapshot(decode(&request.body)?).await),
-                PROPOSE => {
-                    let answer: ProposeResult = raft
-                        .client_write(super::types::Proposal(request.body))
-                        .await;
-                    encode(&answer)
-                }
                 other => Err(format!("unknown raft message kind {other}")),
             }
         })

@@ -222,7 +222,7 @@ fn local_read(
     })
 }
 
-/// The cluster port's handler: Raft messages and forwarded proposals to the groups' router,
+/// The cluster port's handler: Raft messages to the groups' router; forwarded proposals,
 /// read barriers and reads to the node.
 pub struct NodeHandler {
     pub router: Arc<GroupRouter>,
@@ -231,7 +231,7 @@ pub struct NodeHandler {
 
 impl Handler for NodeHandler {
     fn handle(&self, from: NodeId, request: Envelope) -> Answer {
-        if request.kind != READ_INDEX && request.kind != READ {
+        if ![READ_INDEX, READ, super::writes::PROPOSE].contains(&request.kind) {
             return self.router.handle(from, request);
         }
         let node = self.node.upgrade();
@@ -240,6 +240,10 @@ impl Handler for NodeHandler {
                 return Err("the node is stopping".to_owned());
             };
             match request.kind {
+                super::writes::PROPOSE => {
+                    let answer = node.lead_proposal(request.group, request.body).await;
+                    Ok(to_bytes(&answer))
+                }
                 READ_INDEX => {
                     let answer: Result<Option<u64>, String> =
                         match node.router().raft(request.group) {

@@ -507,14 +507,17 @@ pub(crate) async fn submit(
     if let Some(cluster) = &target.cluster {
         // Committed on a quorum of every group the batches touch, or an error naming the
         // group that could not commit: the client retries (docs/cluster.md).
-        let samples = cluster
+        let outcome = cluster
             .write_samples(batches)
             .await
             .map_err(|e| IngestError::unavailable(protocol, format!("{e}; retry later")))?;
-        metrics::counter!(INGEST_SAMPLES, "protocol" => protocol.as_str()).increment(samples);
+        metrics::counter!(INGEST_SAMPLES, "protocol" => protocol.as_str())
+            .increment(outcome.stored);
+        count_rejected(protocol, Reason::SeriesRefused, u64::from(outcome.refused));
         return Ok(Stored {
-            samples,
-            ..Stored::default()
+            samples: outcome.stored,
+            refused_series: u64::from(outcome.refused),
+            refusal: outcome.rejection,
         });
     }
     let storage = &target.storage;

@@ -12,7 +12,7 @@
 //! `storage::record` encodes it.
 
 use super::record::{Batch, Record};
-pub(crate) use super::writer::group::GroupState;
+pub(crate) use super::writer::group::{Admitted, GroupState};
 use super::writer::{Request, group::GroupRequest};
 use super::{SampleBatch, Storage, StorageError, keys};
 use protocols::model::ShardId;
@@ -103,6 +103,20 @@ impl Storage {
         })
         .await
         .map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Admits a write for shard group `group` (at its leader, before proposing it).
+    pub(crate) async fn group_admit(
+        &self,
+        group: u64,
+        batch: Batch,
+    ) -> Result<Admitted, StorageError> {
+        self.group_call(|reply| GroupRequest::Admit {
+            group,
+            batch,
+            reply,
+        })
+        .await
     }
 
     /// Applies committed entries of shard group `group` in order (`None` for an entry that

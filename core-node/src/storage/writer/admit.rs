@@ -51,7 +51,8 @@ fn retain_admitted<T>(series: &mut Vec<T>, keep: Vec<Option<SeriesId>>) -> Vec<S
 
 impl Writer {
     /// Admits one write: strips the series the limits or retention refuse from `batch`.
-    pub(super) fn admit(&self, g: &mut GroupAdmission, batch: &mut Batch) -> Verdict {
+    /// `scope` is whose agent offsets judge duplicates: the node's log, or a shard group.
+    pub(super) fn admit(&self, scope: u64, g: &mut GroupAdmission, batch: &mut Batch) -> Verdict {
         let now_ms = self.clock.now_ms();
         match batch {
             Batch::Chunks(b) => {
@@ -61,7 +62,7 @@ impl Writer {
                     .offsets
                     .get(&agent)
                     .copied()
-                    .or_else(|| self.committed_offset(super::NODE_SCOPE, &agent));
+                    .or_else(|| self.committed_offset(scope, &agent));
                 if tracked
                     && matches!(last, Some((epoch, seq)) if epoch == b.epoch && b.sequence <= seq)
                 {

@@ -41,7 +41,25 @@ pub(crate) struct GroupState {
     pub offsets: Vec<(String, (u64, u64))>,
 }
 
+/// What admission at a group's leader decided about a write.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// What to propose: the batch without the refused series; `None` when there is nothing
+    /// to log (a duplicate, or every series refused and no agent offset to record).
+    pub batch: Option<Batch>,
+    pub duplicate: bool,
+    pub refused: u32,
+    pub rejection: Option<String>,
+}
+
 pub(crate) enum GroupRequest {
+    /// Admit a write for `group` (its leader does, before proposing it): limits, retention
+    /// and duplicates by the group's agent offsets, as a single node admits before logging.
+    Admit {
+        group: u64,
+        batch: Batch,
+        reply: Reply<Admitted>,
+    },
     /// Apply committed entries of `group` in order (`None`: an entry with nothing to apply,
     /// such as a membership change); `applied` is the group's position after the last one.
     /// Answers the samples each stored, or what a retention record removed.
@@ -71,6 +89,7 @@ impl GroupRequest {
     /// Answers the request with `e` without doing it.
     pub(super) fn refuse(self, e: Arc<StorageError>) {
         match self {
+            Self::Admit { reply, .. } => drop(reply.send(Err(e))),
             Self::Apply { reply, .. } => drop(reply.send(Err(e))),
             Self::Flush { reply, .. } => drop(reply.send(Err(e))),
             Self::Install { reply, .. } => drop(reply.send(Err(e))),
@@ -87,7 +106,7 @@ impl GroupRequest {
                     _ => 1,
                 })
                 .sum(),
-            Self::Flush { .. } | Self::Install { .. } => 0,
+            Self::Admit { .. } | Self::Flush { .. } | Self::Install { .. } => 0,
         }
     }
 }
@@ -107,10 +126,35 @@ impl Writer {
         {
             return request.refuse(Arc::new(StorageError::Unavailable(reason)));
         }
+        // A new write is refused while storage is read-only, as on a single node.
+        if let GroupRequest::Admit { reply, .. } = &request
+            && let Some(reason) = self.ks.health.get().reason()
+        {
+            let _ = reply.send(Err(Arc::new(StorageError::Unavailable(reason.to_owned()))));
+            return;
+        }
         let failed = |w: &Self, what: &str, e: &StorageError| {
             w.ks.health.fail(format!("{what} failed: {e}"));
         };
         match request {
+            GroupRequest::Admit {
+                group,
+                mut batch,
+                reply,
+            } => {
+                let verdict = self.admit(
+                    group,
+                    &mut super::admit::GroupAdmission::default(),
+                    &mut batch,
+                );
+                let admitted = Admitted {
+                    batch: (!verdict.duplicate && !verdict.empty).then_some(batch),
+                    duplicate: verdict.duplicate,
+                    refused: verdict.applied.rejected,
+                    rejection: verdict.applied.rejection,
+                };
+                let _ = reply.send(Ok(admitted));
+            }
             GroupRequest::Apply {
                 group,
                 entries,

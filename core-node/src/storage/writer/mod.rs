@@ -498,7 +498,7 @@ impl Writer {
             .into_iter()
             .map(|mut request| {
                 let verdict = match &mut request {
-                    Request::Write { batch, .. } => Some(self.admit(&mut g, batch)),
+                    Request::Write { batch, .. } => Some(self.admit(NODE_SCOPE, &mut g, batch)),
                     _ => None,
                 };
                 Entry {
