@@ -299,3 +299,85 @@ async fn replicas_hold_equal_shards_through_a_crash_and_a_snapshot() {
         r.raft.shutdown().await.expect("shutdown");
     }
 }
+
+/// A leader cut off from the others: what it is asked to write meanwhile is never
+/// acknowledged and never applied anywhere, the majority elects and goes on, and after the
+/// heal the old leader holds exactly what the majority does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_acknowledges_nothing_and_its_writes_vanish() {
+    let net = Arc::new(MemoryNetwork::default());
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3 {
+        replicas.insert(id, start(id, scratch(), options(id), &net).await);
+    }
+    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
+    replicas[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    write_rounds(&replicas, 0..4).await;
+    assert_converged(&replicas, 4).await;
+
+    let old = leader(&replicas).await;
+    net.isolate(old);
+    // Round 1001 goes to the isolated leader: no quorum, so no acknowledgement.
+    let stale = replicas[&old].raft.clone();
+    let attempt =
+        tokio::spawn(async move { stale.client_write(Proposal(write(1001).encode())).await });
+    // The majority elects one of its own and commits.
+    let majority: BTreeMap<NodeId, Replica> = {
+        let mut rest = BTreeMap::new();
+        for id in (1..=3).filter(|id| *id != old) {
+            rest.insert(id, replicas.remove(&id).expect("replica"));
+        }
+        rest
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new = loop {
+        let views: Vec<Option<NodeId>> = majority
+            .values()
+            .map(|r| r.raft.metrics().borrow().current_leader)
+            .collect();
+        if let Some(Some(l)) = views.first()
+            && *l != old
+            && views.iter().all(|v| *v == Some(*l))
+        {
+            break *l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for round in 4..8 {
+        let answer = majority[&new]
+            .raft
+            .client_write(Proposal(write(round).encode()))
+            .await
+            .expect("the majority commits");
+        assert_eq!(answer.data, Applied(40));
+    }
+    assert!(
+        !attempt.is_finished(),
+        "the isolated leader answered a write it cannot have committed"
+    );
+    net.heal();
+    // Healed, the old leader learns of the new term: its pending write fails, never
+    // acknowledged, and every replica converges on the majority's data (round 1001 is not
+    // in it: `assert_converged` counts 8 rounds exactly).
+    let outcome = tokio::time::timeout(WAIT, attempt)
+        .await
+        .expect("the stale write ends")
+        .expect("task");
+    assert!(
+        outcome.is_err(),
+        "the isolated leader acknowledged {outcome:?}"
+    );
+    replicas.extend(majority);
+    assert_converged(&replicas, 8).await;
+    for r in replicas.values() {
+        r.raft.shutdown().await.expect("shutdown");
+    }
+}
