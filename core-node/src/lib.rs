@@ -251,6 +251,7 @@ pub async fn run(
                     election_timeout: c.election_timeout,
                 },
                 storage.clone(),
+                Arc::clone(&auth),
             )
             .await
             .context("starting the cluster side of the node")?,

@@ -451,3 +451,83 @@ fn an_agent_writes_through_the_cluster_and_fails_over_when_its_node_is_killed() 
     }
     Ok(())
 }
+
+/// GET `url` with a bearer token; the status.
+fn get_with_token(url: &str, token: &str) -> anyhow::Result<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    Ok(agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()?
+        .status()
+        .as_u16())
+}
+
+#[test]
+fn a_token_created_on_one_node_works_on_the_others_within_a_second() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(work.path(), &certs, id)?);
+    }
+    init(&nodes, 3)?;
+    // (The nodes run in development mode: a request without a token is served, one with a
+    // token is authenticated like anywhere else, so an unknown token answers 401.)
+    let (status, body) = http_post(
+        &nodes[&1].core.url("/api/v1/admin/tokens"),
+        "application/json",
+        &[],
+        br#"{"role":"read","description":"cluster test"}"#,
+    )?;
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body)?;
+    let token = created["data"]["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let id = created["data"]["id"].as_str().context("id")?.to_owned();
+    let created_at = Instant::now();
+    let on_3 = nodes[&3].core.url("/api/v1/labels");
+    wait_for(
+        "node 3 accepting the token",
+        Duration::from_secs(10),
+        || matches!(get_with_token(&on_3, &token), Ok(200)).then_some(()),
+    )?;
+    let took = created_at.elapsed();
+    println!("token usable on node 3 {took:?} after node 1 answered");
+    assert!(took < Duration::from_secs(1), "node 3 took {took:?}");
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let revoked = agent
+        .delete(&nodes[&2].core.url(&format!("/api/v1/admin/tokens/{id}")))
+        .call()?
+        .status()
+        .as_u16();
+    assert_eq!(revoked, 200);
+    let revoked_at = Instant::now();
+    wait_for(
+        "node 3 refusing the revoked token",
+        Duration::from_secs(10),
+        || matches!(get_with_token(&on_3, &token), Ok(401)).then_some(()),
+    )?;
+    let took = revoked_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "node 3 refused it only after {took:?}"
+    );
+    assert_eq!(
+        get_with_token(&nodes[&1].core.url("/api/v1/labels"), &token)?,
+        401
+    );
+    Ok(())
+}

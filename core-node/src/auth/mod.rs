@@ -411,6 +411,8 @@ pub struct Authenticator {
     dev_tenant: Option<Tenant>,
     cache_key: ring::hmac::Key,
     verify_slots: Arc<Semaphore>,
+    /// Set once the cluster's metadata group supplies the tokens: the file is not read again.
+    cluster_fed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -454,6 +456,7 @@ impl Authenticator {
             dev_tenant,
             cache_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             verify_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_VERIFICATIONS)),
+            cluster_fed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -473,12 +476,30 @@ impl Authenticator {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot::of(records);
     }
 
+    /// Every token record (with its secret's hash): what `cluster init` imports.
+    pub fn records(&self) -> Vec<TokenRecord> {
+        let mut out: Vec<TokenRecord> = self.current().by_id.values().cloned().collect();
+        out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        out
+    }
+
+    /// From now on the tokens are `records`, as the cluster's metadata group holds them; the
+    /// token file is no longer read.
+    pub fn set_cluster_tokens(&self, records: Vec<TokenRecord>) {
+        self.cluster_fed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.replace(records);
+    }
+
     /// Re-reads the file if another process changed it (blocking: a `stat`, and a read when
     /// it changed). Returns whether it reloaded.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
         let Some(file) = &self.file else {
             return Ok(false);
         };
+        if self.cluster_fed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
         let stamp = file.stamp()?;
         if stamp == *lock(&self.stamp) {
             return Ok(false);

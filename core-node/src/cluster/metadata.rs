@@ -11,6 +11,7 @@
 
 use super::log_store::{GroupId, read_err};
 use super::types::{Applied, Entry, GroupConfig, NodeAddr, NodeId};
+use crate::auth::store::TokenRecord;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -48,6 +49,49 @@ impl GroupSpec {
     }
 }
 
+/// An API token as the metadata group keeps it (the token store's record, in fields postcard
+/// encodes as they are: the file's format skips empty fields, which postcard cannot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    pub id: String,
+    pub tenant: String,
+    pub role: crate::auth::Role,
+    /// Argon2id PHC string of the secret: the secret itself is never stored.
+    pub hash: String,
+    pub created_ms: i64,
+    pub description: String,
+    pub expires_ms: Option<i64>,
+}
+
+impl From<&TokenRecord> for StoredToken {
+    fn from(r: &TokenRecord) -> Self {
+        Self {
+            id: r.id.as_str().to_owned(),
+            tenant: r.tenant.as_str().to_owned(),
+            role: r.role,
+            hash: r.hash.clone(),
+            created_ms: r.created_ms,
+            description: r.description.clone(),
+            expires_ms: r.expires_ms,
+        }
+    }
+}
+
+impl StoredToken {
+    /// The token store's record; `None` for a record this build cannot read.
+    pub fn record(&self) -> Option<TokenRecord> {
+        Some(TokenRecord {
+            id: crate::auth::TokenId::parse(&self.id).ok()?,
+            tenant: protocols::Tenant::new(self.tenant.clone()).ok()?,
+            role: self.role,
+            hash: self.hash.clone(),
+            created_ms: self.created_ms,
+            description: self.description.clone(),
+            expires_ms: self.expires_ms,
+        })
+    }
+}
+
 /// What the metadata group holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
@@ -57,6 +101,9 @@ pub struct ClusterMap {
     pub nodes: BTreeMap<NodeId, NodeAddr>,
     /// Sorted by shard range, covering every shard once.
     pub groups: Vec<GroupSpec>,
+    /// The cluster's API tokens: every node authenticates with these (its own `tokens.json`
+    /// is imported at `init`, from the node init runs on, and not read after).
+    pub tokens: Vec<StoredToken>,
 }
 
 /// Why a cluster cannot be created as asked.
@@ -129,6 +176,7 @@ impl ClusterMap {
             replication_factor,
             nodes,
             groups,
+            tokens: Vec::new(),
         })
     }
 
@@ -153,6 +201,10 @@ impl ClusterMap {
 pub enum MetaCommand {
     /// Create the cluster with this map; refused (applies nothing) once one exists.
     Init(ClusterMap),
+    /// Add a token (or replace the one with its id).
+    PutToken(StoredToken),
+    /// Remove a token.
+    RevokeToken(String),
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -231,6 +283,21 @@ impl RaftStateMachine<GroupConfig> for MetaMachine {
                         changed = self.map.version;
                     }
                     Ok(MetaCommand::Init(_)) => {}
+                    Ok(MetaCommand::PutToken(token)) if self.map.version > 0 => {
+                        self.map.tokens.retain(|t| t.id != token.id);
+                        self.map.tokens.push(token);
+                        self.map.version += 1;
+                        changed = self.map.version;
+                    }
+                    Ok(MetaCommand::RevokeToken(id)) if self.map.version > 0 => {
+                        let before = self.map.tokens.len();
+                        self.map.tokens.retain(|t| t.id != id);
+                        if self.map.tokens.len() < before {
+                            self.map.version += 1;
+                            changed = self.map.version;
+                        }
+                    }
+                    Ok(MetaCommand::PutToken(_) | MetaCommand::RevokeToken(_)) => {}
                     Err(e) => tracing::error!(error = %e, "undecodable metadata entry skipped"),
                 },
                 EntryPayload::Membership(m) => {

@@ -22,6 +22,7 @@
 //!   group's leader.
 //! - [`reads`]: the read path: read barriers, reads served for other nodes, and the query
 //!   engine's data source over every group.
+//! - [`tokens`]: API tokens kept by the metadata group.
 //! - [`node`]: a clustered node at run time (groups, write routing, admin views); [`cli`]:
 //!   `core-node cluster init|status`.
 
@@ -40,6 +41,7 @@ pub mod reads;
 pub mod state_machine;
 #[cfg(test)]
 mod testing;
+pub mod tokens;
 pub mod transport;
 pub mod types;
 pub mod writes;

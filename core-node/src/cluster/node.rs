@@ -82,6 +82,8 @@ pub struct ClusterNode {
     groups: Mutex<HashMap<GroupId, Raft<GroupConfig>>>,
     raft_config: Arc<openraft::Config>,
     advertise: NodeAddr,
+    /// The node's token store: fed from the metadata group once the cluster exists.
+    auth: Arc<crate::auth::Authenticator>,
 }
 
 fn raft_config(
@@ -108,7 +110,11 @@ fn raft_config(
 impl ClusterNode {
     /// Starts the node's cluster side: the cluster port, the metadata group, and (as the map
     /// says) its shard groups.
-    pub async fn start(options: ClusterOptions, storage: Storage) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        options: ClusterOptions,
+        storage: Storage,
+        auth: Arc<crate::auth::Authenticator>,
+    ) -> anyhow::Result<Arc<Self>> {
         let tls = transport::node_tls(&options.ca, &options.cert, &options.key).context(
             "loading the node certificate (create it with `core-node certs --node-id N`)",
         )?;
@@ -145,6 +151,7 @@ impl ClusterNode {
             groups: Mutex::new(HashMap::new()),
             raft_config: raft_config(&options, SnapshotPolicy::LogsSinceLast(50_000))?,
             advertise: options.advertise,
+            auth,
         });
         let handler = super::reads::NodeHandler {
             router: Arc::clone(&node.router),
@@ -182,6 +189,11 @@ impl ClusterNode {
             .map_err(|e| e.to_string())
     }
 
+    /// Resolves on each change of the map this node applies.
+    pub(crate) fn map_receiver(&self) -> watch::Receiver<Arc<ClusterMap>> {
+        self.map.clone()
+    }
+
     /// The cluster map as this node last applied it.
     pub fn map(&self) -> Arc<ClusterMap> {
         Arc::clone(&self.map.borrow())
@@ -192,6 +204,10 @@ impl ClusterNode {
         let mut map = self.map.clone();
         loop {
             let current = Arc::clone(&map.borrow_and_update());
+            if current.version > 0 {
+                let records = current.tokens.iter().filter_map(|t| t.record()).collect();
+                self.auth.set_cluster_tokens(records);
+            }
             if let Err(e) = self.start_groups(&current).await {
                 tracing::error!(error = %e, "starting shard groups failed");
             }
@@ -252,8 +268,10 @@ impl ClusterNode {
                 self.id
             )));
         }
-        let map = ClusterMap::plan(nodes, replication_factor, groups_per_node)
+        let mut map = ClusterMap::plan(nodes, replication_factor, groups_per_node)
             .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        // The tokens of the node init runs on become the cluster's.
+        map.tokens = self.auth.records().iter().map(Into::into).collect();
         if self.map().version > 0 {
             return Err(ClusterError::Refused(
                 "the cluster is already initialised".into(),

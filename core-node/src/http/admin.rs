@@ -9,6 +9,8 @@
 //! | `GET /api/v1/admin/config` | 200, `data`: the node's effective configuration, without secrets or file paths (see [`Settings`]) |
 //!
 //! An admin token manages its own tenant's tokens only: asking for another tenant is 403.
+//! On a clustered node, tokens live in the cluster's metadata group (see `cluster::tokens`):
+//! created or revoked through any node, for every node.
 //! The tenant and configuration views are read-only (limits and retention are set by the
 //! node's flags or file), and name no other tenant: the retention shown is the caller's.
 //! The change goes to the data directory's token store (see [`crate::auth::store`]), where
@@ -184,11 +186,19 @@ pub(crate) async fn create(
     let auth = api.state.auth.clone();
     let (role, description) = (req.role, req.description);
     let t = tenant.clone();
-    let (info, token) =
-        tokio::task::spawn_blocking(move || auth.create(&t, role, &description, expires_ms))
+    let (info, token) = match &api.state.cluster {
+        // In a cluster the metadata group keeps the tokens, for every node.
+        Some(cluster) => cluster
+            .create_token(&t, role, &description, expires_ms)
             .await
-            .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("creating a token: {e:#}")))?;
+            .map_err(|e| ApiError::unavailable(format!("creating a token: {e}")))?,
+        None => {
+            tokio::task::spawn_blocking(move || auth.create(&t, role, &description, expires_ms))
+                .await
+                .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("creating a token: {e:#}")))?
+        }
+    };
     tracing::info!(
         target: "audit",
         event = "token_created",
@@ -214,12 +224,18 @@ pub(crate) async fn revoke(
         TokenId::parse(&id).map_err(|e| ApiError::bad_data(e, super::error::Reason::BadParam))?;
     let auth = api.state.auth.clone();
     let tenant = caller.tenant().clone();
-    let revoked = {
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || auth.revoke(&id, Some(&tenant)))
+    let revoked = match &api.state.cluster {
+        Some(cluster) => cluster
+            .revoke_token(&id, Some(&tenant))
             .await
-            .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("revoking a token: {e:#}")))?
+            .map_err(|e| ApiError::unavailable(format!("revoking a token: {e}")))?,
+        None => {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || auth.revoke(&id, Some(&tenant)))
+                .await
+                .map_err(|e| ApiError::internal(format!("token task failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("revoking a token: {e:#}")))?
+        }
     };
     let Some(info) = revoked else {
         return Err(ApiError::not_found(format!("no token {id} in this tenant")));
