@@ -16,6 +16,7 @@
 pub mod all;
 pub mod billion;
 pub mod chunking;
+pub mod cluster;
 pub mod codec;
 pub mod encryption;
 pub mod figure;
@@ -69,6 +70,10 @@ pub enum Scenario {
     /// Storage with and without encryption at rest, in one process on the same data: ingest
     /// CPU per sample, compaction CPU and query latency, with the encrypted ÷ plain ratio.
     Encryption(encryption::EncryptionArgs),
+    /// The cluster on this machine: CPU per sample of 1 node and of 3 nodes at RF 1 and 3,
+    /// failover (acknowledged samples lost, unavailability), idle CPU with 64 groups per node,
+    /// and query latency through a node of 3.
+    Cluster(cluster::ClusterArgs),
     /// Every scenario in turn (at least 3 rounds where medians are reported); with
     /// `--write-markdown BENCHMARKS.md`, the tables, the machine and the commands.
     All(all::AllArgs),
@@ -92,6 +97,7 @@ pub fn run_scenario(scenario: Scenario, reporter: &mut Reporter) -> anyhow::Resu
         Scenario::Ingest(a) => ingest::run(&a, reporter)?,
         Scenario::Freshness(a) => freshness::run(&a, reporter)?,
         Scenario::Encryption(a) => encryption::run(&a, reporter)?,
+        Scenario::Cluster(a) => cluster::run(&a, reporter)?,
         Scenario::All(a) => all::run(&a, reporter)?,
     }
     Ok(())
