@@ -32,6 +32,90 @@ pub struct DemoArgs {
     /// Seed of the fleet's random streams.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Core nodes: 1 is a single node; 2 to 5 form a cluster (replication factor 3, or the
+    /// node count when smaller) with the agent shipping to all of them (docs/cluster.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nodes: u64,
+}
+
+/// Node `i` (from 1) of a demo cluster: its data directory, HTTP, QUIC and cluster ports
+/// (node 1 keeps the single node's ports; the edge agent's HTTP port 9202 is left alone).
+fn node_config(
+    args: &DemoArgs,
+    certs_dir: &std::path::Path,
+    i: u64,
+) -> core_node::config::CoreConfig {
+    let mut config = core_node::config::CoreConfig::local(&args.data_dir.join("core"), certs_dir);
+    // A local demo on loopback: no tokens needed (the node logs a loud warning). A real
+    // deployment creates tokens instead: see docs/security.md.
+    config.insecure_dev_mode = true;
+    if args.nodes == 1 {
+        return config;
+    }
+    let port = |base: u64, step: u64| u16::try_from(base + step * (i - 1)).unwrap_or_default();
+    config.data_dir = args.data_dir.join(format!("core-{i}"));
+    config.http_listen = SocketAddr::from(([127, 0, 0, 1], port(9201, 10)));
+    config.quic_listen = SocketAddr::from(([127, 0, 0, 1], port(4433, 1)));
+    let listen = SocketAddr::from(([127, 0, 0, 1], port(7401, 1)));
+    config.cluster = Some(core_node::config::ClusterConfig {
+        node_id: i,
+        listen,
+        advertise: listen.to_string(),
+        cert: certs_dir.join(format!("node-{i}.pem")),
+        key: certs_dir.join(format!("node-{i}-key.pem")),
+        heartbeat: Duration::from_millis(core_node::config::DEFAULT_RAFT_HEARTBEAT_MS),
+        election_timeout: Duration::from_millis(
+            core_node::config::DEFAULT_RAFT_ELECTION_TIMEOUT_MS,
+        ),
+    });
+    config
+}
+
+/// `POST path` with a JSON body over HTTP/1.0; the status line and body.
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+/// Creates the demo cluster through node 1 (a restarted demo finds it created already).
+async fn init_cluster(
+    args: &DemoArgs,
+    nodes: &[core_node::config::CoreConfig],
+) -> anyhow::Result<()> {
+    let list: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter_map(|c| {
+            let cluster = c.cluster.as_ref()?;
+            Some(serde_json::json!({
+                "id": cluster.node_id,
+                "cluster": cluster.advertise,
+                "http": c.http_listen.to_string(),
+            }))
+        })
+        .collect();
+    let body = serde_json::json!({
+        "nodes": list,
+        "replication_factor": args.nodes.min(3),
+    });
+    let answer = post_json(
+        nodes[0].http_listen,
+        "/api/v1/admin/cluster/init",
+        &body.to_string(),
+    )
+    .await?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    if status == "200" || answer.contains("already initialised") {
+        return Ok(());
+    }
+    anyhow::bail!("creating the demo cluster: {answer}")
 }
 
 fn stop_signal(
@@ -82,26 +166,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut core_config =
-        core_node::config::CoreConfig::local(&args.data_dir.join("core"), &certs_dir);
-    // A local demo on loopback: no tokens needed (the node logs a loud warning). A real
-    // deployment creates tokens instead: see docs/security.md.
-    core_config.insecure_dev_mode = true;
-    let http = core_config.http_listen;
-    let mut core = tokio::spawn(core_node::run(
-        core_config,
-        metrics.clone(),
-        stop_signal(&stop_rx),
-    ));
-    tokio::select! {
-        ready = wait_healthy("core node", http) => ready?,
-        exited = &mut core => {
-            return match exited {
-                Ok(Err(e)) => Err(e.context("core node failed to start")),
-                _ => Err(anyhow::anyhow!("core node stopped during start-up")),
-            };
+    let configs: Vec<core_node::config::CoreConfig> = (1..=args.nodes)
+        .map(|i| node_config(&args, &certs_dir, i))
+        .collect();
+    let mut cores = Vec::new();
+    for config in &configs {
+        if let Some(cluster) = &config.cluster {
+            core_node::certs::ensure_node(
+                &certs_dir,
+                cluster.node_id,
+                &core_node::certs::CertRequest::default_hosts(),
+                false,
+            )
+            .context("creating the demo's node certificates")?;
         }
+        let http = config.http_listen;
+        let mut core = tokio::spawn(core_node::run(
+            config.clone(),
+            metrics.clone(),
+            stop_signal(&stop_rx),
+        ));
+        tokio::select! {
+            ready = wait_healthy("core node", http) => ready?,
+            exited = &mut core => {
+                let _ = stop_tx.send(true);
+                return match exited {
+                    Ok(Err(e)) => Err(e.context("core node failed to start")),
+                    _ => Err(anyhow::anyhow!("core node stopped during start-up")),
+                };
+            }
+        }
+        cores.push(core);
     }
+    if args.nodes > 1 {
+        init_cluster(&args, &configs).await?;
+    }
+    let http = configs[0].http_listen;
+    let mut core = futures_first(cores);
 
     let agent_config = edge_agent::config::AgentConfig {
         agent_id: protocols::wire::AgentId("demo-agent".into()),
@@ -109,6 +210,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ca: certs_dir.join("ca.pem"),
         cert: certs_dir.join("agent.pem"),
         key: certs_dir.join("agent-key.pem"),
+        core: configs
+            .iter()
+            .map(|c| edge_agent::config::CoreEndpoint {
+                host: c.quic_listen.ip().to_string(),
+                port: c.quic_listen.port(),
+            })
+            .collect(),
         ..Default::default()
     };
     let mqtt = agent_config.mqtt_listen;
@@ -148,6 +256,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
 
     print_banner(&args, mqtt, mqtt5, http, agent_http);
+    if args.nodes > 1 {
+        let others: Vec<String> = configs[1..]
+            .iter()
+            .map(|c| format!("http://{}", c.http_listen))
+            .collect();
+        println!(
+            "A cluster of {} nodes: the others answer at {} (any node takes writes and \
+             queries; the cluster's state: curl http://{http}/api/v1/admin/cluster).\n",
+            args.nodes,
+            others.join(", ")
+        );
+    }
 
     let mut report = tokio::time::interval(Duration::from_secs(10));
     report.tick().await;
@@ -169,6 +289,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("{}", stats.summary());
     println!("data kept in {}", args.data_dir.display());
     Ok(())
+}
+
+/// Resolves when the first of the cores' tasks ends (a core that stops ends the demo).
+fn futures_first(
+    cores: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for core in cores {
+            set.spawn(async move {
+                let _ = core.await;
+            });
+        }
+        let _ = set.join_next().await;
+    })
 }
 
 fn print_banner(
