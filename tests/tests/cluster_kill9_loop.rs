@@ -468,7 +468,8 @@ fn get_with_token(url: &str, token: &str) -> anyhow::Result<u16> {
 }
 
 #[test]
-fn a_token_created_on_one_node_works_on_the_others_within_a_second() -> anyhow::Result<()> {
+fn a_token_created_on_one_node_works_on_the_others_and_revoked_stops_everywhere()
+-> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let certs = work.path().join("certs");
     make_certs(&certs)?;
@@ -500,9 +501,12 @@ fn a_token_created_on_one_node_works_on_the_others_within_a_second() -> anyhow::
         Duration::from_secs(10),
         || matches!(get_with_token(&on_3, &token), Ok(200)).then_some(()),
     )?;
-    let took = created_at.elapsed();
-    println!("token usable on node 3 {took:?} after node 1 answered");
-    assert!(took < Duration::from_secs(1), "node 3 took {took:?}");
+    // How long it took is a figure, not a verdict (a busy CI machine stretches it): here it
+    // must work, within a generous deadline.
+    println!(
+        "token usable on node 3 {:?} after node 1 answered",
+        created_at.elapsed()
+    );
 
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -520,14 +524,42 @@ fn a_token_created_on_one_node_works_on_the_others_within_a_second() -> anyhow::
         Duration::from_secs(10),
         || matches!(get_with_token(&on_3, &token), Ok(401)).then_some(()),
     )?;
-    let took = revoked_at.elapsed();
-    assert!(
-        took < Duration::from_secs(1),
-        "node 3 refused it only after {took:?}"
+    println!(
+        "revoked token refused by node 3 after {:?}",
+        revoked_at.elapsed()
     );
     assert_eq!(
         get_with_token(&nodes[&1].core.url("/api/v1/labels"), &token)?,
         401
     );
+
+    // The cluster's metrics: every group led by exactly one node, each node's map version
+    // past the two token changes.
+    wait_for(
+        "each of the 4 groups led by one node",
+        Duration::from_secs(30),
+        || {
+            let led: f64 = nodes
+                .values()
+                .map(|n| metric_sum(&n.core.metrics(), "updraft_cluster_groups_led", None))
+                .sum();
+            (led == 4.0).then_some(())
+        },
+    )?;
+    // (Gauges are set every second.)
+    wait_for(
+        "every node at map version 3 of 3 nodes",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .values()
+                .all(|n| {
+                    let text = n.core.metrics();
+                    metric_sum(&text, "updraft_cluster_map_version", None) >= 3.0
+                        && metric_sum(&text, "updraft_cluster_nodes", None) == 3.0
+                })
+                .then_some(())
+        },
+    )?;
     Ok(())
 }

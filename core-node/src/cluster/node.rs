@@ -159,6 +159,7 @@ impl ClusterNode {
         };
         tokio::spawn(transport::serve(endpoint, Arc::new(handler)));
         tokio::spawn(Arc::clone(&node).follow_map());
+        tokio::spawn(Self::publish_metrics(Arc::downgrade(&node)));
         tracing::info!(node = node.id, cluster = %options.listen, "cluster node started");
         Ok(node)
     }
@@ -197,6 +198,47 @@ impl ClusterNode {
     /// The cluster map as this node last applied it.
     pub fn map(&self) -> Arc<ClusterMap> {
         Arc::clone(&self.map.borrow())
+    }
+
+    /// Every second: per group this node holds, whether it leads, its applied index and (as
+    /// leader) how many entries its slowest follower lags; the map's version and size.
+    async fn publish_metrics(node: std::sync::Weak<Self>) {
+        metrics::counter!("updraft_cluster_proposals_failed_total").absolute(0);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else {
+                return;
+            };
+            let map = node.map();
+            metrics::gauge!("updraft_cluster_map_version").set(map.version as f64);
+            metrics::gauge!("updraft_cluster_nodes").set(map.nodes.len() as f64);
+            let mut leading = 0u64;
+            for g in &map.groups {
+                let Some(raft) = node.router.raft(g.group()) else {
+                    continue;
+                };
+                let m = raft.metrics().borrow().clone();
+                let group = g.id.to_string();
+                let leads = m.current_leader == Some(node.id);
+                leading += u64::from(leads);
+                metrics::gauge!("updraft_cluster_group_leader", "group" => group.clone())
+                    .set(if leads { 1.0 } else { 0.0 });
+                metrics::gauge!("updraft_cluster_group_applied_index", "group" => group.clone())
+                    .set(m.last_applied.map_or(0, |l| l.index) as f64);
+                if let Some(replication) = &m.replication {
+                    let last = m.last_log_index.unwrap_or(0);
+                    let lag = replication
+                        .values()
+                        .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                        .max()
+                        .unwrap_or(0);
+                    metrics::gauge!("updraft_cluster_group_lag_entries", "group" => group)
+                        .set(lag as f64);
+                }
+            }
+            metrics::gauge!("updraft_cluster_groups_led").set(leading as f64);
+        }
     }
 
     /// Starts the shard groups of every new map.
