@@ -130,7 +130,15 @@ pub(crate) async fn member(
     config: openraft::Config,
     dir: &std::path::Path,
 ) -> Member {
-    let logs = RaftLogs::open(dir).expect("raft logs");
+    // A store just closed (a simulated crash) may hold its lock a moment longer.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let logs = loop {
+        match RaftLogs::open(dir) {
+            Ok(logs) => break logs,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("raft logs: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
     let machine = MemoryMachine::default();
     let data = Arc::clone(&machine.data);
     let raft = Raft::new(
