@@ -197,6 +197,18 @@ impl Core {
         Self::start_at(work, certs, http, quic, true, extra)
     }
 
+    /// As [`Core::start_with_args`], but secure (every request but `/health` needs a token).
+    pub fn start_secure_with_args(
+        work: &Path,
+        certs: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let extra = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_at(work, certs, http, quic, false, extra)
+    }
+
     /// The core process's peak resident set size in bytes (`VmHWM` in /proc/<pid>/status).
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
         let pid = self.process.pid();

@@ -563,3 +563,162 @@ fn a_token_created_on_one_node_works_on_the_others_and_revoked_stops_everywhere(
     )?;
     Ok(())
 }
+
+/// `core-node tokens create` on a data directory; the token.
+fn create_token(data_dir: &Path, tenant: &str, role: &str) -> anyhow::Result<String> {
+    let out = Command::new(binary("core-node"))
+        .args([
+            "tokens",
+            "create",
+            "--tenant",
+            tenant,
+            "--role",
+            role,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("tokens create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// GET with a bearer token; status and body.
+fn get_body_with_token(url: &str, token: &str) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}
+
+#[test]
+fn a_secure_cluster_keeps_tenants_apart_across_nodes() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    // Node 1's token file, made before it starts, becomes the cluster's at init.
+    let data_1 = work.path().join("node-1").join("core-data");
+    let admin = create_token(&data_1, "acme", "admin")?;
+    let acme_write = create_token(&data_1, "acme", "write")?;
+    let acme_read = create_token(&data_1, "acme", "read")?;
+    let globex_read = create_token(&data_1, "globex", "read")?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3u64 {
+        let cluster = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let dir = work.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let core = Core::start_secure_with_args(
+            &dir,
+            &certs,
+            &[
+                "--node-id",
+                &id.to_string(),
+                "--cluster-listen",
+                &cluster.to_string(),
+                "--min-free-disk-mib",
+                "0",
+            ],
+        )?;
+        nodes.insert(id, Node { core, cluster });
+    }
+    // Without a token, init is refused; with the admin token it creates the cluster.
+    let refused = Command::new(binary("core-node"))
+        .args(["cluster", "--url", &nodes[&1].core.url(""), "init"])
+        .args(nodes.iter().flat_map(|(id, n)| {
+            [
+                "--node".to_owned(),
+                format!("{id}={},{}", n.cluster, n.core.http),
+            ]
+        }))
+        .output()?;
+    assert!(
+        !refused.status.success(),
+        "init without a token was accepted"
+    );
+    let init = Command::new(binary("core-node"))
+        .args([
+            "cluster",
+            "--url",
+            &nodes[&1].core.url(""),
+            "--token",
+            &admin,
+            "init",
+        ])
+        .args(nodes.iter().flat_map(|(id, n)| {
+            [
+                "--node".to_owned(),
+                format!("{id}={},{}", n.cluster, n.core.http),
+            ]
+        }))
+        .output()?;
+    if !init.status.success() {
+        bail!("cluster init: {}", String::from_utf8_lossy(&init.stderr));
+    }
+
+    // acme writes through node 2; node 3 knows every token of the cluster and keeps tenants
+    // apart: acme's read token sees the sample, globex's does not, the write token may not
+    // read, and no token is no answer.
+    let write = nodes[&2].core.url("/write");
+    wait_for(
+        "acme's write through node 2",
+        Duration::from_secs(30),
+        || {
+            http_post(
+                &write,
+                "text/plain",
+                &[("Authorization", &format!("Bearer {acme_write}"))],
+                b"plant,site=a temp=21.5",
+            )
+            .ok()
+            .filter(|(s, _)| *s == 204)
+        },
+    )?;
+    let query = nodes[&3]
+        .core
+        .url(&format!("/api/v1/query?query={}", encode("plant_temp")));
+    assert_eq!(http_get(&query)?.0, 401);
+    let (status, body) = wait_for(
+        "node 3 accepting acme's read token",
+        Duration::from_secs(30),
+        || {
+            get_body_with_token(&query, &acme_read)
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )?;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("21.5"),
+        "acme reads its sample on node 3: {body}"
+    );
+    let (status, body) = get_body_with_token(&query, &globex_read)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("21.5"), "globex sees acme's sample: {body}");
+    assert_eq!(get_body_with_token(&query, &acme_write)?.0, 403);
+    // The admin API of node 3 lists acme's tokens only, to acme's admin.
+    let (status, body) = get_body_with_token(&nodes[&3].core.url("/api/v1/admin/tokens"), &admin)?;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body)?;
+    let tenants: BTreeSet<String> = listed["data"]
+        .as_array()
+        .context("tokens")?
+        .iter()
+        .filter_map(|t| t["tenant"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(tenants, BTreeSet::from(["acme".to_owned()]));
+    assert_eq!(
+        get_body_with_token(&nodes[&3].core.url("/api/v1/admin/cluster"), &acme_read)?.0,
+        403,
+        "a read token may not see the cluster's admin view"
+    );
+    Ok(())
+}

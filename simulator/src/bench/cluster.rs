@@ -182,7 +182,37 @@ fn cluster(
     if answer.status != 200 {
         bail!("cluster init answered {}: {}", answer.status, answer.text());
     }
+    wait_ready(&nodes)?;
     Ok(nodes)
+}
+
+/// Waits until every node has the cluster map and knows a leader for each group it holds.
+fn wait_ready(nodes: &[Node]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for node in nodes {
+        loop {
+            let ready = http::get(node.server.addr, "/api/v1/admin/cluster")
+                .ok()
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+                .is_some_and(|v| {
+                    let data = &v["data"];
+                    data["map_version"].as_u64().unwrap_or(0) > 0
+                        && data["groups"].as_array().is_some_and(|groups| {
+                            groups
+                                .iter()
+                                .all(|g| g["local"].is_null() || !g["local"]["leader"].is_null())
+                        })
+                });
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node at {} not ready within a minute", node.server.addr);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 fn cpu(nodes: &[Node]) -> anyhow::Result<Duration> {
