@@ -9,6 +9,7 @@
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
 //! - [`cluster`]: shard groups on openraft (not in service yet: the log store so far).
+//! - [`cache`]: the range-result cache of `query_range` (the last-value cache is storage's).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
 //!   API (optional), both reloaded without a restart.
@@ -21,6 +22,7 @@
 //! - `fuzzing` (hidden): entry points for the cargo-fuzz crate in `core-node/fuzz`.
 
 pub mod auth;
+pub mod cache;
 pub mod certs;
 pub mod cluster;
 pub mod config;
@@ -238,6 +240,7 @@ pub async fn run(
         metrics,
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
+        range_cache: Some(storage.range_cache()),
         ingest_rate_limit: config.ingest_rate_limit,
         settings: Arc::new(http::Settings {
             limits: config.limits.clone(),

@@ -45,6 +45,7 @@ fn app_over(storage: &Storage, recorder: &PrometheusRecorder, ingest: bool) -> R
         ingest_rate_limit: None,
         settings: Default::default(),
         ingest: ingest.then(|| storage.clone()),
+        range_cache: Some(storage.range_cache()),
     })
 }
 

@@ -120,6 +120,7 @@ fn app_with(src: MemorySource, recorder: &PrometheusRecorder) -> Router {
         ingest_rate_limit: None,
         settings: Default::default(),
         ingest: None,
+        range_cache: None,
     })
 }
 
