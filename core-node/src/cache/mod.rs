@@ -41,8 +41,10 @@
 
 mod range;
 mod store;
+#[cfg(test)]
+mod tests;
 
-pub use range::RangeCache;
+pub use range::{RangeCache, RangeStats};
 pub use store::Written;
 
 use std::time::Duration;

@@ -6,7 +6,7 @@ use crate::storage::Clock;
 use protocols::{Sample, Tenant};
 use query::{DataSource, Engine, LabelSet, QueryError, Series, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Metric names one invalidation lists; past that it invalidates every metric.
@@ -21,6 +21,17 @@ pub struct RangeCache {
     /// arriving in order, at "now", are past every final extent).
     guard_ms: AtomicI64,
     clock: Clock,
+    /// Extents taken from the cache and computed to be stored, since start.
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the range cache did since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: u64,
 }
 
 /// One extent of a request: cached, or computed over `from_k..=to_k` on the step grid
@@ -43,6 +54,8 @@ impl RangeCache {
             settle_ms: i64::try_from(options.settle.as_millis()).unwrap_or(i64::MAX),
             guard_ms: AtomicI64::new(i64::MIN),
             clock,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -51,9 +64,12 @@ impl RangeCache {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bytes held now.
-    pub fn bytes(&self) -> u64 {
-        self.store().bytes()
+    pub fn stats(&self) -> RangeStats {
+        RangeStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.store().bytes(),
+        }
     }
 
     /// The storage writer applied `writes` of `tenant` (and they are visible to reads):
@@ -222,6 +238,8 @@ impl RangeCache {
                 }
             }
         }
+        self.hits.fetch_add(hits, Ordering::Relaxed);
+        self.misses.fetch_add(misses, Ordering::Relaxed);
         metrics::counter!(EXTENTS, "outcome" => "hit").increment(hits);
         metrics::counter!(EXTENTS, "outcome" => "miss").increment(misses);
         metrics::counter!(EXTENTS, "outcome" => "uncacheable").increment(fresh);

@@ -57,6 +57,8 @@ pub struct LastValues {
     max_per_shard: usize,
     next_token: AtomicU64,
     entries: AtomicUsize,
+    /// Lookups answered, since start.
+    hits: AtomicU64,
 }
 
 fn lock(shard: &Mutex<HashMap<SeriesId, Slot>>) -> MutexGuard<'_, HashMap<SeriesId, Slot>> {
@@ -73,6 +75,7 @@ impl LastValues {
             max_per_shard: entries / SHARDS,
             next_token: AtomicU64::new(1),
             entries: AtomicUsize::new(0),
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -87,6 +90,11 @@ impl LastValues {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Lookups answered from the cache since start.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     fn shard(&self, id: SeriesId) -> &Mutex<HashMap<SeriesId, Slot>> {
@@ -108,7 +116,10 @@ impl LastValues {
             _ => Lookup::Miss,
         };
         let outcome = match answer {
-            Lookup::Hit(_) => "hit",
+            Lookup::Hit(_) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                "hit"
+            }
             Lookup::Miss => "miss",
         };
         metrics::counter!(LOOKUPS, "outcome" => outcome).increment(1);

@@ -574,6 +574,11 @@ impl Storage {
         Arc::clone(&self.ks.range_cache)
     }
 
+    /// Entries of the last-value cache and the lookups it answered since start.
+    pub fn last_value_stats(&self) -> (usize, u64) {
+        (self.ks.last_values.len(), self.ks.last_values.hits())
+    }
+
     /// Whether storage takes writes, and why not ([`health`]).
     pub fn health(&self) -> StorageHealth {
         self.ks.health.get()
