@@ -378,13 +378,13 @@ fn fills_racing_writes_never_keep_a_stale_answer() {
                 while !stop.load(Ordering::SeqCst) {
                     let tenant = rng.pick(&tenants);
                     let at = now.load(Ordering::SeqCst);
-                    let _ = engine.instant(&storage, tenant, *rng.pick(INSTANT), at);
+                    let _ = engine.instant(&storage, tenant, rng.pick::<&str>(INSTANT), at);
                     let end = at - at % 15_000;
                     let _ = cache.range(
                         &engine,
                         &storage,
                         tenant,
-                        *rng.pick(&RANGE[..3]),
+                        rng.pick::<&str>(&RANGE[..3]),
                         end - 3_600_000,
                         end,
                         15_000,
