@@ -159,6 +159,8 @@ pub async fn run(
     let retention = config.retention.clone();
     let master_key_file = config.master_key_file.clone();
     let min_free_disk_bytes = config.min_free_disk_bytes;
+    let last_value_cache_bytes = config.last_value_cache_bytes;
+    let range_cache = config.range_cache.clone();
     let (storage, encrypted) = tokio::task::spawn_blocking(move || {
         let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
         let encrypted = encryption.is_some();
@@ -170,6 +172,8 @@ pub async fn run(
                 retention,
                 encryption,
                 min_free_disk_bytes,
+                last_value_cache_bytes,
+                range_cache,
                 ..Default::default()
             },
         )
@@ -353,6 +357,9 @@ fn node_settings(
         "max_concurrent_writes": http::ingest::MAX_CONCURRENT_WRITES,
         "max_write_body_bytes": http::ingest::MAX_WRITE_BODY_BYTES,
         "min_free_disk_bytes": config.min_free_disk_bytes,
+        "last_value_cache_bytes": config.last_value_cache_bytes,
+        "range_cache_bytes": config.range_cache.max_bytes,
+        "range_cache_settle_secs": config.range_cache.settle.as_secs(),
         "storage_failure_exit_secs": config.storage_failure_exit_after.as_secs(),
         "quic_max_connections": config.quic_limits.max_connections,
         "quic_max_streams_per_connection": config.quic_limits.max_streams_per_connection,

@@ -178,6 +178,8 @@ impl LastValues {
                 None => Slot::NoneSince(from_ms),
             };
             shard.insert(id, slot);
+            drop(shard);
+            self.publish();
         }
     }
 
