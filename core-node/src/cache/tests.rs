@@ -410,3 +410,56 @@ fn fills_racing_writes_never_keep_a_stale_answer() {
     }
     w.lock().expect("world").check_all();
 }
+
+/// The dashboards in deploy/grafana parse, and the caches' one names only metrics the node
+/// exports (every name it reads is registered at start).
+#[test]
+fn the_dashboards_query_what_exists() {
+    let names = [
+        super::EXTENTS,
+        super::QUERIES,
+        super::BYTES,
+        super::ENTRIES,
+        super::EVICTIONS,
+        super::INVALIDATIONS,
+        "updraft_core_range_cache_budget_bytes",
+        crate::storage::last_value::LOOKUPS,
+        crate::storage::last_value::ENTRIES,
+        crate::storage::last_value::BYTES,
+        crate::storage::last_value::EVICTIONS,
+        "updraft_core_last_value_budget_bytes",
+    ];
+    for (file, text) in [
+        (
+            "caches.json",
+            include_str!("../../../deploy/grafana/dashboards/caches.json"),
+        ),
+        (
+            "fleet.json",
+            include_str!("../../../deploy/grafana/dashboards/fleet.json"),
+        ),
+    ] {
+        let dashboard: serde_json::Value = serde_json::from_str(text).expect(file);
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().expect("targets"))
+            .map(|t| t["expr"].as_str().expect("expr"))
+            .collect();
+        assert!(!exprs.is_empty(), "{file}");
+        for expr in exprs {
+            let expr = expr.replace("$site", ".*");
+            query::reach(&expr, &query::EngineOptions::default())
+                .unwrap_or_else(|e| panic!("{file}: {expr}: {e}"));
+            if file == "caches.json" {
+                let named = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("updraft_core_"));
+                for name in named {
+                    assert!(names.contains(&name), "{file}: {name} is not exported");
+                }
+            }
+        }
+    }
+}
