@@ -106,7 +106,7 @@ pub struct RunArgs {
     #[arg(long, env = "UPDRAFT_CORE_STORAGE_FAILURE_EXIT_SECS")]
     pub storage_failure_exit_secs: Option<u64>,
     /// Memory of the last-value cache, each series' latest sample for instant queries at
-    /// "now" (64 bytes a series); 0 turns it off [default: 128].
+    /// "now" (80 bytes a series); 0 turns it off [default: 128].
     #[arg(long, env = "UPDRAFT_CORE_LAST_VALUE_CACHE_MIB")]
     pub last_value_cache_mib: Option<u64>,
     /// Memory of the range-result cache, query_range answers in step-aligned extents; 0
