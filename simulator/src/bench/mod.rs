@@ -17,6 +17,7 @@ pub mod all;
 pub mod billion;
 pub mod chunking;
 pub mod codec;
+pub mod dashboard;
 pub mod encryption;
 pub mod figure;
 pub mod freshness;
@@ -69,6 +70,10 @@ pub enum Scenario {
     /// Storage with and without encryption at rest, in one process on the same data: ingest
     /// CPU per sample, compaction CPU and query latency, with the encrypted ÷ plain ratio.
     Encryption(encryption::EncryptionArgs),
+    /// The fleet dashboard refreshed every 10 s while a sensor-mix fleet ingests: refresh
+    /// p50/p99 and the current value of every series, Updraft with and without its caches
+    /// against Prometheus 2.42 and VictoriaMetrics.
+    Dashboard(dashboard::DashboardArgs),
     /// Every scenario in turn (at least 3 rounds where medians are reported); with
     /// `--write-markdown BENCHMARKS.md`, the tables, the machine and the commands.
     All(all::AllArgs),
@@ -92,6 +97,7 @@ pub fn run_scenario(scenario: Scenario, reporter: &mut Reporter) -> anyhow::Resu
         Scenario::Ingest(a) => ingest::run(&a, reporter)?,
         Scenario::Freshness(a) => freshness::run(&a, reporter)?,
         Scenario::Encryption(a) => encryption::run(&a, reporter)?,
+        Scenario::Dashboard(a) => dashboard::run(&a, reporter)?,
         Scenario::All(a) => all::run(&a, reporter)?,
     }
     Ok(())
