@@ -114,7 +114,7 @@ pub struct RunArgs {
     #[arg(long, env = "UPDRAFT_CORE_RANGE_CACHE_MIB")]
     pub range_cache_mib: Option<u64>,
     /// A range-result extent is cached only once everything it reads is this many seconds
-    /// old; later ones are recomputed on every request [default: 300].
+    /// old; later ones are recomputed on every request [default: 60].
     #[arg(long, env = "UPDRAFT_CORE_RANGE_CACHE_SETTLE_SECS")]
     pub range_cache_settle_secs: Option<u64>,
     /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per

@@ -16,9 +16,13 @@
 //!
 //! A step at `t` reads samples in `[t - back, t + forward]` ([`query::Reach`]) of the metrics
 //! the query names. An extent is *final*, and only then cached, when the end of what it
-//! reads lies more than the settle time ([`RangeCacheOptions::settle`], default 5 minutes)
+//! reads lies more than the settle time ([`RangeCacheOptions::settle`], default 1 minute)
 //! before "now": samples that arrive in order, at "now", never land in a final extent, so
 //! the tail of a dashboard is recomputed on every refresh and the rest comes from the cache.
+//! (Caches that cannot invalidate must wait until no more samples can arrive: Thanos' and
+//! Cortex's query frontends 1 minute, VictoriaMetrics 5. Here the settle time only keeps
+//! writes that arrive in order from invalidating anything; later ones invalidate exactly
+//! what they touch, so a short one is safe.)
 //! Samples that land earlier (late data from an agent that was offline, a backfill) and
 //! retention drops invalidate every cached extent of that tenant whose read span overlaps
 //! their time span and whose query names their metric (or names none); the storage writer
@@ -52,12 +56,12 @@ use std::time::Duration;
 /// Steps per extent at least; more when the step is short, so an extent spans at least
 /// [`EXTENT_MIN_SPAN_MS`].
 pub const EXTENT_MIN_STEPS: i64 = 10;
-pub const EXTENT_MIN_SPAN_MS: i64 = 10 * 60 * 1000;
+pub const EXTENT_MIN_SPAN_MS: i64 = 5 * 60 * 1000;
 
 /// The default of `--range-cache-bytes`.
 pub const DEFAULT_RANGE_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// The default of `--range-cache-settle`.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct RangeCacheOptions {
