@@ -157,7 +157,7 @@ impl Evaluator<'_> {
             RangeArg::Selector(ms) => {
                 let matchers = selector::matchers(&ms.vs)?;
                 let from = first.saturating_sub(range_ms).saturating_add(1);
-                let series = self.source.select_series(self.tenant, &matchers)?;
+                let series = self.select(&matchers)?;
                 let (source, tenant, steps) = (self.source, self.tenant, times.len());
                 let init = || Output {
                     items: Vec::new(),
