@@ -4,8 +4,7 @@ use super::store::{Extent, QueryKey, Shape, Store, Written, read_span};
 use super::{EXTENT_MIN_SPAN_MS, EXTENT_MIN_STEPS, EXTENTS, QUERIES, RangeCacheOptions, name_hash};
 use crate::storage::Clock;
 use protocols::{Sample, Tenant};
-use query::{DataSource, Engine, LabelSet, QueryError, Series, Value};
-use std::collections::HashMap;
+use query::{DataSource, Engine, QueryError, Series, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -313,30 +312,31 @@ fn slice(matrix: &[Series], lo: i64, hi: i64) -> Vec<Series> {
 }
 
 /// The extents' series joined by label set, cut to `start_ms..=end_ms`, sorted by labels as
-/// the engine sorts them.
+/// the engine sorts them. Every extent's series are sorted by labels already (an engine
+/// answer, or a slice of one), so this is a merge: no hashing of label sets.
 fn assemble(extents: &[Extent], start_ms: i64, end_ms: i64) -> Vec<Series> {
-    let mut joined: HashMap<&LabelSet, Vec<Sample>> = HashMap::new();
-    for extent in extents {
-        for s in extent.iter() {
-            let a = s.points.partition_point(|p| p.timestamp_ms < start_ms);
-            let b = s.points.partition_point(|p| p.timestamp_ms <= end_ms);
-            if let Some(points) = s.points.get(a..b).filter(|p| !p.is_empty()) {
-                joined
-                    .entry(&s.metric)
-                    .or_default()
-                    .extend_from_slice(points);
+    let cut = |points: &[Sample]| -> std::ops::Range<usize> {
+        let a = points.partition_point(|p| p.timestamp_ms < start_ms);
+        a..points.partition_point(|p| p.timestamp_ms <= end_ms).max(a)
+    };
+    let mut cursors = vec![0usize; extents.len()];
+    let mut out = Vec::new();
+    loop {
+        let heads = extents.iter().zip(&cursors).filter_map(|(e, &c)| e.get(c));
+        let Some(metric) = heads.map(|s| &s.metric).min().cloned() else {
+            return out;
+        };
+        let mut points: Vec<Sample> = Vec::new();
+        for (extent, cursor) in extents.iter().zip(cursors.iter_mut()) {
+            if let Some(s) = extent.get(*cursor).filter(|s| s.metric == metric) {
+                points.extend_from_slice(s.points.get(cut(&s.points)).unwrap_or_default());
+                *cursor += 1;
             }
         }
+        if !points.is_empty() {
+            out.push(Series { metric, points });
+        }
     }
-    let mut out: Vec<Series> = joined
-        .into_iter()
-        .map(|(metric, points)| Series {
-            metric: metric.clone(),
-            points,
-        })
-        .collect();
-    out.sort_unstable_by(|a, b| a.metric.cmp(&b.metric));
-    out
 }
 
 /// The step grid of a request: steps at `phase + k * step`, the request's `k0..=k1`, in
