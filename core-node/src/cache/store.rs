@@ -292,6 +292,27 @@ pub(super) fn extent_bytes(extent: &[Series]) -> u64 {
 }
 
 #[cfg(test)]
+impl Store {
+    /// Checks the books: the byte and entry counts are the held extents', every extent has
+    /// one LRU slot and every slot one extent.
+    fn check(&self) {
+        let held: Vec<&Held> = self
+            .queries
+            .values()
+            .flat_map(|q| q.extents.values())
+            .collect();
+        assert_eq!(self.entries, held.len());
+        assert_eq!(self.bytes, held.iter().map(|h| h.bytes).sum::<u64>());
+        assert_eq!(self.lru.len(), held.len());
+        for (tick, (key, index)) in &self.lru {
+            let h = &self.queries[key].extents[index];
+            assert_eq!(h.tick, *tick);
+        }
+        assert!(self.queries.values().all(|q| !q.extents.is_empty()));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use protocols::Sample;
@@ -387,6 +408,56 @@ mod tests {
         for i in 0..1000 {
             s.put(&key("b", &i.to_string()), &sh, 0, 0, 900, extent(100), 0);
             assert!(s.bytes() <= one * 10);
+        }
+    }
+
+    /// A hostile mix: many tenants and queries, extents from tiny to the largest admitted,
+    /// reads, invalidations and rewrites of the same extents, interleaved at random. The
+    /// budget holds after every step, and the books stay balanced.
+    #[test]
+    fn a_hostile_mix_stays_within_the_budget() {
+        let budget = 1 << 20;
+        let mut s = Store::new(budget);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..20_000 {
+            let tenant = format!("t{}", next(5));
+            let k = key(&tenant, &format!("q{}", next(200)));
+            let sh = shape(if next(3) == 0 {
+                None
+            } else {
+                Some(vec![next(4)])
+            });
+            let index = next(50) as i64;
+            match next(10) {
+                0..=5 => {
+                    let points = [1, 10, 100, 1000, 8000][next(5) as usize];
+                    s.put(
+                        &k,
+                        &sh,
+                        index,
+                        index * 1000,
+                        index * 1000 + 900,
+                        extent(points),
+                        s.seq(),
+                    );
+                }
+                6..=7 => {
+                    let _ = s.get(&k, index);
+                }
+                _ => {
+                    let t = Tenant::new(tenant).expect("valid");
+                    let at = next(50_000) as i64;
+                    s.invalidate(&t, Some(vec![next(4)]), at, at + next(5000) as i64);
+                }
+            }
+            assert!(s.bytes() <= budget);
+            s.check();
         }
     }
 }
