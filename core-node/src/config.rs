@@ -105,6 +105,18 @@ pub struct RunArgs {
     /// [default: 10].
     #[arg(long, env = "UPDRAFT_CORE_STORAGE_FAILURE_EXIT_SECS")]
     pub storage_failure_exit_secs: Option<u64>,
+    /// Memory of the last-value cache, each series' latest sample for instant queries at
+    /// "now" (80 bytes a series); 0 turns it off [default: 128].
+    #[arg(long, env = "UPDRAFT_CORE_LAST_VALUE_CACHE_MIB")]
+    pub last_value_cache_mib: Option<u64>,
+    /// Memory of the range-result cache, query_range answers in step-aligned extents; 0
+    /// turns it off [default: 256].
+    #[arg(long, env = "UPDRAFT_CORE_RANGE_CACHE_MIB")]
+    pub range_cache_mib: Option<u64>,
+    /// A range-result extent is cached only once everything it reads is this many seconds
+    /// old; later ones are recomputed on every request [default: 60].
+    #[arg(long, env = "UPDRAFT_CORE_RANGE_CACHE_SETTLE_SECS")]
+    pub range_cache_settle_secs: Option<u64>,
     /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per
     /// line, for log shippers); RUST_LOG sets the filter [default: text].
     #[arg(long, value_enum, env = "UPDRAFT_CORE_LOG_FORMAT")]
@@ -184,6 +196,9 @@ struct FileConfig {
     master_key_file: Option<PathBuf>,
     min_free_disk_mib: Option<u64>,
     storage_failure_exit_secs: Option<u64>,
+    last_value_cache_mib: Option<u64>,
+    range_cache_mib: Option<u64>,
+    range_cache_settle_secs: Option<u64>,
     log_format: Option<LogFormat>,
     quic_max_connections: Option<usize>,
     quic_max_streams_per_connection: Option<u32>,
@@ -220,6 +235,11 @@ pub struct ClusterConfig {
 
 /// The default of `--min-free-disk-mib`.
 pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = crate::storage::DEFAULT_MIN_FREE_DISK_BYTES >> 20;
+/// The default of `--last-value-cache-mib`.
+pub const DEFAULT_LAST_VALUE_CACHE_MIB: u64 =
+    crate::storage::last_value::DEFAULT_BUDGET_BYTES >> 20;
+/// The default of `--range-cache-mib`.
+pub const DEFAULT_RANGE_CACHE_MIB: u64 = crate::cache::DEFAULT_RANGE_CACHE_BYTES >> 20;
 /// The default of `--storage-failure-exit-secs`.
 pub const DEFAULT_STORAGE_FAILURE_EXIT_SECS: u64 = 10;
 
@@ -249,6 +269,10 @@ pub struct CoreConfig {
     pub min_free_disk_bytes: u64,
     /// How long a node whose storage failed goes on answering `/health` before it exits.
     pub storage_failure_exit_after: std::time::Duration,
+    /// Memory of the last-value cache; 0: off.
+    pub last_value_cache_bytes: u64,
+    /// The range-result cache's memory and settle time.
+    pub range_cache: crate::cache::RangeCacheOptions,
     /// How `main` sets up logging (the node itself only emits events).
     pub log_format: LogFormat,
     /// Connection, stream and in-flight byte limits of QUIC ingest.
@@ -277,6 +301,8 @@ impl CoreConfig {
             storage_failure_exit_after: std::time::Duration::from_secs(
                 DEFAULT_STORAGE_FAILURE_EXIT_SECS,
             ),
+            last_value_cache_bytes: DEFAULT_LAST_VALUE_CACHE_MIB << 20,
+            range_cache: crate::cache::RangeCacheOptions::default(),
             log_format: LogFormat::default(),
             quic_limits: QuicLimits::default(),
             cluster: None,
@@ -422,9 +448,26 @@ impl CoreConfig {
                 })
             }
         };
+        let range_cache = crate::cache::RangeCacheOptions {
+            max_bytes: args
+                .range_cache_mib
+                .or(file.range_cache_mib)
+                .unwrap_or(DEFAULT_RANGE_CACHE_MIB)
+                .saturating_mul(1 << 20),
+            settle: args
+                .range_cache_settle_secs
+                .or(file.range_cache_settle_secs)
+                .map_or(crate::cache::DEFAULT_SETTLE, std::time::Duration::from_secs),
+        };
         Ok(Self {
             cluster,
             quic_limits,
+            last_value_cache_bytes: args
+                .last_value_cache_mib
+                .or(file.last_value_cache_mib)
+                .unwrap_or(DEFAULT_LAST_VALUE_CACHE_MIB)
+                .saturating_mul(1 << 20),
+            range_cache,
             min_free_disk_bytes: min_free_disk_mib.saturating_mul(1 << 20),
             storage_failure_exit_after: std::time::Duration::from_secs(
                 args.storage_failure_exit_secs
@@ -528,6 +571,31 @@ mod tests {
         })
         .expect_err("a budget below one frame");
         assert!(format!("{err:#}").contains("quic_inflight_bytes"));
+    }
+
+    #[test]
+    fn example_config_shows_the_cache_defaults_and_flags_override_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core-node.toml");
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        let defaults = CoreConfig::local(Path::new("d"), Path::new("c"));
+        assert_eq!(cfg.last_value_cache_bytes, defaults.last_value_cache_bytes);
+        assert_eq!(cfg.range_cache.max_bytes, defaults.range_cache.max_bytes);
+        assert_eq!(cfg.range_cache.settle, defaults.range_cache.settle);
+        let cfg = CoreConfig::from_args(RunArgs {
+            config: Some(path),
+            last_value_cache_mib: Some(0),
+            range_cache_mib: Some(1),
+            range_cache_settle_secs: Some(30),
+            ..RunArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.last_value_cache_bytes, 0);
+        assert_eq!(cfg.range_cache.max_bytes, 1 << 20);
+        assert_eq!(cfg.range_cache.settle, std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
 //! - [`cluster`]: shard groups on openraft (not in service yet: the log store so far).
+//! - [`cache`]: the range-result cache of `query_range` (the last-value cache is storage's).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
 //!   API (optional), both reloaded without a restart.
@@ -21,6 +22,7 @@
 //! - `fuzzing` (hidden): entry points for the cargo-fuzz crate in `core-node/fuzz`.
 
 pub mod auth;
+pub mod cache;
 pub mod certs;
 pub mod cluster;
 pub mod config;
@@ -157,6 +159,8 @@ pub async fn run(
     let retention = config.retention.clone();
     let master_key_file = config.master_key_file.clone();
     let min_free_disk_bytes = config.min_free_disk_bytes;
+    let last_value_cache_bytes = config.last_value_cache_bytes;
+    let range_cache = config.range_cache.clone();
     let (storage, encrypted) = tokio::task::spawn_blocking(move || {
         let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
         let encrypted = encryption.is_some();
@@ -168,6 +172,8 @@ pub async fn run(
                 retention,
                 encryption,
                 min_free_disk_bytes,
+                last_value_cache_bytes,
+                range_cache,
                 ..Default::default()
             },
         )
@@ -270,6 +276,9 @@ pub async fn run(
         auth: Arc::clone(&auth),
         ingest: Some(storage.clone()),
         cluster: cluster.clone(),
+        // A node's range cache is invalidated by what its own storage applies: in a cluster,
+        // writes to groups held elsewhere would not reach it (docs/cluster.md).
+        range_cache: cluster.is_none().then(|| storage.range_cache()),
         ingest_rate_limit: config.ingest_rate_limit,
         settings: Arc::new(http::Settings {
             limits: config.limits.clone(),
@@ -385,6 +394,9 @@ fn node_settings(
         "max_concurrent_writes": http::ingest::MAX_CONCURRENT_WRITES,
         "max_write_body_bytes": http::ingest::MAX_WRITE_BODY_BYTES,
         "min_free_disk_bytes": config.min_free_disk_bytes,
+        "last_value_cache_bytes": config.last_value_cache_bytes,
+        "range_cache_bytes": config.range_cache.max_bytes,
+        "range_cache_settle_secs": config.range_cache.settle.as_secs(),
         "storage_failure_exit_secs": config.storage_failure_exit_after.as_secs(),
         "quic_max_connections": config.quic_limits.max_connections,
         "quic_max_streams_per_connection": config.quic_limits.max_streams_per_connection,

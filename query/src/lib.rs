@@ -25,6 +25,8 @@
 //!   hold the operators and functions: `aggregate`, `binary`, `functions` (range vectors),
 //!   `instant` (instant vectors), `histogram` (`histogram_quantile`, `histogram_fraction`),
 //!   `subquery`.
+//! - [`reach`]: which times and metrics a query's steps read, for the core's range-result
+//!   cache.
 //! - [`selector`]: parsed selectors → [`Matcher`]s; parsing of bare series selectors
 //!   (the API's `match[]`).
 //! - `features`: the Prometheus 3 features refused on purpose (experimental functions, fill
@@ -36,7 +38,7 @@
 //! - [`source`]: the [`DataSource`] trait.
 //!
 //! Layering, top to bottom: a module uses only modules after it in `engine`, `eval`,
-//! `selector`, `features`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
+//! `reach`, `selector`, `features`, `parse`, `options`, `value`, `error`, `source`, `matcher`.
 
 pub mod engine;
 pub mod error;
@@ -45,6 +47,7 @@ mod features;
 pub mod matcher;
 pub mod options;
 mod parse;
+pub mod reach;
 pub mod selector;
 pub mod source;
 pub mod value;
@@ -57,6 +60,7 @@ pub use error::QueryError;
 pub use eval::{STALE_NAN_BITS, is_stale_marker};
 pub use matcher::{MatchOp, Matcher};
 pub use options::EngineOptions;
+pub use reach::{Reach, reach};
 pub use selector::parse_series_selector;
 pub use source::{DataSource, DataSourceError, SeriesRef};
 pub use value::{InstantSample, LabelSet, Matrix, Scalar, Series, StringValue, Value, Vector};

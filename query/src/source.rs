@@ -55,6 +55,20 @@ pub trait DataSource: Send + Sync {
         self.samples(series, start_ms, end_ms)
     }
 
+    /// The latest sample (a stale marker included) of a series of `tenant` with `start_ms <=
+    /// timestamp <= end_ms`: all that a vector selector or `last_over_time` needs at a single
+    /// evaluation time. The default reads the window; a source with a last-value cache can
+    /// answer without reading chunks, but must answer exactly what the default would.
+    fn latest_sample(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Option<Sample>, DataSourceError> {
+        Ok(self.samples_of(tenant, series, start_ms, end_ms)?.pop())
+    }
+
     /// Whether a series of `tenant` holds a sample with `start_ms <= timestamp <= end_ms`
     /// (what `start` and `end` of the series and label endpoints filter on). The default
     /// reads the samples; a source can answer from its block headers.

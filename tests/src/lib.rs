@@ -135,12 +135,21 @@ impl Drop for Process {
 
 /// GET a URL; returns status and body. Connection errors are `Err`.
 pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    http_get_with(url, &[])
+}
+
+/// [`http_get`] with request headers.
+pub fn http_get_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut resp = agent.get(url).call()?;
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call()?;
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string()?;
     Ok((status, body))

@@ -434,6 +434,27 @@ impl DataSource for ClusterSource {
         }
     }
 
+    fn latest_sample(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Option<Sample>, DataSourceError> {
+        let map = self.node.map();
+        let local = map
+            .group_of(series.shard().0)
+            .is_some_and(|g| self.node.router().raft(g.group()).is_some());
+        if local {
+            // This node's last-value cache is kept by what its replica applies: exact here.
+            return self
+                .node
+                .storage()
+                .latest_sample(tenant, series, start_ms, end_ms);
+        }
+        Ok(self.samples_of(tenant, series, start_ms, end_ms)?.pop())
+    }
+
     fn label_names(&self, tenant: &Tenant) -> Result<Vec<String>, DataSourceError> {
         let request = ReadRequest::LabelNames {
             tenant: tenant.clone(),

@@ -48,6 +48,7 @@ fn node_with(recorder: &PrometheusRecorder, rate_limit: Option<f64>) -> Node {
         cluster: None,
         ingest_rate_limit: rate_limit,
         settings: Default::default(),
+        range_cache: Some(storage.range_cache()),
     });
     Node {
         app,
@@ -704,6 +705,7 @@ async fn the_admin_views_show_the_own_tenant_and_the_node_without_other_tenants(
             },
             node: node_map,
         }),
+        range_cache: Some(node._storage.range_cache()),
     });
     let acme_admin = format!("Bearer {}", node.token("acme", Role::Admin));
     let globex_admin = format!("Bearer {}", node.token("globex", Role::Admin));

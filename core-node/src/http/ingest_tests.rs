@@ -46,6 +46,7 @@ fn app_over(storage: &Storage, recorder: &PrometheusRecorder, ingest: bool) -> R
         settings: Default::default(),
         ingest: ingest.then(|| storage.clone()),
         cluster: None,
+        range_cache: Some(storage.range_cache()),
     })
 }
 

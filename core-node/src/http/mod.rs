@@ -102,6 +102,9 @@ pub struct HttpState {
     pub ingest_rate_limit: Option<f64>,
     /// What `GET /api/v1/admin/tenant` and `/api/v1/admin/config` report.
     pub settings: Arc<Settings>,
+    /// Answers `query_range` from cached extents (kept current by storage's writer); `None`
+    /// evaluates every range query in full.
+    pub range_cache: Option<Arc<crate::cache::RangeCache>>,
 }
 
 /// Most storage reads (queries, label and series lookups) running at once: Prometheus'

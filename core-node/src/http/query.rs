@@ -3,20 +3,29 @@
 //! Parameters: `query`; `time` (instant, default now); `start`, `end`, `step` (range, all
 //! required); `timeout` (optional, caps the engine's own timeout). Others (`stats`,
 //! `lookback_delta`, `limit`) are ignored.
+//!
+//! Instant queries read latest samples through storage's last-value cache, range queries go
+//! through the range-result cache ([`crate::cache`]); a request with `nocache=1` (or `true`)
+//! or a `Cache-Control: no-cache` / `no-store` header bypasses both. The answer is the same
+//! either way.
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, parse_duration_ms, parse_time};
 use super::response::Success;
 use super::{Api, encode};
+use crate::cache::Uncached;
 use axum::Extension;
 use axum::extract::State;
+use axum::http::{HeaderMap, header};
 use query::{Engine, QueryError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) async fn instant(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Success, ApiError> {
     let time_ms = match params.get("time") {
@@ -27,7 +36,10 @@ pub(crate) async fn instant(
     };
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
-    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    let (mut source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    if bypass_caches(&headers, &params) {
+        source = Arc::new(Uncached(source));
+    }
     let data = api
         .blocking(move || {
             let value = engine
@@ -43,6 +55,7 @@ pub(crate) async fn instant(
 pub(crate) async fn range(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Success, ApiError> {
     // Checks in Prometheus' order, so the same bad request gets the same error.
@@ -57,11 +70,31 @@ pub(crate) async fn range(
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
     let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    let cache = match bypass_caches(&headers, &params) {
+        true => {
+            metrics::counter!(crate::cache::QUERIES, "path" => "bypass").increment(1);
+            None
+        }
+        false => api.state.range_cache.clone(),
+    };
     let data = api
         .blocking(move || {
-            let value = engine
-                .range(source.as_ref(), &tenant, &query, start_ms, end_ms, step_ms)
-                .map_err(ApiError::from_query)?;
+            let value = match &cache {
+                Some(cache) => cache.range(
+                    &engine,
+                    source.as_ref(),
+                    &tenant,
+                    &query,
+                    start_ms,
+                    end_ms,
+                    step_ms,
+                ),
+                None => {
+                    let source = Uncached(source);
+                    engine.range(&source, &tenant, &query, start_ms, end_ms, step_ms)
+                }
+            }
+            .map_err(ApiError::from_query)?;
             // Encoding a large result takes a while too: keep it off the runtime.
             Ok(encode::query_success(&value))
         })
@@ -78,6 +111,24 @@ fn engine_for(api: &Api, params: &Params) -> Result<Engine, ApiError> {
     // A zero or negative timeout expires at once, as a Go context deadline in the past does.
     let timeout = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     Ok(api.engine.with_timeout(timeout))
+}
+
+/// Whether the request asks to be answered without the caches: `nocache=1` or `true`, or
+/// `Cache-Control: no-cache` or `no-store` (what Grafana and Thanos' frontend send).
+fn bypass_caches(headers: &HeaderMap, params: &Params) -> bool {
+    let asked = params
+        .get("nocache")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    asked
+        || headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store")
+            })
 }
 
 fn now_ms() -> i64 {

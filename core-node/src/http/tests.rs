@@ -121,6 +121,7 @@ fn app_with(src: MemorySource, recorder: &PrometheusRecorder) -> Router {
         settings: Default::default(),
         ingest: None,
         cluster: None,
+        range_cache: None,
     })
 }
 

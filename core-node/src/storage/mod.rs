@@ -63,7 +63,8 @@
 //!
 //! [`Storage`] implements [`query::DataSource`]: matchers resolve through `postings` to series
 //! ids, labels come from `series`, samples come from the head and a range scan of `chunks`
-//! (every chunk's checksum verified as it is decoded) merged by timestamp. Reads see a consistent fjall
+//! (every chunk's checksum verified as it is decoded) merged by timestamp. An instant
+//! query's latest sample comes from the [`last_value`] cache when it knows it. Reads see a consistent fjall
 //! snapshot per scan (a merge replaces its chunks atomically) and never wait for the writer.
 
 mod checksum;
@@ -72,6 +73,7 @@ pub(crate) mod group;
 mod head;
 mod health;
 mod keys;
+pub mod last_value;
 pub mod partitions;
 mod read;
 pub(crate) mod record;
@@ -129,8 +131,14 @@ pub struct StorageOptions {
     /// read-only (writes refused, retryable) until there is room again ([`health`]); 0 turns
     /// the guard off. Default [`DEFAULT_MIN_FREE_DISK_BYTES`].
     pub min_free_disk_bytes: u64,
-    /// The clock admission and the retention pass read (never applying a record).
+    /// The clock admission and the retention pass read (never applying a record), and the
+    /// caches' "now".
     pub clock: Clock,
+    /// Memory of the last-value cache ([`last_value`]); 0 turns it off. Default
+    /// [`last_value::DEFAULT_BUDGET_BYTES`].
+    pub last_value_cache_bytes: u64,
+    /// The range-result cache ([`crate::cache`]).
+    pub range_cache: crate::cache::RangeCacheOptions,
 }
 
 /// The default of [`StorageOptions::min_free_disk_bytes`]: room for a WAL segment (64 MiB),
@@ -150,6 +158,11 @@ impl Clock {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or_default()
         }))
+    }
+
+    /// A clock that reads `f()`.
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
     }
 
     /// A clock that always reads `ms`.
@@ -189,6 +202,8 @@ impl Default for StorageOptions {
             flush_head_on_stop: true,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             clock: Clock::system(),
+            last_value_cache_bytes: last_value::DEFAULT_BUDGET_BYTES,
+            range_cache: crate::cache::RangeCacheOptions::default(),
         }
     }
 }
@@ -322,6 +337,10 @@ pub(crate) struct Keyspaces {
     health: Arc<health::Health>,
     /// [`StorageOptions::clock`].
     clock: Clock,
+    /// Each series' latest sample, kept by the writer and read by instant queries.
+    last_values: last_value::LastValues,
+    /// Told of the writes and drops that may touch cached range results.
+    range_cache: Arc<crate::cache::RangeCache>,
 }
 
 impl Keyspaces {
@@ -475,8 +494,15 @@ impl Storage {
             tenant_series: Mutex::default(),
             health: Arc::new(health::Health::new()),
             clock: options.clock.clone(),
+            last_values: last_value::LastValues::new(options.last_value_cache_bytes),
+            range_cache: Arc::new(crate::cache::RangeCache::new(
+                &options.range_cache,
+                options.clock.clone(),
+            )),
             db,
         });
+        last_value::register_metrics(options.last_value_cache_bytes);
+        crate::cache::register_metrics(&options.range_cache);
         check_format(&ks)?;
         let (queue, writer_thread) = writer::start(ks.clone(), dir, &options)?;
         let (stop_tx, stop_rx) = mpsc::channel();
@@ -542,6 +568,17 @@ impl Storage {
             Err(mpsc::TrySendError::Full(r)) => Err(SubmitError::Busy(give_back(r))),
             Err(mpsc::TrySendError::Disconnected(r)) => Err(SubmitError::Stopped(give_back(r))),
         }
+    }
+
+    /// The range-result cache this storage keeps current (the HTTP API answers
+    /// `query_range` through it).
+    pub fn range_cache(&self) -> Arc<crate::cache::RangeCache> {
+        Arc::clone(&self.ks.range_cache)
+    }
+
+    /// Entries of the last-value cache and the lookups it answered since start.
+    pub fn last_value_stats(&self) -> (usize, u64) {
+        (self.ks.last_values.len(), self.ks.last_values.hits())
     }
 
     /// Whether storage takes writes, and why not ([`health`]).

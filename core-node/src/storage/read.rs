@@ -1,11 +1,16 @@
 //! The read side: [`query::DataSource`] over the keyspaces.
 
+use super::last_value::Lookup;
 use super::vault::{Encryption, Vault};
 use super::{Storage, keys};
 use foldhash::{HashSet, HashSetExt};
 use protocols::{Labels, Sample, SeriesId, Tenant, codec};
 use query::{DataSource, DataSourceError, MatchOp, Matcher, SeriesRef};
 use std::collections::BTreeSet;
+
+/// A last-value miss fills the cache when its window ends at most this long before "now":
+/// the fill reads on to the end of time, which then adds at most this much to the read.
+const FILL_WITHIN_MS: i64 = 60_000;
 
 fn unavailable(e: impl std::fmt::Display) -> DataSourceError {
     DataSourceError::Unavailable(e.to_string())
@@ -394,6 +399,38 @@ impl DataSource for Storage {
         } else {
             super::head::overlay(stored, head)
         })
+    }
+
+    /// From the last-value cache when it knows; else a read, which fills the cache when the
+    /// window ends near "now" (reading on to the end of time then costs next to nothing more).
+    fn latest_sample(
+        &self,
+        tenant: &Tenant,
+        series: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Option<Sample>, DataSourceError> {
+        if start_ms > end_ms {
+            return Ok(None);
+        }
+        let cache = &self.ks.last_values;
+        if let Lookup::Hit(answer) = cache.lookup(series, start_ms, end_ms) {
+            return Ok(answer);
+        }
+        let near_now = end_ms >= self.ks.clock.now_ms().saturating_sub(FILL_WITHIN_MS);
+        let Some(token) = near_now.then(|| cache.begin_fill(series)).flatten() else {
+            return Ok(self.samples_of(tenant, series, start_ms, end_ms)?.pop());
+        };
+        match self.samples_of(tenant, series, start_ms, i64::MAX) {
+            Ok(samples) => {
+                cache.finish_fill(series, token, start_ms, samples.last().copied());
+                Ok(samples.into_iter().rev().find(|s| s.timestamp_ms <= end_ms))
+            }
+            Err(e) => {
+                cache.cancel_fill(series, token);
+                Err(e)
+            }
+        }
     }
 
     /// The head, then each chunk's header; a chunk is decoded only when it starts before the

@@ -157,14 +157,26 @@ impl Evaluator<'_> {
             RangeArg::Selector(ms) => {
                 let matchers = selector::matchers(&ms.vs)?;
                 let from = first.saturating_sub(range_ms).saturating_add(1);
-                let series = self.source.select_series(self.tenant, &matchers)?;
+                let series = self.select(&matchers)?;
                 let (source, tenant, steps) = (self.source, self.tenant, times.len());
                 let init = || Output {
                     items: Vec::new(),
                     present: vec![false; steps],
                 };
+                // `last_over_time` at one evaluation time needs only the latest sample of the
+                // window, unless that is a stale marker (then the one before it counts).
+                let latest_only = name == "last_over_time" && times.len() == 1;
                 let parts = self.for_series(series, init, |part, series, budget| {
-                    let mut samples = source.samples_of(tenant, series.id, from, last)?;
+                    let latest = if latest_only {
+                        source.latest_sample(tenant, series.id, from, last)?
+                    } else {
+                        None
+                    };
+                    let mut samples = match latest {
+                        Some(s) if !is_stale_marker(s.value) => vec![s],
+                        _ if latest_only && latest.is_none() => Vec::new(),
+                        _ => source.samples_of(tenant, series.id, from, last)?,
+                    };
                     let read = samples.len();
                     budget.hold(read)?;
                     samples.retain(|s| !is_stale_marker(s.value));

@@ -18,6 +18,7 @@ pub mod billion;
 pub mod chunking;
 pub mod cluster;
 pub mod codec;
+pub mod dashboard;
 pub mod encryption;
 pub mod figure;
 pub mod freshness;
@@ -74,6 +75,10 @@ pub enum Scenario {
     /// failover (acknowledged samples lost, unavailability), idle CPU with 64 groups per node,
     /// and query latency through a node of 3.
     Cluster(cluster::ClusterArgs),
+    /// The fleet dashboard refreshed every 10 s while a sensor-mix fleet ingests: refresh
+    /// p50/p99 and the current value of every series, Updraft with and without its caches
+    /// against Prometheus 2.42 and VictoriaMetrics.
+    Dashboard(dashboard::DashboardArgs),
     /// Every scenario in turn (at least 3 rounds where medians are reported); with
     /// `--write-markdown BENCHMARKS.md`, the tables, the machine and the commands.
     All(all::AllArgs),
@@ -98,6 +103,7 @@ pub fn run_scenario(scenario: Scenario, reporter: &mut Reporter) -> anyhow::Resu
         Scenario::Freshness(a) => freshness::run(&a, reporter)?,
         Scenario::Encryption(a) => encryption::run(&a, reporter)?,
         Scenario::Cluster(a) => cluster::run(&a, reporter)?,
+        Scenario::Dashboard(a) => dashboard::run(&a, reporter)?,
         Scenario::All(a) => all::run(&a, reporter)?,
     }
     Ok(())

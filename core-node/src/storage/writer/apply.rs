@@ -11,6 +11,7 @@
 //! sequences that follow from that, compaction's merges (local and derived), and the nonces of
 //! encrypted values. [`crate::storage::Storage::shard_checksums`] compares the logical content.
 
+use super::super::last_value::Appended;
 use super::super::record::{Batch, Record};
 use super::super::vault::DictionaryId;
 use super::super::{SampleBatch, StorageError, keys, partitions};
@@ -40,8 +41,9 @@ pub(super) struct Pending {
     pub dictionary: HashSet<DictionaryId>,
 }
 
-/// One series' decoded samples from a write batch.
-pub(super) type SeriesSamples = (SeriesId, Vec<Sample>);
+/// One series' decoded samples from a write batch, with the hash of its metric name (what
+/// the range-result cache invalidates by).
+pub(super) type SeriesSamples = super::super::last_value::NamedSamples;
 
 /// What handling one batch stored and refused (admission's refusals included).
 pub(super) struct Applied {
@@ -151,6 +153,8 @@ impl Writer {
         self.ks.chunks.drop_partition(tenant, index)?;
         let (start, end) = (partitions::start_of(index), partitions::end_of(index));
         self.ks.head.remove_range(tenant, start, end);
+        self.ks.last_values.removed_range(start, end);
+        self.ks.range_cache.removed(tenant, start, end);
         if existed {
             metrics::counter!("updraft_core_partitions_dropped_total").increment(1);
             tracing::info!(%tenant, partition = index, "dropped a partition past retention");
@@ -344,7 +348,7 @@ impl Writer {
             *p.tenant_series.entry(tenant.clone()).or_default() += 1;
         }
         applied.stored += samples.len() as u64;
-        Some((id, samples))
+        Some((id, crate::cache::name_hash(labels.metric_name()), samples))
     }
 
     /// Adds a new series' entry, postings and (encrypted) dictionary entries to the batch.
@@ -422,6 +426,7 @@ impl Writer {
 
     /// Takes a committed group's changes into the writer's state.
     pub(super) fn absorb(&mut self, p: Pending) {
+        let appended = Appended::of(&p.head, &p.series);
         metrics::counter!("updraft_core_series_created_total").increment(p.series.len() as u64);
         metrics::counter!("updraft_core_series_forgotten_total")
             .increment(p.forgotten.len() as u64);
@@ -433,10 +438,15 @@ impl Writer {
         }
         self.known.extend(p.series);
         for (tenant, series) in p.head {
-            for (id, samples) in series {
+            for (id, _, samples) in series {
                 self.ks.head.append(id, &tenant, samples);
             }
         }
+        // After the head holds them: a cache filled from a read from now on sees them.
+        appended.report(&self.ks.last_values, &self.ks.range_cache);
+        self.ks
+            .last_values
+            .forget(p.forgotten.iter().map(|(_, id)| *id));
         if !p.offsets.is_empty() {
             self.unflushed_agents
                 .extend(p.offsets.keys().map(|a| (p.scope, a.clone())));
