@@ -36,6 +36,9 @@
 //! [`parse`] iterates over a body's lines, each a [`Line`] or a [`LineError`] carrying the
 //! 1-based line number; one bad line never affects the others. [`parse_line`] parses a single
 //! line. Names and strings borrow from the input unless they contained escapes.
+//! [`Lines::next_into`] parses into a caller's [`Line`], reusing its vectors, and also hands
+//! back the line's series key (its measurement and tag set as written), so that a server can
+//! map a tag set it has seen before without looking at its tags again.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -50,6 +53,18 @@ pub struct Line<'a> {
     pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
     /// In the request's precision; `None` means "the time of arrival".
     pub timestamp: Option<i64>,
+}
+
+impl Default for Line<'_> {
+    /// No measurement, tags or fields: a buffer for [`Lines::next_into`].
+    fn default() -> Self {
+        Self {
+            measurement: Cow::Borrowed(""),
+            tags: Vec::new(),
+            fields: Vec::new(),
+            timestamp: None,
+        }
+    }
 }
 
 /// A field's value, typed as the line wrote it.
@@ -227,10 +242,22 @@ impl<'a> Lines<'a> {
     }
 }
 
-impl<'a> Iterator for Lines<'a> {
-    type Item = Result<Line<'a>, LineError>;
+impl<'a> Lines<'a> {
+    /// The next line, parsed into `line` (its vectors cleared and reused, so once they have
+    /// grown a line costs no allocation unless a name or string holds escapes), with the
+    /// 1-based number of the line it starts on and, when it parses, its series key: the text
+    /// of its measurement and tag set as written, escapes and all. Two lines with the same
+    /// series key have the same measurement and tags. After an error `line` holds nothing
+    /// useful.
+    pub fn next_into(
+        &mut self,
+        line: &mut Line<'a>,
+    ) -> Option<(usize, Result<&'a str, LineError>)> {
+        let item = self.parse_next(line)?;
+        Some((self.last_start, item))
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn parse_next(&mut self, out: &mut Line<'a>) -> Option<Result<&'a str, LineError>> {
         let bytes = self.body.as_bytes();
         loop {
             if self.pos >= bytes.len() {
@@ -255,12 +282,12 @@ impl<'a> Iterator for Lines<'a> {
                 _ => {}
             }
             self.last_start = line_no;
-            let result = p.line();
+            let result = p.line_into(out);
             return Some(match result {
-                Ok(line) => {
+                Ok(key) => {
                     // `p` stopped at the `\n` (or the end); a string may have spanned lines.
                     self.advance_past_newline(p.pos);
-                    Ok(line)
+                    Ok(key)
                 }
                 Err(kind) => {
                     let err_at = p.pos.min(bytes.len());
@@ -288,6 +315,16 @@ impl<'a> Iterator for Lines<'a> {
                 }
             });
         }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Result<Line<'a>, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Line::default();
+        let item = self.parse_next(&mut line)?;
+        Some(item.map(|_| line))
     }
 }
 
@@ -363,12 +400,18 @@ impl<'a> Parser<'a> {
         matches!(self.peek(), None | Some(b'\n'))
     }
 
-    fn line(&mut self) -> Result<Line<'a>, ErrorKind> {
+    /// Parses a line into `out`; returns its series key (see [`Lines::next_into`]).
+    fn line_into(&mut self, out: &mut Line<'a>) -> Result<&'a str, ErrorKind> {
+        out.tags.clear();
+        out.fields.clear();
+        out.timestamp = None;
+        let key_start = self.pos;
         let measurement = self.name(MEASUREMENT_ESCAPES, b", ");
         if measurement.is_empty() {
             return Err(ErrorKind::MissingMeasurement);
         }
-        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
+        out.measurement = measurement;
+        let tags = &mut out.tags;
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key = self.name(KEY_ESCAPES, b",= ");
@@ -388,10 +431,11 @@ impl<'a> Parser<'a> {
             }
             tags.push((key, value));
         }
+        let series_key = &self.s[key_start..self.pos];
         if self.at_end_after_spaces() {
             return Err(ErrorKind::MissingFields);
         }
-        let mut fields = Vec::new();
+        let fields = &mut out.fields;
         loop {
             let key = self.name(KEY_ESCAPES, b",= ");
             if key.is_empty() {
@@ -409,12 +453,7 @@ impl<'a> Parser<'a> {
             }
         }
         if self.at_end_after_spaces() {
-            return Ok(Line {
-                measurement,
-                tags,
-                fields,
-                timestamp: None,
-            });
+            return Ok(series_key);
         }
         let start = self.pos;
         while !self.at_line_end() && self.peek() != Some(b' ') {
@@ -430,12 +469,8 @@ impl<'a> Parser<'a> {
         if !self.at_end_after_spaces() {
             return Err(ErrorKind::TrailingText);
         }
-        Ok(Line {
-            measurement,
-            tags,
-            fields,
-            timestamp: Some(timestamp),
-        })
+        out.timestamp = Some(timestamp);
+        Ok(series_key)
     }
 
     /// A measurement or key: up to an unescaped byte of `stop`, or the end of the line.
