@@ -268,6 +268,7 @@ impl<'a> Lines<'a> {
             let mut p = Parser {
                 s: self.body,
                 pos: start,
+                newlines: 0,
             };
             p.skip_spaces();
             match p.peek() {
@@ -285,7 +286,10 @@ impl<'a> Lines<'a> {
             let result = p.line_into(out);
             return Some(match result {
                 Ok(key) => {
-                    // `p` stopped at the `\n` (or the end); a string may have spanned lines.
+                    // `p` stopped at the `\n` (or the end); a string may have spanned lines,
+                    // and `p` counted their newlines, so the line is not scanned again.
+                    self.line += p.newlines;
+                    self.pos = p.pos;
                     self.advance_past_newline(p.pos);
                     Ok(key)
                 }
@@ -360,6 +364,19 @@ fn excerpt(line: &str) -> String {
     format!("{}…", &line[..cut])
 }
 
+/// Bytes at which [`Parser::name`] must look closer: the separators, the backslash and the
+/// line ends.
+const NAME_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let special = b", =\\\n\r";
+    while k < special.len() {
+        t[special[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 /// Characters a backslash escapes in a measurement.
 const MEASUREMENT_ESCAPES: &[u8] = b", ";
 /// Characters a backslash escapes in tag keys, tag values and field keys.
@@ -368,6 +385,8 @@ const KEY_ESCAPES: &[u8] = b",= ";
 struct Parser<'a> {
     s: &'a str,
     pos: usize,
+    /// Newlines passed inside string field values (the only place a line may hold one).
+    newlines: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -406,7 +425,7 @@ impl<'a> Parser<'a> {
         out.fields.clear();
         out.timestamp = None;
         let key_start = self.pos;
-        let measurement = self.name(MEASUREMENT_ESCAPES, b", ");
+        let measurement = self.name(MEASUREMENT_ESCAPES, false);
         if measurement.is_empty() {
             return Err(ErrorKind::MissingMeasurement);
         }
@@ -414,7 +433,7 @@ impl<'a> Parser<'a> {
         let tags = &mut out.tags;
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let key = self.name(KEY_ESCAPES, b",= ");
+            let key = self.name(KEY_ESCAPES, true);
             if key.is_empty() {
                 return Err(ErrorKind::MissingTagKey);
             }
@@ -422,7 +441,7 @@ impl<'a> Parser<'a> {
                 return Err(ErrorKind::MissingTagValue);
             }
             self.pos += 1;
-            let value = self.name(KEY_ESCAPES, b", ");
+            let value = self.name(KEY_ESCAPES, false);
             if value.is_empty() {
                 return Err(ErrorKind::MissingTagValue);
             }
@@ -437,7 +456,7 @@ impl<'a> Parser<'a> {
         }
         let fields = &mut out.fields;
         loop {
-            let key = self.name(KEY_ESCAPES, b",= ");
+            let key = self.name(KEY_ESCAPES, true);
             if key.is_empty() {
                 return Err(ErrorKind::MissingFieldKey);
             }
@@ -473,22 +492,38 @@ impl<'a> Parser<'a> {
         Ok(series_key)
     }
 
-    /// A measurement or key: up to an unescaped byte of `stop`, or the end of the line.
-    fn name(&mut self, escapes: &[u8], stop: &[u8]) -> Cow<'a, str> {
+    /// A measurement or key: up to an unescaped `,`, space, `=` too if `stop_at_equals`, or
+    /// the end of the line. `escapes` is [`MEASUREMENT_ESCAPES`] or [`KEY_ESCAPES`]. Plain
+    /// bytes are skipped in one tight scan; only the few in [`NAME_SPECIAL`] need a decision.
+    fn name(&mut self, escapes: &[u8], stop_at_equals: bool) -> Cow<'a, str> {
         let b = self.s.as_bytes();
+        let escape_equals = escapes.contains(&b'=');
         let start = self.pos;
+        let mut i = self.pos;
         let mut escaped = false;
-        while let Some(&c) = b.get(self.pos) {
-            if c == b'\\' && b.get(self.pos + 1).is_some_and(|n| escapes.contains(n)) {
-                escaped = true;
-                self.pos += 2;
-                continue;
+        loop {
+            i += b[i..]
+                .iter()
+                .position(|&c| NAME_SPECIAL[usize::from(c)])
+                .unwrap_or(b.len() - i);
+            let Some(&c) = b.get(i) else { break };
+            match c {
+                b'\\' => {
+                    let escapes_next = match b.get(i + 1) {
+                        Some(b',' | b' ') => true,
+                        Some(b'=') => escape_equals,
+                        _ => false,
+                    };
+                    escaped |= escapes_next;
+                    i += if escapes_next { 2 } else { 1 };
+                }
+                b'=' if !stop_at_equals => i += 1,
+                // A `\r` ends the line only before `\n` or the end.
+                b'\r' if !matches!(b.get(i + 1), None | Some(b'\n')) => i += 1,
+                _ => break,
             }
-            if stop.contains(&c) || self.at_line_end() {
-                break;
-            }
-            self.pos += 1;
         }
+        self.pos = i;
         let raw = &self.s[start..self.pos];
         if escaped {
             Cow::Owned(unescape(raw, escapes))
@@ -516,6 +551,10 @@ impl<'a> Parser<'a> {
                         self.pos += 2;
                     }
                     Some(b'"') => break,
+                    Some(b'\n') => {
+                        self.newlines += 1;
+                        self.pos += 1;
+                    }
                     Some(_) => self.pos += 1,
                 }
             }
