@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 /// mimalloc instead of glibc's allocator: ingest and queries allocate many short-lived
 /// buffers per request, and glibc's free-list consolidation was a third of remote_write's CPU.
+/// Built without transparent huge pages (the workspace's `no_thp` feature; see Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -36,6 +36,9 @@
 //! [`parse`] iterates over a body's lines, each a [`Line`] or a [`LineError`] carrying the
 //! 1-based line number; one bad line never affects the others. [`parse_line`] parses a single
 //! line. Names and strings borrow from the input unless they contained escapes.
+//! [`Lines::next_into`] parses into a caller's [`Line`], reusing its vectors, and also hands
+//! back the line's series key (its measurement and tag set as written), so that a server can
+//! map a tag set it has seen before without looking at its tags again.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -50,6 +53,18 @@ pub struct Line<'a> {
     pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
     /// In the request's precision; `None` means "the time of arrival".
     pub timestamp: Option<i64>,
+}
+
+impl Default for Line<'_> {
+    /// No measurement, tags or fields: a buffer for [`Lines::next_into`].
+    fn default() -> Self {
+        Self {
+            measurement: Cow::Borrowed(""),
+            tags: Vec::new(),
+            fields: Vec::new(),
+            timestamp: None,
+        }
+    }
 }
 
 /// A field's value, typed as the line wrote it.
@@ -227,10 +242,22 @@ impl<'a> Lines<'a> {
     }
 }
 
-impl<'a> Iterator for Lines<'a> {
-    type Item = Result<Line<'a>, LineError>;
+impl<'a> Lines<'a> {
+    /// The next line, parsed into `line` (its vectors cleared and reused, so once they have
+    /// grown a line costs no allocation unless a name or string holds escapes), with the
+    /// 1-based number of the line it starts on and, when it parses, its series key: the text
+    /// of its measurement and tag set as written, escapes and all. Two lines with the same
+    /// series key have the same measurement and tags. After an error `line` holds nothing
+    /// useful.
+    pub fn next_into(
+        &mut self,
+        line: &mut Line<'a>,
+    ) -> Option<(usize, Result<&'a str, LineError>)> {
+        let item = self.parse_next(line)?;
+        Some((self.last_start, item))
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn parse_next(&mut self, out: &mut Line<'a>) -> Option<Result<&'a str, LineError>> {
         let bytes = self.body.as_bytes();
         loop {
             if self.pos >= bytes.len() {
@@ -241,6 +268,7 @@ impl<'a> Iterator for Lines<'a> {
             let mut p = Parser {
                 s: self.body,
                 pos: start,
+                newlines: 0,
             };
             p.skip_spaces();
             match p.peek() {
@@ -255,12 +283,15 @@ impl<'a> Iterator for Lines<'a> {
                 _ => {}
             }
             self.last_start = line_no;
-            let result = p.line();
+            let result = p.line_into(out);
             return Some(match result {
-                Ok(line) => {
-                    // `p` stopped at the `\n` (or the end); a string may have spanned lines.
+                Ok(key) => {
+                    // `p` stopped at the `\n` (or the end); a string may have spanned lines,
+                    // and `p` counted their newlines, so the line is not scanned again.
+                    self.line += p.newlines;
+                    self.pos = p.pos;
                     self.advance_past_newline(p.pos);
-                    Ok(line)
+                    Ok(key)
                 }
                 Err(kind) => {
                     let err_at = p.pos.min(bytes.len());
@@ -288,6 +319,16 @@ impl<'a> Iterator for Lines<'a> {
                 }
             });
         }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Result<Line<'a>, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Line::default();
+        let item = self.parse_next(&mut line)?;
+        Some(item.map(|_| line))
     }
 }
 
@@ -323,6 +364,19 @@ fn excerpt(line: &str) -> String {
     format!("{}…", &line[..cut])
 }
 
+/// Bytes at which [`Parser::name`] must look closer: the separators, the backslash and the
+/// line ends.
+const NAME_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let special = b", =\\\n\r";
+    while k < special.len() {
+        t[special[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 /// Characters a backslash escapes in a measurement.
 const MEASUREMENT_ESCAPES: &[u8] = b", ";
 /// Characters a backslash escapes in tag keys, tag values and field keys.
@@ -331,6 +385,8 @@ const KEY_ESCAPES: &[u8] = b",= ";
 struct Parser<'a> {
     s: &'a str,
     pos: usize,
+    /// Newlines passed inside string field values (the only place a line may hold one).
+    newlines: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -363,15 +419,21 @@ impl<'a> Parser<'a> {
         matches!(self.peek(), None | Some(b'\n'))
     }
 
-    fn line(&mut self) -> Result<Line<'a>, ErrorKind> {
-        let measurement = self.name(MEASUREMENT_ESCAPES, b", ");
+    /// Parses a line into `out`; returns its series key (see [`Lines::next_into`]).
+    fn line_into(&mut self, out: &mut Line<'a>) -> Result<&'a str, ErrorKind> {
+        out.tags.clear();
+        out.fields.clear();
+        out.timestamp = None;
+        let key_start = self.pos;
+        let measurement = self.name(MEASUREMENT_ESCAPES, false);
         if measurement.is_empty() {
             return Err(ErrorKind::MissingMeasurement);
         }
-        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
+        out.measurement = measurement;
+        let tags = &mut out.tags;
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let key = self.name(KEY_ESCAPES, b",= ");
+            let key = self.name(KEY_ESCAPES, true);
             if key.is_empty() {
                 return Err(ErrorKind::MissingTagKey);
             }
@@ -379,7 +441,7 @@ impl<'a> Parser<'a> {
                 return Err(ErrorKind::MissingTagValue);
             }
             self.pos += 1;
-            let value = self.name(KEY_ESCAPES, b", ");
+            let value = self.name(KEY_ESCAPES, false);
             if value.is_empty() {
                 return Err(ErrorKind::MissingTagValue);
             }
@@ -388,12 +450,13 @@ impl<'a> Parser<'a> {
             }
             tags.push((key, value));
         }
+        let series_key = &self.s[key_start..self.pos];
         if self.at_end_after_spaces() {
             return Err(ErrorKind::MissingFields);
         }
-        let mut fields = Vec::new();
+        let fields = &mut out.fields;
         loop {
-            let key = self.name(KEY_ESCAPES, b",= ");
+            let key = self.name(KEY_ESCAPES, true);
             if key.is_empty() {
                 return Err(ErrorKind::MissingFieldKey);
             }
@@ -409,12 +472,7 @@ impl<'a> Parser<'a> {
             }
         }
         if self.at_end_after_spaces() {
-            return Ok(Line {
-                measurement,
-                tags,
-                fields,
-                timestamp: None,
-            });
+            return Ok(series_key);
         }
         let start = self.pos;
         while !self.at_line_end() && self.peek() != Some(b' ') {
@@ -430,30 +488,42 @@ impl<'a> Parser<'a> {
         if !self.at_end_after_spaces() {
             return Err(ErrorKind::TrailingText);
         }
-        Ok(Line {
-            measurement,
-            tags,
-            fields,
-            timestamp: Some(timestamp),
-        })
+        out.timestamp = Some(timestamp);
+        Ok(series_key)
     }
 
-    /// A measurement or key: up to an unescaped byte of `stop`, or the end of the line.
-    fn name(&mut self, escapes: &[u8], stop: &[u8]) -> Cow<'a, str> {
+    /// A measurement or key: up to an unescaped `,`, space, `=` too if `stop_at_equals`, or
+    /// the end of the line. `escapes` is [`MEASUREMENT_ESCAPES`] or [`KEY_ESCAPES`]. Plain
+    /// bytes are skipped in one tight scan; only the few in [`NAME_SPECIAL`] need a decision.
+    fn name(&mut self, escapes: &[u8], stop_at_equals: bool) -> Cow<'a, str> {
         let b = self.s.as_bytes();
+        let escape_equals = escapes.contains(&b'=');
         let start = self.pos;
+        let mut i = self.pos;
         let mut escaped = false;
-        while let Some(&c) = b.get(self.pos) {
-            if c == b'\\' && b.get(self.pos + 1).is_some_and(|n| escapes.contains(n)) {
-                escaped = true;
-                self.pos += 2;
-                continue;
+        loop {
+            i += b[i..]
+                .iter()
+                .position(|&c| NAME_SPECIAL[usize::from(c)])
+                .unwrap_or(b.len() - i);
+            let Some(&c) = b.get(i) else { break };
+            match c {
+                b'\\' => {
+                    let escapes_next = match b.get(i + 1) {
+                        Some(b',' | b' ') => true,
+                        Some(b'=') => escape_equals,
+                        _ => false,
+                    };
+                    escaped |= escapes_next;
+                    i += if escapes_next { 2 } else { 1 };
+                }
+                b'=' if !stop_at_equals => i += 1,
+                // A `\r` ends the line only before `\n` or the end.
+                b'\r' if !matches!(b.get(i + 1), None | Some(b'\n')) => i += 1,
+                _ => break,
             }
-            if stop.contains(&c) || self.at_line_end() {
-                break;
-            }
-            self.pos += 1;
         }
+        self.pos = i;
         let raw = &self.s[start..self.pos];
         if escaped {
             Cow::Owned(unescape(raw, escapes))
@@ -481,6 +551,10 @@ impl<'a> Parser<'a> {
                         self.pos += 2;
                     }
                     Some(b'"') => break,
+                    Some(b'\n') => {
+                        self.newlines += 1;
+                        self.pos += 1;
+                    }
                     Some(_) => self.pos += 1,
                 }
             }

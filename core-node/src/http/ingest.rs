@@ -405,12 +405,18 @@ impl Collected {
         }
     }
 
-    pub(crate) fn push(&mut self, labels: Labels, sample: Sample) {
-        self.series.entry(labels).or_default().push(sample);
-    }
-
     pub(crate) fn extend(&mut self, labels: Labels, samples: impl IntoIterator<Item = Sample>) {
         self.series.entry(labels).or_default().extend(samples);
+    }
+
+    /// [`Collected::extend`] that keeps `samples`' allocation when the series is new.
+    pub(crate) fn append(&mut self, labels: Labels, mut samples: Vec<Sample>) {
+        match self.series.entry(labels) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(samples);
+            }
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().append(&mut samples),
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -647,9 +653,9 @@ mod tests {
         let mut c = Collected::with_capacity(2);
         // Out of order, with timestamp 20 sent twice: the second value wins.
         for (t, v) in [(30, 3.0), (20, 2.0), (10, 1.0), (20, 22.0)] {
-            c.push(labels.clone(), Sample::new(t, v));
+            c.extend(labels.clone(), [Sample::new(t, v)]);
         }
-        c.push(other.clone(), Sample::new(5, 0.5));
+        c.append(other.clone(), vec![Sample::new(5, 0.5)]);
         let batches = c.into_batches(&Tenant::default());
         assert_eq!(batches.len(), 1);
         let mut series = batches[0].series.clone();

@@ -207,6 +207,56 @@ fn a_bad_line_never_costs_its_neighbours() {
 }
 
 #[test]
+fn next_into_reuses_one_line_and_names_each_series_key() {
+    let body = "cpu,host=a,region=eu usage=1,idle=2i 10\n\
+                # comment\n\
+                cpu,host=a,region=eu usage=3 20\n\
+                bad,x= v=1\n\
+                w\\ m,k\\=1=v\\,2 f\\ 1=\"s\"\n\
+                cpu,host=a,region=eu usage=4 30";
+    let mut lines = parse(body);
+    let mut line = Line::default();
+    let mut got = Vec::new();
+    while let Some((number, r)) = lines.next_into(&mut line) {
+        got.push((number, r.map_err(|e| e.kind), line.timestamp));
+    }
+    assert_eq!(
+        got,
+        [
+            (1, Ok("cpu,host=a,region=eu"), Some(10)),
+            (3, Ok("cpu,host=a,region=eu"), Some(20)),
+            (4, Err(ErrorKind::MissingTagValue), None),
+            (5, Ok("w\\ m,k\\=1=v\\,2"), None),
+            (6, Ok("cpu,host=a,region=eu"), Some(30)),
+        ]
+    );
+    // The last line parsed is what the buffer holds; the escaped line's names were unescaped.
+    assert_eq!(line.fields, [("usage".into(), FieldValue::Float(4.0))]);
+    let mut lines = parse("w\\ m,k\\=1=v\\,2 f\\ 1=\"s\"");
+    let (_, key) = lines.next_into(&mut line).expect("one line");
+    assert_eq!(key, Ok("w\\ m,k\\=1=v\\,2"));
+    assert_eq!(line.measurement, "w m");
+    assert_eq!(tags(&line), [("k=1", "v,2")]);
+    assert_eq!(
+        line.fields,
+        [("f 1".into(), FieldValue::String("s".into()))]
+    );
+}
+
+#[test]
+fn next_into_and_the_iterator_agree() {
+    let body = "a,t=1 v=1 1\nb v=\nc,t=2,u=3 x=1i,y=t\n  \nd,t=1,t=2 v=1\ne v=\"x\ny\" 5\n";
+    let mut lines = parse(body);
+    let mut line = Line::default();
+    let mut via_buffer = Vec::new();
+    while let Some((number, r)) = lines.next_into(&mut line) {
+        via_buffer.push((number, r.map(|_| line.clone())));
+    }
+    let via_iter: Vec<_> = parse(body).numbered().collect();
+    assert_eq!(via_buffer, via_iter);
+}
+
+#[test]
 fn precision() {
     assert_eq!(Precision::from_v1(""), Some(Precision::Nanoseconds));
     assert_eq!(Precision::from_v1("n"), Some(Precision::Nanoseconds));
@@ -296,6 +346,18 @@ proptest! {
                 prop_assert!(e.line >= 1 && e.column >= 1);
             }
         }
+    }
+
+    #[test]
+    fn a_reused_buffer_parses_as_fresh_lines_do(s in "[a-z ,=\\\\\"\n\r#0-9.eiu-]{0,80}") {
+        let mut lines = parse(&s);
+        let mut line = Line::default();
+        let mut via_buffer = Vec::new();
+        while let Some((number, r)) = lines.next_into(&mut line) {
+            via_buffer.push((number, r.map(|_| line.clone())));
+        }
+        let via_iter: Vec<_> = parse(&s).numbered().collect();
+        prop_assert_eq!(via_buffer, via_iter);
     }
 
     #[test]

@@ -367,6 +367,10 @@ fn markdown(
             "InfluxDB",
             super::storage::influxdb::version(Path::new("/usr/bin/influxd")),
         ),
+        (
+            "VictoriaMetrics",
+            super::storage::victoria_metrics::version(),
+        ),
         ("mosquitto", first_line("/usr/sbin/mosquitto", &["-h"])),
     ];
     for (name, v) in peers {
@@ -400,8 +404,9 @@ fn markdown(
     };
     out.push_str(&format!("- {shared_line}\n\n"));
     out.push_str("## Commands\n\nOn a fresh Debian/Ubuntu machine:\n\n```sh\n");
-    out.push_str("apt-get install prometheus influxdb mosquitto   # the peers (Debian 12: 2.42, 1.6.7, 2.0.11)\n");
+    out.push_str("apt-get install prometheus influxdb victoria-metrics mosquitto   # the peers (Debian 12: 2.42, 1.6.7, 1.79.5, 2.0.11)\n");
     out.push_str("cargo build --release -p simulator -p core-node -p edge-agent\n");
+    out.push_str("cargo build --profile ship -p edge-agent   # the edge agent users install; bench mqtt runs it\n");
     out.push_str(&format!(
         "target/release/simulator {}\n```\n\n",
         own.join(" ")

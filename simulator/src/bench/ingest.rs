@@ -1,15 +1,20 @@
 //! `simulator bench ingest`: samples/s, CPU per sample and peak RSS of the server process,
 //! Updraft against each peer on its own protocol, real processes on loopback ports.
 //!
-//! # Pairs
+//! # Protocols and peers
 //!
 //! - **remote_write**: Updraft `core-node` `/api/v1/write` against Prometheus 2.42's
-//!   remote-write receiver (`--web.enable-remote-write-receiver`). Prometheus writes its WAL
-//!   without fsync, so Updraft runs with `--durability buffered` (its journal handed to the
-//!   OS before the answer, no fsync): both survive a process crash, neither a power loss.
+//!   remote-write receiver (`--web.enable-remote-write-receiver`) and VictoriaMetrics 1.79's
+//!   `/api/v1/write`. Prometheus writes its WAL without fsync, so Updraft runs with
+//!   `--durability buffered` (its journal handed to the OS before the answer, no fsync): both
+//!   survive a process crash, neither a power loss.
 //! - **line protocol**: Updraft `/write` against InfluxDB 1.6.7's `/write` (`?db=bench&
-//!   precision=ns`). InfluxDB fsyncs its WAL before answering (`wal-fsync-delay = "0s"`, its
-//!   default), so Updraft runs with `--durability fsync`.
+//!   precision=ns`) and VictoriaMetrics 1.79's (`?precision=ns`). InfluxDB fsyncs its WAL
+//!   before answering (`wal-fsync-delay = "0s"`, its default), so Updraft runs with
+//!   `--durability fsync`.
+//!
+//! VictoriaMetrics has no WAL: it acknowledges samples held in memory and writes them to disk
+//! about once a second, less durable than Updraft in either mode; the rows say so.
 //!
 //! # Client and data
 //!
@@ -40,7 +45,7 @@ pub mod batches;
 use super::codec::thousands;
 use super::query::http;
 use super::query::servers::{self, Server};
-use super::storage::{Root, influxdb, missing};
+use super::storage::{Root, influxdb, missing, victoria_metrics};
 use super::table::{Table, format_value};
 use super::{DatasetArgs, Figure, Reporter};
 use crate::datasets::{self, Dataset, DatasetSpec, SeriesData};
@@ -52,8 +57,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "ingest";
-/// The issue's target: line-protocol ingest at least 3 × InfluxDB 1.6.7's samples/s.
-const TARGET_LINE_PROTOCOL: f64 = 3.0;
+/// The issue's targets: line protocol at least 3 × InfluxDB 1.6.7's samples/s and 1.5 ×
+/// VictoriaMetrics', at most half its CPU per sample; remote_write at most 0.4 ×
+/// VictoriaMetrics' CPU per sample and no more peak RSS.
+const TARGET_LP_VS_INFLUX: f64 = 3.0;
+const TARGET_LP_VS_VM: f64 = 1.5;
+const TARGET_LP_CPU_VS_VM: f64 = 0.5;
+const TARGET_RW_CPU_VS_VM: f64 = 0.4;
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 /// InfluxDB's defaults for the cache snapshot (10 min) apply during `ingest`.
@@ -100,6 +110,8 @@ pub struct IngestArgs {
     pub prometheus: PathBuf,
     #[arg(long, default_value = "/usr/bin/influxd")]
     pub influxd: PathBuf,
+    #[arg(long, default_value = victoria_metrics::BINARY)]
+    pub victoria_metrics: PathBuf,
     /// Directory for the servers' data and logs, kept afterwards [default: a temporary
     /// directory, removed afterwards].
     #[arg(long)]
@@ -126,6 +138,7 @@ enum System {
     Updraft(Durability),
     Prometheus,
     Influx,
+    Victoria,
 }
 
 impl System {
@@ -134,17 +147,53 @@ impl System {
             System::Updraft(_) => "updraft",
             System::Prometheus => "prometheus",
             System::Influx => "influxdb",
+            System::Victoria => victoria_metrics::NAME,
+        }
+    }
+
+    fn durability(self) -> &'static str {
+        match self {
+            System::Updraft(Durability::Fsync) => "fsync",
+            System::Updraft(Durability::Buffered) => "buffered",
+            System::Prometheus => "WAL, no fsync",
+            System::Influx => "WAL fsync per write",
+            System::Victoria => "no WAL, in memory ~1 s",
         }
     }
 }
 
-/// One protocol's comparison.
+/// One protocol's comparison: Updraft and the peers, each with why it cannot run, if so.
 struct Pair {
     protocol: &'static str,
     format: Format,
     updraft: Durability,
-    peer: System,
-    missing: Option<String>,
+    peers: Vec<(System, Option<String>)>,
+}
+
+/// The issue's target for Updraft (`u`) against `peer` on `format`, judged; `–` if none.
+fn target(format: Format, peer: System, u: &Run, p: &Run) -> String {
+    let judge = |ok: bool| if ok { "met" } else { "not met" };
+    let speed = u.samples_per_s / p.samples_per_s;
+    let cpu = u.cpu_ns_per_sample / p.cpu_ns_per_sample;
+    match (format, peer) {
+        (Format::LineProtocol, System::Influx) => {
+            format!(
+                "≥ {TARGET_LP_VS_INFLUX}× samples/s: {}",
+                judge(speed >= TARGET_LP_VS_INFLUX)
+            )
+        }
+        (Format::LineProtocol, System::Victoria) => format!(
+            "≥ {TARGET_LP_VS_VM}× samples/s: {}; CPU ≤ {TARGET_LP_CPU_VS_VM}×: {}",
+            judge(speed >= TARGET_LP_VS_VM),
+            judge(cpu <= TARGET_LP_CPU_VS_VM)
+        ),
+        (Format::RemoteWrite, System::Victoria) => format!(
+            "CPU ≤ {TARGET_RW_CPU_VS_VM}×: {}; peak RSS ≤ 1×: {}",
+            judge(cpu <= TARGET_RW_CPU_VS_VM),
+            judge(u.peak_rss_bytes <= p.peak_rss_bytes)
+        ),
+        _ => "–".to_owned(),
+    }
 }
 
 /// One run's measurements.
@@ -177,6 +226,7 @@ fn start(
             servers::start_prometheus(&args.prometheus, dir, &dir.join("prometheus"))?
         }
         System::Influx => influxdb::start(&args.influxd, dir, INFLUX_COLD)?.server,
+        System::Victoria => victoria_metrics::start(&args.victoria_metrics, dir)?.server,
     };
     Ok(Started { server })
 }
@@ -185,6 +235,7 @@ fn start(
 fn write_path(system: System, format: Format, server: &Server) -> &'static str {
     match (system, format) {
         (System::Updraft(_), Format::LineProtocol) => "/write?db=bench&precision=ns",
+        (System::Victoria, Format::LineProtocol) => victoria_metrics::LINE_PROTOCOL_PATH,
         _ => server.write_path,
     }
 }
@@ -309,29 +360,35 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         .core_node
         .clone()
         .unwrap_or_else(servers::default_core_node);
+    let vm_missing = missing(&args.victoria_metrics, victoria_metrics::PACKAGE);
     let pairs = [
         Pair {
             protocol: "remote_write",
             format: Format::RemoteWrite,
             updraft: Durability::Buffered,
-            peer: System::Prometheus,
-            missing: missing(&args.prometheus, "prometheus"),
+            peers: vec![
+                (System::Prometheus, missing(&args.prometheus, "prometheus")),
+                (System::Victoria, vm_missing.clone()),
+            ],
         },
         Pair {
             protocol: "line_protocol",
             format: Format::LineProtocol,
             updraft: Durability::Fsync,
-            peer: System::Influx,
-            missing: missing(&args.influxd, "influxdb"),
+            peers: vec![
+                (System::Influx, missing(&args.influxd, "influxdb")),
+                (System::Victoria, vm_missing),
+            ],
         },
     ];
     let mut notes = Vec::new();
-    for p in &pairs {
-        if let Some(m) = &p.missing {
-            reporter.note(&format!("ingest: {m}: reported missing"));
-            notes.push(format!(
-                "MISSING: {m}; its rows say so, no figure is made up."
-            ));
+    for (system, m) in pairs.iter().flat_map(|p| &p.peers) {
+        if let Some(m) = m {
+            let line = format!("MISSING: {m}; its rows say so, no figure is made up.");
+            if !notes.contains(&line) {
+                reporter.note(&format!("ingest: {}: {m}: reported missing", system.name()));
+                notes.push(line);
+            }
         }
     }
     let cut = Cut {
@@ -346,8 +403,9 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         "samples/s",
         "CPU ns/sample",
         "peak RSS (MiB)",
-        "updraft/peer samples/s",
-        "target",
+        "updraft ÷ this (samples/s)",
+        "updraft ÷ this (CPU/sample)",
+        "target (updraft against this)",
     ]);
     for spec in args.specs() {
         let name = spec.dataset.name();
@@ -365,9 +423,12 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
                 bytes as f64 / 1e6
             ));
             let mut systems = vec![System::Updraft(pair.updraft)];
-            if pair.missing.is_none() {
-                systems.push(pair.peer);
-            }
+            systems.extend(
+                pair.peers
+                    .iter()
+                    .filter(|(_, m)| m.is_none())
+                    .map(|&(s, _)| s),
+            );
             let mut runs: Vec<Vec<Run>> = vec![Vec::new(); systems.len()];
             for round in 0..args.rounds as usize {
                 for k in 0..systems.len() {
@@ -428,46 +489,38 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
                 figures.push(f("cpu_ns_per_sample", m.cpu_ns_per_sample, "ns"));
                 figures.push(f("peak_rss_bytes", m.peak_rss_bytes, "B"));
             }
-            let ratio = medians
-                .get(1)
-                .map(|p| medians[0].samples_per_s / p.samples_per_s);
+            let u = medians[0];
             for (i, (system, m)) in systems.iter().zip(&medians).enumerate() {
-                let durability = match system {
-                    System::Updraft(Durability::Fsync) => "fsync",
-                    System::Updraft(Durability::Buffered) => "buffered",
-                    System::Prometheus => "WAL, no fsync",
-                    System::Influx => "WAL fsync per write",
-                };
-                let (ratio_cell, target) = if i == 0 {
-                    let r = ratio.map_or_else(|| "no peer".to_owned(), |r| format!("{r:.2}×"));
-                    let t = match (pair.format, ratio) {
-                        (Format::LineProtocol, Some(r)) if r >= TARGET_LINE_PROTOCOL => "≥ 3×: met",
-                        (Format::LineProtocol, Some(_)) => "≥ 3×: not met",
-                        (Format::LineProtocol, None) => "≥ 3×: no peer",
-                        (Format::RemoteWrite, _) => "–",
-                    };
-                    (r, t.to_owned())
+                let (speed, cpu, target) = if i == 0 {
+                    (String::new(), String::new(), String::new())
                 } else {
-                    (String::new(), String::new())
+                    (
+                        format!("{:.2}×", u.samples_per_s / m.samples_per_s),
+                        format!("{:.2}×", u.cpu_ns_per_sample / m.cpu_ns_per_sample),
+                        target(pair.format, *system, &u, m),
+                    )
                 };
                 table.push_row([
                     name.to_owned(),
                     pair.protocol.to_owned(),
-                    format!("{} ({durability})", system.name()),
+                    format!("{} ({})", system.name(), system.durability()),
                     format_value(m.samples_per_s),
                     format_value(m.cpu_ns_per_sample),
                     format!("{:.0}", m.peak_rss_bytes / f64::from(1u32 << 20)),
-                    ratio_cell,
+                    speed,
+                    cpu,
                     target,
                 ]);
             }
-            if let Some(m) = &pair.missing {
-                table.push_row([
-                    name.to_owned(),
-                    pair.protocol.to_owned(),
-                    format!("{}: missing", pair.peer.name()),
-                    m.clone(),
-                ]);
+            for (peer, m) in &pair.peers {
+                if let Some(m) = m {
+                    table.push_row([
+                        name.to_owned(),
+                        pair.protocol.to_owned(),
+                        format!("{}: MISSING", peer.name()),
+                        m.clone(),
+                    ]);
+                }
             }
         }
     }
@@ -475,11 +528,12 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         0,
         format!(
             "Data: {}. Requests of ≤ {} series × {} s of samples, {} client threads, one request \
-             in flight each, one connection per request; identical requests for both systems \
+             in flight each, one connection per request; identical requests for every system \
              of a protocol. Medians of {} runs, each on a fresh process and directory, the \
              order of the systems alternating. CPU: the server process only, until idle again. \
              Updraft's durability matches the peer's: buffered against Prometheus (WAL without \
-             fsync), fsync against InfluxDB (wal-fsync-delay 0s).",
+             fsync), fsync against InfluxDB (wal-fsync-delay 0s); VictoriaMetrics 1.79 has no \
+             WAL (acknowledged samples wait in memory about 1 s), its own default.",
             args.specs()
                 .iter()
                 .map(|s| format!("{} {}", s.dataset.name(), super::describe_spec(s)))
@@ -492,14 +546,16 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         ),
     );
     notes.push(
-        "Where Updraft's line-protocol CPU goes (a perf profile of core-node taking iot-trucks \
-         100 × 2h over /write, 2026-11-25, commit 832f62a; not re-measured by this command): \
-         parsing lines about 20 % (`line_protocol::Lines::next`, `Parser::name`), malloc/free \
-         about 23 % (every line builds its label set afresh: `String` per tag, \
-         `Labels::try_from`), SipHash about 5 %, the conversion to series 2 %; storage itself \
-         is a small share. Against remote_write (labels once per series per request) it costs \
-         4-6 × the CPU per sample, so the ≥ 3 × InfluxDB target needs a parser that reuses \
-         the series of a repeated tag set."
+        "Where Updraft's line-protocol CPU goes (perf profiles of core-node taking iot-trucks \
+         100 × 2h over /write; not re-measured by this command): on 2026-11-25 (commit 832f62a) \
+         parsing lines about 20 %, malloc/free about 23 % (every line built its label set \
+         afresh), SipHash about 5 %. On 2026-12-07 each line is parsed into one reused buffer \
+         and a repeated tag set maps to its series by the hash of its text, once per request: \
+         label sets and malloc/free fell under 2 %, parsing was about a third, and the kernel \
+         zeroing fresh pages for request bodies and batches (`clear_page_erms`) the largest \
+         share, about 37 %: mimalloc's transparent huge pages, each fresh page a 2 MiB fault. \
+         Since then mimalloc is built without them (`no_thp`) and the parser's name scan takes \
+         a third fewer instructions."
             .to_owned(),
     );
     if reporter.json() {
@@ -508,7 +564,7 @@ pub fn run(args: &IngestArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         }
     }
     reporter.dataset_result(
-        "ingest: Updraft against Prometheus 2.42 (remote_write) and InfluxDB 1.6.7 (line protocol)",
+        "ingest: Updraft against Prometheus 2.42 (remote_write), InfluxDB 1.6.7 (line protocol) and VictoriaMetrics 1.79 (both)",
         &figures,
         &table,
         &notes,

@@ -8,7 +8,9 @@
 //! Scenarios: [`codec`] (bytes/sample and encode/decode speed of the chunk codec against
 //! Prometheus' XOR chunks), [`billion`] (a billion samples into one core node over QUIC:
 //! samples/s, bytes/sample on disk, memory, query times), [`query`] (range-query latency and
-//! remote_write ingest CPU against a real Prometheus process). Shared parts: [`figure`] (the JSON
+//! remote_write ingest CPU against real Prometheus and VictoriaMetrics processes), [`storage`]
+//! and [`ingest`] (bytes on disk and ingest speed against Prometheus, InfluxDB and
+//! VictoriaMetrics). Shared parts: [`figure`] (the JSON
 //! line), [`table`] (markdown), [`machine`] (cores, memory, CPU), [`timing`] (best and median of
 //! rounds), [`chunking`] (how each system cuts series into chunks), [`quic_client`] (batches to
 //! a core node over QUIC), and [`DatasetArgs`] (which datasets, how large).
@@ -55,16 +57,16 @@ pub enum Scenario {
     /// disk, peak RSS, query times (`--samples N` to scale down).
     Billion(billion::BillionArgs),
     /// Range-query latency (five shapes) and remote_write ingest CPU per sample, a core-node
-    /// process against Prometheus 2.42 on the same data.
+    /// process against Prometheus 2.42 and VictoriaMetrics 1.79 on the same data.
     Query(query::QueryArgs),
     /// MQTT msgs/s (QoS 0, 1) into the edge agent's fsynced buffer and PUBACK latency, RSS and
     /// CPU, against mosquitto 2.0 forwarding to one subscriber, both pinned to one CPU.
     Mqtt(mqtt::MqttArgs),
     /// Bytes/sample on disk after compaction: a core-node process against Prometheus 2.42
-    /// (promtool blocks) and InfluxDB 1.6.7, on the three datasets.
+    /// (promtool blocks), InfluxDB 1.6.7 and VictoriaMetrics 1.79, on the three datasets.
     Storage(storage::StorageArgs),
     /// Samples/s, CPU per sample and peak RSS: remote_write against Prometheus 2.42, line
-    /// protocol against InfluxDB 1.6.7.
+    /// protocol against InfluxDB 1.6.7, both against VictoriaMetrics 1.79.
     Ingest(ingest::IngestArgs),
     /// MQTT publish to queryable through a real edge agent and core node: p50/p99/p99.9.
     Freshness(freshness::FreshnessArgs),
@@ -352,6 +354,10 @@ mod tests {
         assert_eq!((s.trucks, s.duration, s.rounds), (100, 6 * 3_600_000, 1));
         assert_eq!(s.prom_block_duration, "18h");
         assert_eq!(s.influxd, std::path::PathBuf::from("/usr/bin/influxd"));
+        assert_eq!(
+            s.victoria_metrics,
+            std::path::PathBuf::from("/usr/bin/victoria-metrics")
+        );
         let Scenario::Storage(s) = parse(&[
             "x",
             "bench",
@@ -379,6 +385,10 @@ mod tests {
             (2 * 3_600_000, 3, 600_000)
         );
         assert_eq!((i.series_per_request, i.connections), (250, 4));
+        assert_eq!(
+            i.victoria_metrics,
+            std::path::PathBuf::from("/usr/bin/victoria-metrics")
+        );
         assert!(Cli::try_parse_from(["x", "bench", "ingest", "--connections", "0"]).is_err());
         let Scenario::Freshness(f) = parse(&[
             "x",

@@ -1,5 +1,6 @@
 //! `simulator bench query`: range-query latency and remote_write ingest CPU, Updraft against
-//! Prometheus 2.42, both real processes on this machine, same data, same client.
+//! Prometheus 2.42 and VictoriaMetrics 1.79, real processes on this machine, same data, same
+//! client.
 //!
 //! # Data
 //!
@@ -10,6 +11,7 @@
 //!   nothing to compact at start-up); its remote-write receiver refuses samples older than the
 //!   head's max time − 1 h, so history cannot go that way. Updraft gets the same samples over
 //!   remote_write (`/api/v1/write`, requests of 10 series × 1,000 samples); any order suits it.
+//!   VictoriaMetrics ([`victoria_metrics`]) gets the same requests as Updraft.
 //! - Short set: `metrics-mix`, `--hosts` (313) over `--duration` (2 h) starting where the long
 //!   set ends, only its `node_cpu_seconds_total` series (32 per host: 10,016 counters at 15 s).
 //!   Both servers get the same remote_write requests, byte for byte, in global time order (as
@@ -18,10 +20,13 @@
 //!
 //! # Figures
 //!
-//! - `query_<shape>_ms` (systems `updraft`, `prometheus`): the median wall time of
+//! - `query_<shape>_ms` (systems `updraft`, `prometheus`, `victoria-metrics`): the median wall time of
 //!   `--rounds` `GET /api/v1/query_range` after a warm-up, from the request to the last byte of
-//!   the answer; the two servers alternate within a round. Before timing, each answer's series
-//!   and points are counted, and a warning is printed when the two servers differ.
+//!   the answer; the servers take turns within a round. Before timing, each answer is compared
+//!   with Prometheus' (series, timestamps, values within 1e-9; [`answers`]) and a warning is
+//!   printed where one differs. VictoriaMetrics speaks MetricsQL, whose `rate` and lookback
+//!   differ from PromQL's: where its answer differs, the table gives no Updraft ÷
+//!   VictoriaMetrics latency ratio (latency is compared only where all three agree).
 //! - `remote_write_cpu_ns_per_sample`: CPU time of the server process (utime + stime of
 //!   `/proc/<pid>/stat`, all threads) from before the short set's first request until it is idle
 //!   again after the last (so deferred work such as flushes counts), ÷ samples sent.
@@ -29,13 +34,16 @@
 //! Durability is not equal by default: Updraft fsyncs its WAL before answering a write
 //! (`--durability buffered` hands it to the OS only), Prometheus writes its WAL without fsync.
 
+mod answers;
 pub(crate) mod http;
 pub(crate) mod servers;
 
 use super::codec::thousands;
+use super::storage::{missing, victoria_metrics};
 use super::table::{Table, format_value};
 use super::{Figure, Reporter};
 use crate::datasets::{self, Dataset, DatasetSpec, SeriesData};
+use answers::{differing_points, parse_answer, points};
 use anyhow::{Context, bail};
 use core_node::storage::Durability;
 use protocols::remote_write::{self as rw, WriteRequest};
@@ -89,6 +97,8 @@ pub struct QueryArgs {
     pub prometheus: PathBuf,
     #[arg(long, default_value = "/usr/bin/promtool")]
     pub promtool: PathBuf,
+    #[arg(long, default_value = victoria_metrics::BINARY)]
+    pub victoria_metrics: PathBuf,
     /// Directory for both servers' data and logs, kept afterwards [default: a temporary
     /// directory, removed afterwards].
     #[arg(long)]
@@ -249,62 +259,6 @@ fn send_all(server: &Server, bodies: &[Vec<u8>], settle: bool) -> anyhow::Result
     })
 }
 
-/// A `query_range` answer: each series (its labels as JSON text; `serde_json` keeps keys
-/// sorted) with its points.
-type Answer = std::collections::BTreeMap<String, Vec<(f64, f64)>>;
-
-fn parse_answer(server: &Server, body: &[u8]) -> anyhow::Result<Answer> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .with_context(|| format!("{} answered with something other than JSON", server.name))?;
-    let result = v["data"]["result"]
-        .as_array()
-        .with_context(|| format!("no data.result in {}'s answer", server.name))?;
-    let mut answer = Answer::new();
-    for s in result {
-        let points = s["values"]
-            .as_array()
-            .map(|values| {
-                values
-                    .iter()
-                    .map(|p| {
-                        let t = p[0].as_f64().unwrap_or(f64::NAN);
-                        let v = p[1].as_str().and_then(|v| v.parse().ok());
-                        (t, v.unwrap_or(f64::NAN))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        answer.insert(s["metric"].to_string(), points);
-    }
-    Ok(answer)
-}
-
-fn points(a: &Answer) -> usize {
-    a.values().map(Vec::len).sum()
-}
-
-/// Points of `a` that `b` lacks (same series, same timestamp) or holds with another value
-/// (relative difference over 1e-9; NaN equals NaN).
-fn differing_points(a: &Answer, b: &Answer) -> usize {
-    a.iter()
-        .map(|(series, pa)| {
-            let Some(pb) = b.get(series) else {
-                return pa.len();
-            };
-            let pb: std::collections::HashMap<u64, f64> =
-                pb.iter().map(|(t, v)| (t.to_bits(), *v)).collect();
-            pa.iter()
-                .filter(|(t, va)| {
-                    pb.get(&t.to_bits()).is_none_or(|vb| {
-                        !(va.is_nan() && vb.is_nan()
-                            || (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()))
-                    })
-                })
-                .count()
-        })
-        .sum()
-}
-
 fn query_once(server: &Server, path: &str) -> anyhow::Result<(Duration, Vec<u8>)> {
     let start = Instant::now();
     let r = http::get(server.addr, path)?;
@@ -433,6 +387,17 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
 
     let prometheus = servers::start_prometheus(&args.prometheus, &root, &prom_dir)?;
     let updraft = servers::start_core_node(&core_node, &root, args.durability)?;
+    let vm_missing = missing(&args.victoria_metrics, victoria_metrics::PACKAGE);
+    let vm = match &vm_missing {
+        None => Some(victoria_metrics::start(&args.victoria_metrics, &root)?),
+        Some(m) => {
+            reporter.note(&format!("query: {m}: reported missing"));
+            notes.push(format!(
+                "MISSING: {m}; its columns say so, no figure is made up."
+            ));
+            None
+        }
+    };
     reporter.note(&format!(
         "query: prometheus pid {} on {}, core-node pid {} on {} (durability {}), data in {}",
         prometheus.pid(),
@@ -442,20 +407,26 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         servers::durability_name(args.durability),
         root.display()
     ));
-    let t = Instant::now();
-    send_all(&updraft, &long_bodies, false)?;
-    reporter.note(&format!(
-        "query: long set into updraft over remote_write: {} samples in {} requests, {:.1} s",
-        thousands(long_samples),
-        long_bodies.len(),
-        t.elapsed().as_secs_f64()
-    ));
+    // VictoriaMetrics, like Updraft, takes history over remote_write.
+    for server in std::iter::once(&updraft).chain(vm.as_ref().map(|v| &v.server)) {
+        let t = Instant::now();
+        send_all(server, &long_bodies, false)?;
+        reporter.note(&format!(
+            "query: long set into {} over remote_write: {} samples in {} requests, {:.1} s",
+            server.name,
+            thousands(long_samples),
+            long_bodies.len(),
+            t.elapsed().as_secs_f64()
+        ));
+    }
     drop(long_bodies);
 
     // Ingest: the same requests to each server, each measured from an idle start.
     let mut figures = Vec::new();
     let mut ingest = Vec::new();
-    for server in [&prometheus, &updraft] {
+    let mut systems = vec![&prometheus, &updraft];
+    systems.extend(vm.as_ref().map(|v| &v.server));
+    for &server in &systems {
         let waited = server.settle(SETTLE_LIMIT)?;
         let r = send_all(server, &short_bodies, true)?;
         reporter.note(&format!(
@@ -479,57 +450,77 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         ingest.push(ns);
     }
     drop(short_bodies);
+    if let Some(v) = &vm {
+        // Its last second of samples waits in memory; queries must see them.
+        victoria_metrics::force_flush(v)?;
+    }
 
-    // Queries: counts compared on the warm-up answers, then alternating timed rounds.
+    // Queries: answers compared with Prometheus' on the warm-up, then alternating timed
+    // rounds. systems: prometheus, updraft, then victoria-metrics if it runs.
     let mut rows = Vec::new();
     let mut mismatches = Vec::new();
+    let mut vm_mismatches = Vec::new();
     for shape in shapes(&long_spec, &short_spec) {
         let path = shape.path();
         let mut answers = Vec::new();
-        for server in [&updraft, &prometheus] {
+        for &server in &systems {
             let (_, body) = query_once(server, &path)?;
             answers.push(parse_answer(server, &body)?);
         }
         let counts: Vec<(usize, usize)> = answers.iter().map(|a| (a.len(), points(a))).collect();
-        if counts[0] != counts[1] {
-            reporter.note(&format!(
-                "WARNING query {}: updraft returned {} series / {} points, prometheus {} / {}",
-                shape.key, counts[0].0, counts[0].1, counts[1].0, counts[1].1
-            ));
-        }
-        let differing = differing_points(&answers[1], &answers[0]);
-        if differing > 0 {
-            reporter.note(&format!(
-                "WARNING query {}: {differing} of prometheus' {} points are missing or differ in updraft's answer",
-                shape.key, counts[1].1
-            ));
-            mismatches.push(format!("{} ({differing} points)", shape.key));
-        }
-        let mut times = [Vec::new(), Vec::new()];
-        for round in 0..args.rounds as usize {
-            for k in 0..2 {
-                let i = (round + k) % 2;
-                let server = if i == 0 { &updraft } else { &prometheus };
-                times[i].push(query_once(server, &path)?.0);
+        // Points missing or different either way, for each system against Prometheus.
+        let differing: Vec<usize> = answers
+            .iter()
+            .map(|a| differing_points(&answers[0], a).max(differing_points(a, &answers[0])))
+            .collect();
+        for (i, &server) in systems.iter().enumerate().skip(1) {
+            if differing[i] > 0 {
+                reporter.note(&format!(
+                    "WARNING query {}: {} returned {} series / {} points, prometheus {} / {}; {} points missing, extra or different",
+                    shape.key, server.name, counts[i].0, counts[i].1, counts[0].0, counts[0].1, differing[i]
+                ));
             }
         }
-        let [u, p] = times.map(|t| ms(median(t)));
+        if differing[1] > 0 {
+            mismatches.push(format!("{} ({} points)", shape.key, differing[1]));
+        }
+        if differing.get(2).is_some_and(|&d| d > 0) {
+            vm_mismatches.push(format!("{} ({} points)", shape.key, differing[2]));
+        }
+        let n = systems.len();
+        let mut times = vec![Vec::new(); n];
+        for round in 0..args.rounds as usize {
+            for k in 0..n {
+                let i = (round + k) % n;
+                times[i].push(query_once(systems[i], &path)?.0);
+            }
+        }
+        let medians: Vec<f64> = times.into_iter().map(|t| ms(median(t))).collect();
         let figure = format!("query_{}_ms", shape.key);
-        for (system, v) in [("updraft", u), ("prometheus", p)] {
+        for (&server, &v) in systems.iter().zip(&medians) {
             figures.push(Figure::new(
                 SCENARIO,
                 shape.dataset.name(),
-                system,
+                server.name,
                 &figure,
                 v,
                 "ms",
             ));
         }
         reporter.note(&format!(
-            "query {}: updraft {u:.1} ms, prometheus {p:.1} ms ({} series, {} points)",
-            shape.key, counts[1].0, counts[1].1
+            "query {}: {} ({} series, {} points)",
+            shape.key,
+            systems
+                .iter()
+                .zip(&medians)
+                .map(|(s, v)| format!("{} {v:.1} ms", s.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            counts[0].0,
+            counts[0].1
         ));
-        rows.push((shape, counts[0], u, p));
+        let all_agree = differing.iter().all(|&d| d == 0);
+        rows.push((shape, counts[1], medians, all_agree));
     }
 
     let mut table = Table::new([
@@ -540,8 +531,21 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         "prometheus (ms)",
         "updraft/prometheus",
         "≤ 0.5×",
+        "victoria-metrics (ms)",
+        "updraft/victoria-metrics (where all agree)",
     ]);
-    for (shape, (series, points), u, p) in &rows {
+    let vm_cell = |v: Option<f64>| match (v, &vm_missing) {
+        (Some(v), _) => format_value(v),
+        (None, Some(_)) => "missing".to_owned(),
+        (None, None) => "–".to_owned(),
+    };
+    for (shape, (series, points), medians, all_agree) in &rows {
+        let (p, u, v) = (medians[0], medians[1], medians.get(2).copied());
+        let vm_ratio = match v {
+            Some(v) if *all_agree => format!("{:.2}×", u / v),
+            Some(_) => "answers differ".to_owned(),
+            None => vm_cell(None),
+        };
         table.push_row([
             shape.dataset.name().to_owned(),
             format!("`{}`", shape.promql),
@@ -550,13 +554,15 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
                 thousands(*series as u64),
                 thousands(*points as u64)
             ),
-            format_value(*u),
-            format_value(*p),
+            format_value(u),
+            format_value(p),
             format!("{:.2}×", u / p),
             met(u / p).to_owned(),
+            vm_cell(v),
+            vm_ratio,
         ]);
     }
-    let (u, p) = (ingest[1], ingest[0]);
+    let (u, p, v) = (ingest[1], ingest[0], ingest.get(2).copied());
     table.push_row([
         Dataset::MetricsMix.name().to_owned(),
         "remote_write CPU per sample (ns, not ms)".to_owned(),
@@ -565,12 +571,14 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         format_value(p),
         format!("{:.2}×", u / p),
         met(u / p).to_owned(),
+        vm_cell(v),
+        v.map_or_else(|| vm_cell(None), |v| format!("{:.2}×", u / v)),
     ]);
 
     notes.push(format!(
         "Data: long set iot-trucks {} ({} samples; Prometheus: promtool blocks, {:.0} MB OpenMetrics; \
-         Updraft: remote_write); short set metrics-mix {} restricted to {SHORT_METRIC} ({} samples, \
-         remote_write to both, {} series × {} samples per request, time order). Ranges: long-set \
+         Updraft and VictoriaMetrics: remote_write); short set metrics-mix {} restricted to {SHORT_METRIC} ({} samples, \
+         the same remote_write requests to each, {} series × {} samples per request, time order). Ranges: long-set \
          query step {} s, short-set queries step {} s. Medians of {} runs after a warm-up.",
         super::describe_spec(&long_spec),
         thousands(long_samples),
@@ -584,7 +592,9 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         args.rounds
     ));
     notes.push(format!(
-        "Durability: Updraft --durability {} ({}); Prometheus 2.42 WAL without fsync per write. \
+        "Durability: Updraft --durability {} ({}); Prometheus 2.42 WAL without fsync per write; \
+         VictoriaMetrics 1.79 no WAL (samples wait in memory about 1 s; it takes the long set \
+         over remote_write as Updraft does, with its response cache off). \
          CPU per sample: utime+stime of the server process from before the first request until \
          idle again.",
         servers::durability_name(args.durability),
@@ -593,6 +603,18 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             Durability::Buffered => "WAL handed to the OS before each 204, no fsync",
         }
     ));
+    if vm.is_some() {
+        notes.push(if vm_mismatches.is_empty() {
+            "VictoriaMetrics' answers equal Prometheus' on every shape.".to_owned()
+        } else {
+            format!(
+                "VictoriaMetrics' answers differ from Prometheus' (MetricsQL: missing, extra or \
+                 different points): {}; the updraft/victoria-metrics latency ratio is given only \
+                 where all three answers agree.",
+                vm_mismatches.join(", ")
+            )
+        });
+    }
     if !mismatches.is_empty() {
         notes.push(format!(
             "Answers differ from Prometheus' (missing points or values off by more than 1e-9 \
@@ -601,10 +623,16 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         ));
     }
     notes.push(format!(
-        "On disk after the run: Updraft {:.1} MB, Prometheus {:.1} MB (blocks + WAL, head not compacted).",
+        "On disk after the run: Updraft {:.1} MB, Prometheus {:.1} MB (blocks + WAL, head not \
+         compacted){}.",
         dir_bytes(&root.join("core")) as f64 / 1e6,
-        dir_bytes(&prom_dir) as f64 / 1e6
+        dir_bytes(&prom_dir) as f64 / 1e6,
+        vm.as_ref().map_or_else(String::new, |v| format!(
+            ", VictoriaMetrics {:.1} MB (not merged)",
+            dir_bytes(&v.data) as f64 / 1e6
+        ))
     ));
+    drop(vm);
     drop(updraft);
     drop(prometheus);
     if reporter.json() {
@@ -613,7 +641,7 @@ pub fn run(args: &QueryArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         }
     }
     reporter.dataset_result(
-        "query: Updraft against Prometheus 2.42 (range queries, remote_write ingest)",
+        "query: Updraft against Prometheus 2.42 and VictoriaMetrics 1.79 (range queries, remote_write ingest)",
         &figures,
         &table,
         &notes,
@@ -666,23 +694,6 @@ mod tests {
             .map(|s| s.timestamp)
             .min();
         assert!(max_first < min_second, "windows overlap");
-    }
-
-    #[test]
-    fn answers_compare_by_series_timestamp_and_value() {
-        let a: Answer = [(
-            "{\"a\":\"1\"}".to_owned(),
-            vec![(1.0, 2.0), (2.0, f64::NAN)],
-        )]
-        .into();
-        assert_eq!(differing_points(&a, &a), 0);
-        let mut b = a.clone();
-        if let Some(p) = b.values_mut().next() {
-            p[0].1 = 2.0 + 1e-6;
-        }
-        assert_eq!(differing_points(&a, &b), 1);
-        assert_eq!(differing_points(&a, &Answer::new()), 2);
-        assert_eq!(points(&a), 2);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `simulator bench storage`: bytes per sample on disk, Updraft against Prometheus 2.42 and
-//! InfluxDB 1.6.7, on the same generated data, after each system's compaction has settled.
+//! `simulator bench storage`: bytes per sample on disk, Updraft against Prometheus 2.42,
+//! InfluxDB 1.6.7 and VictoriaMetrics 1.79, on the same generated data, after each system's
+//! compaction has settled.
 //!
 //! # How each system gets the data and settles
 //!
@@ -24,6 +25,11 @@
 //!   (`cache-snapshot-write-cold-duration` and `compact-full-write-cold-duration` set to
 //!   `--influx-cold`). Counted: `data/` (TSM files, `fields.idx`), `wal/` and `meta/`. The
 //!   index is 1.6's default `inmem`: built in memory from the TSM files' series keys.
+//! - **VictoriaMetrics 1.79**: `victoria-metrics` ([`victoria_metrics`]) takes the same
+//!   remote_write requests as Updraft, then `/internal/force_flush`, `/internal/force_merge`,
+//!   a wait until no merge runs and it is idle, and a graceful stop. Counted: every file under
+//!   its data directory (data and indexdb parts, metadata, the caches it saves to `cache/` on
+//!   stop). It has no WAL, so its two figures are equal.
 //!
 //! # Figures (per dataset and system, unit B)
 //!
@@ -43,6 +49,7 @@
 //! binary is missing is reported missing.
 
 pub mod influxdb;
+pub mod victoria_metrics;
 
 use super::codec::thousands;
 use super::ingest::batches::{self, Cut, Format};
@@ -97,6 +104,8 @@ pub struct StorageArgs {
     pub promtool: PathBuf,
     #[arg(long, default_value = "/usr/bin/influxd")]
     pub influxd: PathBuf,
+    #[arg(long, default_value = victoria_metrics::BINARY)]
+    pub victoria_metrics: PathBuf,
     /// Directory for the systems' data and logs, kept afterwards [default: a temporary
     /// directory, removed afterwards].
     #[arg(long)]
@@ -232,8 +241,12 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         .unwrap_or_else(servers::default_core_node);
     let prom_missing = missing(&args.promtool, "prometheus");
     let influx_missing = missing(&args.influxd, "influxdb");
+    let vm_missing = missing(&args.victoria_metrics, victoria_metrics::PACKAGE);
     let mut notes = Vec::new();
-    for m in [&prom_missing, &influx_missing].into_iter().flatten() {
+    for m in [&prom_missing, &influx_missing, &vm_missing]
+        .into_iter()
+        .flatten()
+    {
         reporter.note(&format!("storage: {m}: reported missing"));
         notes.push(format!(
             "MISSING: {m}; its column says so, no figure is made up."
@@ -248,9 +261,11 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         "prometheus 2.42 blocks",
         "influxdb 1.6.7 all",
         "influxdb data+index",
+        "victoria-metrics 1.79 all files",
         "updraft/prometheus (data+index)",
         "updraft/influxdb (data+index)",
         "updraft/prometheus (all files)",
+        "updraft/victoria-metrics (all files)",
         "target: data+index ≤ 0.30× prometheus",
     ]);
     for spec in args.specs() {
@@ -263,7 +278,7 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             thousands(series.len() as u64),
             thousands(samples)
         ));
-        let mut results: [Vec<Measured>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut results: [Vec<Measured>; 4] = Default::default();
         for round in 0..args.rounds {
             let dir = root.fresh(&format!("{name}-{round}"))?;
             let m = updraft(&core_node, &dir, &series)?;
@@ -296,13 +311,24 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
                 ));
                 results[2].push(m);
             }
+            if vm_missing.is_none() {
+                let m = victoria(args, &dir, &series)?;
+                reporter.note(&format!(
+                    "storage: {name} round {}: victoria-metrics {:.3} B/sample ({:.1} s load, {:.1} s flush+merge+stop)",
+                    round + 1,
+                    m.total as f64 / samples as f64,
+                    m.load_s,
+                    m.settle_s
+                ));
+                results[3].push(m);
+            }
             if args.data_dir.is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
         // (all files, data + index) per system.
-        let mut bps: [Option<(f64, f64)>; 3] = [None; 3];
-        for (i, system) in ["updraft", "prometheus", "influxdb"]
+        let mut bps: [Option<(f64, f64)>; 4] = [None; 4];
+        for (i, system) in ["updraft", "prometheus", "influxdb", victoria_metrics::NAME]
             .into_iter()
             .enumerate()
         {
@@ -368,9 +394,11 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
             cell(all(1), &prom_missing),
             cell(all(2), &influx_missing),
             cell(di(2), &influx_missing),
+            cell(all(3), &vm_missing),
             ratio(di(0), di(1)),
             ratio(di(0), di(2)),
             ratio(all(0), all(1)),
+            ratio(all(0), all(3)),
             target,
         ]);
     }
@@ -385,7 +413,10 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
              openmetrics --max-block-duration={}; every file of every block (chunks, index, \
              meta). InfluxDB 1.6.7: line protocol over /write, cache snapshot and full \
              compaction after {} s cold; data (TSM, fields.idx), wal and meta directories, \
-             index inmem. Median of {} run(s); bytes are nearly deterministic (same data, same \
+             index inmem. VictoriaMetrics 1.79: remote_write (the same requests as Updraft), \
+             then /internal/force_flush, /internal/force_merge, idle, SIGTERM; every file of \
+             its data directory (data and indexdb parts, the caches it writes to cache/ on \
+             stop, metadata); it has no WAL, so all files = data+index. Median of {} run(s); bytes are nearly deterministic (same data, same \
              order).",
             args.specs()
                 .iter()
@@ -406,7 +437,7 @@ pub fn run(args: &StorageArgs, reporter: &mut Reporter) -> anyhow::Result<()> {
         }
     }
     reporter.dataset_result(
-        "storage: bytes/sample on disk after compaction, Updraft against Prometheus 2.42 and InfluxDB 1.6.7",
+        "storage: bytes/sample on disk after compaction, Updraft against Prometheus 2.42, InfluxDB 1.6.7 and VictoriaMetrics 1.79",
         &figures,
         &table,
         &notes,
@@ -576,6 +607,25 @@ fn influx(args: &StorageArgs, dir: &Path, series: &[SeriesData]) -> anyhow::Resu
         parts,
         load_s,
         settle_s: waited.as_secs_f64(),
+    })
+}
+
+fn victoria(args: &StorageArgs, dir: &Path, series: &[SeriesData]) -> anyhow::Result<Measured> {
+    let root = dir.join("vm");
+    std::fs::create_dir_all(&root)?;
+    let t = Instant::now();
+    let vm = victoria_metrics::start(&args.victoria_metrics, &root)?;
+    send_stream(&vm.server, series, Format::RemoteWrite)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let (data, settled) = victoria_metrics::settle_and_stop(vm, Duration::from_secs(600))?;
+    let (total, apparent) = disk_bytes(&data);
+    Ok(Measured {
+        total,
+        data_index: total,
+        apparent,
+        parts: victoria_metrics::parts(&data),
+        load_s,
+        settle_s: settled.as_secs_f64(),
     })
 }
 
