@@ -66,7 +66,9 @@ pub mod fuzzing {
     fn sample_count(record: &Record) -> usize {
         match record {
             Record::Write(batch) => batch.sample_count(),
-            Record::DropPartition { .. } | Record::ForgetSeries { .. } => 0,
+            Record::DropPartition { .. }
+            | Record::DropShards { .. }
+            | Record::ForgetSeries { .. } => 0,
         }
     }
 
@@ -104,11 +106,17 @@ pub mod fuzzing {
                 tenant: tenant.clone(),
                 index: 7,
             };
+            let shards = Record::DropShards {
+                tenant: tenant.clone(),
+                index: -3,
+                first_shard: 64,
+                last_shard: 127,
+            };
             let forget = Record::ForgetSeries {
                 tenant,
                 ids: vec![protocols::SeriesId(3)],
             };
-            for record in [drop, forget] {
+            for record in [drop, shards, forget] {
                 assert!(wal_record_round_trip(&record.encode()));
             }
             assert!(!wal_record_round_trip(&[]));
@@ -119,13 +127,14 @@ pub mod fuzzing {
             #[test]
             fn arbitrary_records_never_panic(
                 // No header, an agent's frame (kind 1), a sample batch (0x80), a drop (0x81), a
-                // series removal (0x82).
+                // series removal (0x82), a shard range's drop (0x83).
                 head in prop::sample::select(vec![
                     vec![],
                     vec![WIRE_VERSION, 1],
                     vec![WIRE_VERSION, 0x80],
                     vec![WIRE_VERSION, 0x81],
                     vec![WIRE_VERSION, 0x82],
+                    vec![WIRE_VERSION, 0x83],
                 ]),
                 bytes in proptest::collection::vec(any::<u8>(), 0..256),
             ) {
@@ -161,6 +170,7 @@ pub async fn run(
     let min_free_disk_bytes = config.min_free_disk_bytes;
     let last_value_cache_bytes = config.last_value_cache_bytes;
     let range_cache = config.range_cache.clone();
+    let clustered = config.cluster.is_some();
     let (storage, encrypted) = tokio::task::spawn_blocking(move || {
         let encryption = storage::load_encryption(&data_dir, master_key_file.as_deref())?;
         let encrypted = encryption.is_some();
@@ -174,6 +184,8 @@ pub async fn run(
                 min_free_disk_bytes,
                 last_value_cache_bytes,
                 range_cache,
+                // A cluster's groups log their retention decisions (cluster::retention).
+                local_retention: !clustered,
                 ..Default::default()
             },
         )

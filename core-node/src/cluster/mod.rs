@@ -22,6 +22,7 @@
 //!   group's leader.
 //! - [`reads`]: the read path: read barriers, reads served for other nodes, and the query
 //!   engine's data source over every group.
+//! - [`retention`]: retention decided by each group's leader and logged.
 //! - [`tokens`]: API tokens kept by the metadata group.
 //! - [`node`]: a clustered node at run time (groups, write routing, admin views); [`cli`]:
 //!   `core-node cluster init|status`.
@@ -38,6 +39,7 @@ pub mod metadata;
 pub mod node;
 pub mod raft_network;
 pub mod reads;
+pub mod retention;
 pub mod state_machine;
 #[cfg(test)]
 mod testing;

@@ -160,6 +160,7 @@ impl ClusterNode {
         tokio::spawn(transport::serve(endpoint, Arc::new(handler)));
         tokio::spawn(Arc::clone(&node).follow_map());
         tokio::spawn(Self::publish_metrics(Arc::downgrade(&node)));
+        tokio::spawn(Self::retention_loop(Arc::downgrade(&node)));
         tracing::info!(node = node.id, cluster = %options.listen, "cluster node started");
         Ok(node)
     }

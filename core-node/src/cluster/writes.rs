@@ -265,6 +265,8 @@ impl ClusterNode {
                 outcome.rejection = admitted.rejection;
                 outcome.duplicate = admitted.duplicate;
                 match admitted.batch {
+                    // Nothing refused: the batch is the one proposed, bytes and all.
+                    Some(_) if admitted.refused == 0 => payload,
                     Some(batch) => Record::Write(batch).encode(),
                     None => return Ok(outcome),
                 }

@@ -180,6 +180,99 @@ impl Storage {
         .await
     }
 
+    /// The retention drops due now (by storage's clock and retention) for the series of
+    /// `shards`: one per partition wholly past its tenant's retention that holds any of
+    /// them. A group's leader proposes them, so that every replica drops the same data at the
+    /// same point of the log.
+    pub(crate) fn group_retention_drops(
+        &self,
+        shards: &RangeInclusive<u16>,
+    ) -> Result<Vec<Record>, StorageError> {
+        let now_ms = self.ks.clock.now_ms();
+        let from = ShardId(*shards.start()).series_range().0.0.to_be_bytes();
+        let to = ShardId(*shards.end()).series_range().1.0.to_be_bytes();
+        let mut drops = Vec::new();
+        for (tenant, index) in self.ks.chunks.all() {
+            let Some(cutoff) = self.ks.retention.cutoff(&tenant, now_ms) else {
+                continue;
+            };
+            if super::partitions::end_of(index) >= cutoff {
+                continue;
+            }
+            let Some(partition) = self.ks.chunks.get(&tenant, index) else {
+                continue;
+            };
+            let mut upper = [0xFFu8; 24];
+            upper[..8].copy_from_slice(&to);
+            let mut lower = [0u8; 24];
+            lower[..8].copy_from_slice(&from);
+            if partition.range(lower..=upper).next().is_none() {
+                continue;
+            }
+            drops.push(Record::DropShards {
+                tenant,
+                index,
+                first_shard: *shards.start(),
+                last_shard: *shards.end(),
+            });
+        }
+        Ok(drops)
+    }
+
+    /// Series of `shards` that hold no sample any more (their data went with retention
+    /// drops): the group's leader proposes their removal from the index.
+    pub(crate) fn group_empty_series(
+        &self,
+        shards: &RangeInclusive<u16>,
+    ) -> Result<Vec<Record>, StorageError> {
+        let from = ShardId(*shards.start()).series_range().0.0;
+        let to = ShardId(*shards.end()).series_range().1.0;
+        let mut empty: std::collections::BTreeMap<Tenant, Vec<SeriesId>> = Default::default();
+        for kv in self.ks.series.range(from.to_be_bytes()..=to.to_be_bytes()) {
+            let (key, value) = kv.into_inner()?;
+            let Ok(raw) = <[u8; 8]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let id = SeriesId(u64::from_be_bytes(raw));
+            let value = self.ks.vault.open_index(&key, &value)?;
+            let Ok((tenant, _)) = postcard::from_bytes::<(Tenant, Labels)>(&value) else {
+                continue;
+            };
+            if self.ks.head.contains(id) {
+                continue;
+            }
+            let mut has_chunks = false;
+            for (t, index) in self
+                .ks
+                .chunks
+                .all()
+                .into_iter()
+                .filter(|(t, _)| t == &tenant)
+            {
+                if let Some(partition) = self.ks.chunks.get(&t, index)
+                    && partition.prefix(raw).next().is_some()
+                {
+                    has_chunks = true;
+                    break;
+                }
+            }
+            if !has_chunks {
+                empty.entry(tenant).or_default().push(id);
+            }
+        }
+        Ok(empty
+            .into_iter()
+            .flat_map(|(tenant, ids)| {
+                ids.chunks(4_096)
+                    .map(|ids| Record::ForgetSeries {
+                        tenant: tenant.clone(),
+                        ids: ids.to_vec(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
     /// Every series of `shards` with all its samples, as sample-batch records (one tenant
     /// each, at most [`SNAPSHOT_RECORD_SAMPLES`] samples unless one series holds more).
     fn shard_records(&self, shards: &RangeInclusive<u16>) -> Result<Vec<Record>, StorageError> {

@@ -174,6 +174,33 @@ impl Head {
         removed
     }
 
+    /// As [`Head::remove_range`], for the series `selected` accepts only.
+    pub fn remove_range_where(
+        &self,
+        tenant: &Tenant,
+        start_ms: i64,
+        end_ms: i64,
+        selected: impl Fn(SeriesId) -> bool,
+    ) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = write(shard);
+            shard.retain(|id, series| {
+                if &series.tenant != tenant || !selected(*id) {
+                    return true;
+                }
+                let before = series.samples.len();
+                series
+                    .samples
+                    .retain(|s| !(start_ms..=end_ms).contains(&s.timestamp_ms));
+                removed += before - series.samples.len();
+                !series.samples.is_empty()
+            });
+        }
+        self.samples.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
     /// Empties the head after a flush committed everything it held.
     pub fn clear(&self) {
         for shard in self.shards.iter() {

@@ -139,6 +139,10 @@ pub struct StorageOptions {
     pub last_value_cache_bytes: u64,
     /// The range-result cache ([`crate::cache`]).
     pub range_cache: crate::cache::RangeCacheOptions,
+    /// Whether the compactor drops expired partitions itself (a single node). A cluster's
+    /// groups log their retention decisions instead (`Storage::group_retention`), so that
+    /// every replica drops the same data at the same point of its log.
+    pub local_retention: bool,
 }
 
 /// The default of [`StorageOptions::min_free_disk_bytes`]: room for a WAL segment (64 MiB),
@@ -204,6 +208,7 @@ impl Default for StorageOptions {
             clock: Clock::system(),
             last_value_cache_bytes: last_value::DEFAULT_BUDGET_BYTES,
             range_cache: crate::cache::RangeCacheOptions::default(),
+            local_retention: true,
         }
     }
 }
@@ -337,6 +342,8 @@ pub(crate) struct Keyspaces {
     health: Arc<health::Health>,
     /// [`StorageOptions::clock`].
     clock: Clock,
+    /// [`StorageOptions::retention`], for a cluster group's retention decisions.
+    retention: Retention,
     /// Each series' latest sample, kept by the writer and read by instant queries.
     last_values: last_value::LastValues,
     /// Told of the writes and drops that may touch cached range results.
@@ -494,6 +501,7 @@ impl Storage {
             tenant_series: Mutex::default(),
             health: Arc::new(health::Health::new()),
             clock: options.clock.clone(),
+            retention: options.retention.clone(),
             last_values: last_value::LastValues::new(options.last_value_cache_bytes),
             range_cache: Arc::new(crate::cache::RangeCache::new(
                 &options.range_cache,
@@ -511,7 +519,10 @@ impl Storage {
             queue.clone(),
             stop_rx,
             options.compaction.clone(),
-            options.retention.clone(),
+            options
+                .local_retention
+                .then(|| options.retention.clone())
+                .unwrap_or_default(),
         )?;
         Ok(Self {
             ks,

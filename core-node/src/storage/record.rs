@@ -10,6 +10,7 @@
 //! | `0x80` | a [`SampleBatch`] from the HTTP ingest APIs | the layout below |
 //! | `0x81` | a retention drop of one partition | tenant (as below), partition index (i64 LE) |
 //! | `0x82` | a removal of series without data | tenant, uvarint count, series ids (u64 LE each) |
+//! | `0x83` | a retention drop of one partition's series of a shard range (a cluster's group) | tenant, partition index (i64 LE), first and last shard (u16 LE each) |
 //!
 //! Sample batches:
 //!
@@ -51,6 +52,8 @@ const KIND_SAMPLES: u8 = 0x80;
 const KIND_DROP_PARTITION: u8 = 0x81;
 /// The kind byte of a [`Record::ForgetSeries`].
 const KIND_FORGET_SERIES: u8 = 0x82;
+/// The kind byte of a [`Record::DropShards`].
+const KIND_DROP_SHARDS: u8 = 0x83;
 const SAMPLE_BYTES: usize = 16;
 
 /// One WAL record: an admitted write, or a decision of the retention pass.
@@ -61,6 +64,15 @@ pub(crate) enum Record {
     DropPartition {
         tenant: Tenant,
         index: i64,
+    },
+    /// Drop what partition `index` of `tenant` holds of the series of shards
+    /// `first_shard..=last_shard` (a cluster group's retention: the partition is shared by
+    /// every group the node holds).
+    DropShards {
+        tenant: Tenant,
+        index: i64,
+        first_shard: u16,
+        last_shard: u16,
     },
     /// Remove these series of `tenant` from the index if they hold no sample when applied.
     ForgetSeries {
@@ -78,6 +90,20 @@ impl Record {
                 out.extend_from_slice(&[WIRE_VERSION, KIND_DROP_PARTITION]);
                 put_bytes(&mut out, tenant.as_str().as_bytes());
                 out.extend_from_slice(&index.to_le_bytes());
+                out
+            }
+            Self::DropShards {
+                tenant,
+                index,
+                first_shard,
+                last_shard,
+            } => {
+                let mut out = Vec::with_capacity(2 + 10 + tenant.as_str().len() + 12);
+                out.extend_from_slice(&[WIRE_VERSION, KIND_DROP_SHARDS]);
+                put_bytes(&mut out, tenant.as_str().as_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&first_shard.to_le_bytes());
+                out.extend_from_slice(&last_shard.to_le_bytes());
                 out
             }
             Self::ForgetSeries { tenant, ids } => {
@@ -102,6 +128,20 @@ impl Record {
                 let index = i64::from_le_bytes(r.array()?);
                 r.end()?;
                 Ok(Self::DropPartition { tenant, index })
+            }
+            [WIRE_VERSION, KIND_DROP_SHARDS, body @ ..] => {
+                let mut r = Reader(body);
+                let tenant = r.tenant()?;
+                let index = i64::from_le_bytes(r.array()?);
+                let first_shard = u16::from_le_bytes(r.array()?);
+                let last_shard = u16::from_le_bytes(r.array()?);
+                r.end()?;
+                Ok(Self::DropShards {
+                    tenant,
+                    index,
+                    first_shard,
+                    last_shard,
+                })
             }
             [WIRE_VERSION, KIND_FORGET_SERIES, body @ ..] => {
                 let mut r = Reader(body);

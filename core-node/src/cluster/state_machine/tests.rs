@@ -381,3 +381,114 @@ async fn a_partitioned_leader_acknowledges_nothing_and_its_writes_vanish() {
         r.raft.shutdown().await.expect("shutdown");
     }
 }
+
+/// Retention decided by the leader and logged: every replica drops the same expired data
+/// (and the series left without data), and keeps the rest, whatever its own head size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_logged_by_the_leader_drops_the_same_data_everywhere() {
+    use crate::storage::partitions::Retention;
+    // "Now" is 40 days after BASE_MS; data is kept 7 days.
+    let now_ms = BASE_MS + 40 * 86_400_000;
+    let net = Arc::new(MemoryNetwork::default());
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3 {
+        let opts = StorageOptions {
+            retention: Retention {
+                default: Some(Duration::from_secs(7 * 86_400)),
+                per_tenant: Default::default(),
+            },
+            clock: crate::storage::Clock::fixed(now_ms),
+            local_retention: false,
+            ..options(id)
+        };
+        replicas.insert(id, start(id, scratch(), opts, &net).await);
+    }
+    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
+    replicas[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    let l = leader(&replicas).await;
+    // Old data (from BASE_MS, written before the retention settings refuse it: applied as a
+    // replica would, straight through the log) and fresh data.
+    let old = Record::Write(Batch::Samples(SampleBatch {
+        tenant: tenant(),
+        series: (0..8).map(|d| (labels(d), samples(0, d))).collect(),
+    }));
+    let fresh_labels =
+        |d: u64| Labels::from_metric("pressure", [("device", format!("d{d}"))]).expect("labels");
+    let fresh = Record::Write(Batch::Samples(SampleBatch {
+        tenant: tenant(),
+        series: (0..4)
+            .map(|d| {
+                (
+                    fresh_labels(d),
+                    vec![Sample::new(now_ms - 3_600_000, d as f64)],
+                )
+            })
+            .collect(),
+    }));
+    for r in [old, fresh] {
+        replicas[&l]
+            .raft
+            .client_write(Proposal(r.encode()))
+            .await
+            .expect("committed");
+    }
+    let all = 0..=(SHARD_COUNT - 1) as u16;
+    // The leader decides from its partitions (a head is flushed within minutes); the other
+    // replicas still hold the old samples in their heads or in chunks, as their head sizes
+    // had it: the logged drop removes them wherever they are.
+    replicas[&l].storage.flush().expect("flush");
+    let drops = replicas[&l]
+        .storage
+        .group_retention_drops(&all)
+        .expect("drops");
+    assert!(!drops.is_empty(), "the old partition is due");
+    for r in drops {
+        replicas[&l]
+            .raft
+            .client_write(Proposal(r.encode()))
+            .await
+            .expect("committed");
+    }
+    let forgets = replicas[&l]
+        .storage
+        .group_empty_series(&all)
+        .expect("empty series");
+    assert!(!forgets.is_empty(), "the old series hold nothing now");
+    for r in forgets {
+        replicas[&l]
+            .raft
+            .client_write(Proposal(r.encode()))
+            .await
+            .expect("committed");
+    }
+    let index = replicas[&l].raft.metrics().borrow().last_log_index;
+    for r in replicas.values() {
+        r.raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(index, "applied")
+            .await
+            .expect("applied");
+    }
+    for (id, r) in &replicas {
+        let sums = r.storage.shard_checksums().expect("checksums");
+        let series: u64 = sums.iter().map(|s| s.series).sum();
+        let samples: u64 = sums.iter().map(|s| s.samples).sum();
+        assert_eq!(
+            (series, samples),
+            (4, 4),
+            "replica {id} keeps only the fresh series"
+        );
+        assert_eq!(
+            sums,
+            replicas[&l].storage.shard_checksums().expect("checksums"),
+            "replica {id} equals the leader"
+        );
+    }
+    for r in replicas.values() {
+        r.raft.shutdown().await.expect("shutdown");
+    }
+}

@@ -139,6 +139,12 @@ impl Writer {
     ) -> RetentionOutcome {
         match record {
             Record::DropPartition { tenant, index } => self.apply_drop(tenant, *index),
+            Record::DropShards {
+                tenant,
+                index,
+                first_shard,
+                last_shard,
+            } => self.apply_drop_shards(wb, p, tenant, *index, *first_shard..=*last_shard),
             Record::ForgetSeries { tenant, ids } => self.apply_forget(wb, p, tenant, ids),
             Record::Write(_) => Ok(0),
         }
@@ -160,6 +166,51 @@ impl Writer {
             tracing::info!(%tenant, partition = index, "dropped a partition past retention");
         }
         Ok(usize::from(existed))
+    }
+
+    /// Drops what partition `index` of `tenant` holds of the series of `shards`: their chunks
+    /// (in the group's batch), their head samples in the partition's time range and their
+    /// dirty marks there. Answers whether anything went. The partition's keyspace stays (other
+    /// groups on this node may hold series in it).
+    fn apply_drop_shards(
+        &self,
+        wb: &mut OwnedWriteBatch,
+        p: &mut Pending,
+        tenant: &Tenant,
+        index: i64,
+        shards: std::ops::RangeInclusive<u16>,
+    ) -> RetentionOutcome {
+        let (start, end) = (partitions::start_of(index), partitions::end_of(index));
+        let in_range = |id: SeriesId| shards.contains(&id.shard().0);
+        let head = self
+            .ks
+            .head
+            .remove_range_where(tenant, start, end, in_range);
+        self.ks.last_values.removed_range(start, end);
+        let Some(partition) = self.ks.chunks.get(tenant, index) else {
+            return Ok(usize::from(head > 0));
+        };
+        let first = protocols::model::ShardId(*shards.start()).series_range().0;
+        let last = protocols::model::ShardId(*shards.end()).series_range().1;
+        let mut from = [0u8; 24];
+        from[..8].copy_from_slice(&first.0.to_be_bytes());
+        let mut to = [0xFFu8; 24];
+        to[..8].copy_from_slice(&last.0.to_be_bytes());
+        let mut chunks = 0usize;
+        for kv in partition.range(from..=to) {
+            wb.remove(&partition, kv.key()?);
+            chunks += 1;
+        }
+        for &(series, day) in self.dirty.keys() {
+            if in_range(series) && (start..=end).contains(&day) {
+                p.dirty.insert((series, day), None);
+            }
+        }
+        if chunks > 0 {
+            metrics::counter!("updraft_core_partitions_dropped_total").increment(1);
+            tracing::info!(%tenant, partition = index, chunks, "dropped a shard range of a partition past retention");
+        }
+        Ok(usize::from(chunks > 0 || head > 0))
     }
 
     /// Removes from the index every series of `ids` that holds no sample (no chunk in any

@@ -77,7 +77,11 @@ impl Writer {
                 .filter(|r| applied.is_none_or(|a| r.end > a))
             {
                 match Record::decode(&record.payload) {
-                    Ok(mut r @ (Record::DropPartition { .. } | Record::ForgetSeries { .. })) => {
+                    Ok(
+                        mut r @ (Record::DropPartition { .. }
+                        | Record::DropShards { .. }
+                        | Record::ForgetSeries { .. }),
+                    ) => {
                         // A retention record was committed in a group of its own: so it is
                         // replayed, after everything before it is absorbed.
                         if let Some(end) = last_end.take() {

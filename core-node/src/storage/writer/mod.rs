@@ -673,7 +673,9 @@ impl Request {
         matches!(
             self,
             Self::Apply {
-                record: Record::DropPartition { .. } | Record::ForgetSeries { .. },
+                record: Record::DropPartition { .. }
+                    | Record::DropShards { .. }
+                    | Record::ForgetSeries { .. },
                 ..
             } | Self::Group(_)
         )
@@ -695,7 +697,7 @@ impl Request {
             Self::Apply { record, .. } => match record {
                 Record::Write(b) => b.sample_count(),
                 Record::ForgetSeries { ids, .. } => ids.len(),
-                Record::DropPartition { .. } => 0,
+                Record::DropPartition { .. } | Record::DropShards { .. } => 0,
             },
             #[cfg(test)]
             Self::Panic => 0,
