@@ -519,10 +519,11 @@ impl Storage {
             queue.clone(),
             stop_rx,
             options.compaction.clone(),
-            options
-                .local_retention
-                .then(|| options.retention.clone())
-                .unwrap_or_default(),
+            if options.local_retention {
+                options.retention.clone()
+            } else {
+                Retention::default()
+            },
         )?;
         Ok(Self {
             ks,
