@@ -354,6 +354,26 @@ fn at_replication_factor_1_data_is_partitioned_and_any_node_answers_for_all() ->
         answer.contains("shards"),
         "the error names the shard range: {answer}"
     );
+    // Asked for a partial answer, it counts what the others hold and says what is missing.
+    let (status, answer) = http_get(
+        &nodes[&1]
+            .core
+            .url("/api/v1/query?query=count(pt_v)&partial_response=true"),
+    )?;
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer)?;
+    let counted: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .context("a count")?
+        .parse()?;
+    assert!(counted > 0.0 && counted < 60.0, "{answer}");
+    let warnings = v["warnings"].as_array().context("warnings")?;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("shards"))),
+        "a warning names the missing shards: {answer}"
+    );
     Ok(())
 }
 

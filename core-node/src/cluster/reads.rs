@@ -277,11 +277,51 @@ fn to_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 pub struct ClusterSource {
     node: Arc<ClusterNode>,
     runtime: tokio::runtime::Handle,
+    /// `partial_response=true`: a group no replica answers for is left out, and why is kept
+    /// here for the answer's warnings (as Thanos and VictoriaMetrics do); `None` fails the
+    /// read instead.
+    partial: Option<Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl ClusterSource {
     pub fn new(node: Arc<ClusterNode>, runtime: tokio::runtime::Handle) -> Self {
-        Self { node, runtime }
+        Self {
+            node,
+            runtime,
+            partial: None,
+        }
+    }
+
+    /// A source for one request that leaves out the groups it cannot read; the warnings it
+    /// collects are read with the returned handle.
+    pub fn partial(
+        node: Arc<ClusterNode>,
+        runtime: tokio::runtime::Handle,
+    ) -> (Self, Arc<std::sync::Mutex<Vec<String>>>) {
+        let warnings = Arc::default();
+        let source = Self {
+            node,
+            runtime,
+            partial: Some(Arc::clone(&warnings)),
+        };
+        (source, warnings)
+    }
+
+    /// `e` as a warning when partial answers are allowed (then `Ok`), else the error.
+    fn tolerate(&self, e: DataSourceError) -> Result<(), DataSourceError> {
+        match &self.partial {
+            Some(warnings) => {
+                let mut w = warnings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let text = format!("partial response: {e}");
+                if !w.contains(&text) {
+                    w.push(text);
+                }
+                Ok(())
+            }
+            None => Err(e),
+        }
     }
 
     /// Runs `read` against every group at once (each on its replica here, or remotely) and
@@ -314,7 +354,10 @@ impl ClusterSource {
                 if out.len() <= i {
                     out.resize_with(i + 1, || None);
                 }
-                out[i] = Some(answer?);
+                match answer {
+                    Ok(a) => out[i] = Some(a),
+                    Err(e) => self.tolerate(e)?,
+                }
             }
             Ok(out.into_iter().flatten().collect())
         })
@@ -428,9 +471,10 @@ impl DataSource for ClusterSource {
             end_ms,
         };
         let node = Arc::clone(&self.node);
-        match self.runtime.block_on(read_group(node, spec, request))? {
-            ReadAnswer::Samples(s) => Ok(s),
-            _ => Ok(Vec::new()),
+        match self.runtime.block_on(read_group(node, spec, request)) {
+            Ok(ReadAnswer::Samples(s)) => Ok(s),
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => self.tolerate(e).map(|()| Vec::new()),
         }
     }
 

@@ -4,6 +4,10 @@
 //! required); `timeout` (optional, caps the engine's own timeout). Others (`stats`,
 //! `lookback_delta`, `limit`) are ignored.
 //!
+//! On a clustered node, `partial_response=true` answers without the shard groups no replica
+//! of which can be read, with a warning naming each (docs/cluster.md); without it such a query
+//! fails with 503.
+//!
 //! Instant queries read latest samples through storage's last-value cache, range queries go
 //! through the range-result cache ([`crate::cache`]); a request with `nocache=1` (or `true`)
 //! or a `Cache-Control: no-cache` / `no-store` header bypasses both. The answer is the same
@@ -37,6 +41,10 @@ pub(crate) async fn instant(
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
     let (mut source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    let warnings = partial_source(&api, &params).map(|(partial, warnings)| {
+        source = partial;
+        warnings
+    });
     if bypass_caches(&headers, &params) {
         source = Arc::new(Uncached(source));
     }
@@ -49,7 +57,7 @@ pub(crate) async fn instant(
             Ok(encode::query_success(&value))
         })
         .await?;
-    Ok(Success::complete(data))
+    Ok(with_warnings(Success::complete(data), warnings))
 }
 
 pub(crate) async fn range(
@@ -69,7 +77,11 @@ pub(crate) async fn range(
     query::validate_range(start_ms, end_ms, step_ms).map_err(ApiError::from_query)?;
     let engine = engine_for(&api, &params)?;
     let query = params.get("query").unwrap_or_default().to_owned();
-    let (source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    let (mut source, tenant) = (api.state.source.clone(), caller.tenant().clone());
+    let warnings = partial_source(&api, &params).map(|(partial, warnings)| {
+        source = partial;
+        warnings
+    });
     let cache = match bypass_caches(&headers, &params) {
         true => {
             metrics::counter!(crate::cache::QUERIES, "path" => "bypass").increment(1);
@@ -99,7 +111,38 @@ pub(crate) async fn range(
             Ok(encode::query_success(&value))
         })
         .await?;
-    Ok(Success::complete(data))
+    Ok(with_warnings(Success::complete(data), warnings))
+}
+
+/// With `partial_response=true` on a clustered node: a source that leaves out the shard
+/// groups it cannot read, and where their warnings go (docs/cluster.md).
+fn partial_source(
+    api: &Api,
+    params: &Params,
+) -> Option<(
+    Arc<dyn ::query::DataSource>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+)> {
+    let asked = params
+        .get("partial_response")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let node = api.state.cluster.clone().filter(|_| asked)?;
+    let (source, warnings) =
+        crate::cluster::reads::ClusterSource::partial(node, tokio::runtime::Handle::current());
+    Some((Arc::new(source), warnings))
+}
+
+fn with_warnings(
+    mut answer: Success,
+    warnings: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+) -> Success {
+    let taken = warnings
+        .map(|w| std::mem::take(&mut *w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+        .unwrap_or_default();
+    for w in taken {
+        answer = answer.with_warning(w);
+    }
+    answer
 }
 
 /// The engine, with the request's `timeout` when it sets a shorter one.
