@@ -114,15 +114,12 @@ pub(crate) async fn range(
     Ok(with_warnings(Success::complete(data), warnings))
 }
 
+/// Where a partial answer's warnings are collected.
+type Warnings = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// With `partial_response=true` on a clustered node: a source that leaves out the shard
 /// groups it cannot read, and where their warnings go (docs/cluster.md).
-fn partial_source(
-    api: &Api,
-    params: &Params,
-) -> Option<(
-    Arc<dyn ::query::DataSource>,
-    Arc<std::sync::Mutex<Vec<String>>>,
-)> {
+fn partial_source(api: &Api, params: &Params) -> Option<(Arc<dyn ::query::DataSource>, Warnings)> {
     let asked = params
         .get("partial_response")
         .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
