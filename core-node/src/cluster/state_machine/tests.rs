@@ -492,3 +492,35 @@ async fn retention_logged_by_the_leader_drops_the_same_data_everywhere() {
         r.raft.shutdown().await.expect("shutdown");
     }
 }
+
+/// A follower whose disk is wiped comes back empty with the same id: the leader does not
+/// panic (openraft's `loosen-follower-log-revert`), and the follower catches up to equal
+/// shards from the leader's log and snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_rejoins_and_catches_up() {
+    let net = Arc::new(MemoryNetwork::default());
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3 {
+        replicas.insert(id, start(id, scratch(), options(id), &net).await);
+    }
+    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
+    replicas[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    write_rounds(&replicas, 0..30).await;
+    assert_converged(&replicas, 30).await;
+    let l = leader(&replicas).await;
+    let wiped = (1..=3).find(|id| *id != l).expect("a follower");
+    let old = replicas.remove(&wiped).expect("replica");
+    old.raft.shutdown().await.expect("shutdown");
+    let Replica { options, .. } = old;
+    // A new, empty directory: everything the node had is gone.
+    replicas.insert(wiped, start(wiped, scratch(), options, &net).await);
+    write_rounds(&replicas, 30..34).await;
+    assert_converged(&replicas, 34).await;
+    for r in replicas.values() {
+        r.raft.shutdown().await.expect("shutdown");
+    }
+}
