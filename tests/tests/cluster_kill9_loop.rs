@@ -71,6 +71,21 @@ fn start(work: &Path, certs: &Path, id: u64) -> anyhow::Result<Node> {
     Ok(Node { core, cluster })
 }
 
+/// Three development-mode nodes on fresh ports (certificates included), made a cluster at
+/// replication factor `rf`; the directory they live in goes with them.
+fn three_nodes(rf: usize) -> anyhow::Result<(tempfile::TempDir, BTreeMap<u64, Node>)> {
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("certs");
+    make_certs(&certs)?;
+    node_certs(&certs)?;
+    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(work.path(), &certs, id)?);
+    }
+    init(&nodes, rf)?;
+    Ok((work, nodes))
+}
+
 /// `core-node cluster init` through node 1, with every node and `rf` replicas per group.
 fn init(nodes: &BTreeMap<u64, Node>, rf: usize) -> anyhow::Result<()> {
     let init = Command::new(binary("core-node"))
@@ -115,26 +130,7 @@ fn a_three_node_cluster_loses_no_acknowledged_sample_through_kill9_cycles() -> a
         .unwrap_or(20);
     let seed: u64 = rand::random();
     println!("seed {seed}, {cycles} cycles");
-    let work = tempfile::tempdir()?;
-    let certs = work.path().join("certs");
-    make_certs(&certs)?;
-    node_certs(&certs)?;
-    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(work.path(), &certs, id)?);
-    }
-    let init = Command::new(binary("core-node"))
-        .args(["cluster", "--url", &nodes[&1].core.url(""), "init"])
-        .args(nodes.iter().flat_map(|(id, n)| {
-            [
-                "--node".to_owned(),
-                format!("{id}={},{}", n.cluster, n.core.http),
-            ]
-        }))
-        .output()?;
-    if !init.status.success() {
-        bail!("cluster init: {}", String::from_utf8_lossy(&init.stderr));
-    }
+    let (_work, mut nodes) = three_nodes(3)?;
 
     // The writer: batches of 6 samples (one per series) to a node picked at random among the
     // HTTP addresses, the next batch only after an answer. A refused or failed batch is sent
@@ -290,15 +286,7 @@ fn a_three_node_cluster_loses_no_acknowledged_sample_through_kill9_cycles() -> a
 #[test]
 fn at_replication_factor_1_data_is_partitioned_and_any_node_answers_for_all() -> anyhow::Result<()>
 {
-    let work = tempfile::tempdir()?;
-    let certs = work.path().join("certs");
-    make_certs(&certs)?;
-    node_certs(&certs)?;
-    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(work.path(), &certs, id)?);
-    }
-    init(&nodes, 1)?;
+    let (_work, mut nodes) = three_nodes(1)?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
@@ -380,15 +368,8 @@ fn at_replication_factor_1_data_is_partitioned_and_any_node_answers_for_all() ->
 #[test]
 fn an_agent_writes_through_the_cluster_and_fails_over_when_its_node_is_killed() -> anyhow::Result<()>
 {
-    let work = tempfile::tempdir()?;
+    let (work, mut nodes) = three_nodes(3)?;
     let certs = work.path().join("certs");
-    make_certs(&certs)?;
-    node_certs(&certs)?;
-    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(work.path(), &certs, id)?);
-    }
-    init(&nodes, 3)?;
     // The agent knows nodes 2 and 3 and ships to the faster; node 2 is killed mid-stream.
     let other = nodes[&3].core.quic.to_string();
     let agent = Agent::start(
@@ -490,15 +471,7 @@ fn get_with_token(url: &str, token: &str) -> anyhow::Result<u16> {
 #[test]
 fn a_token_created_on_one_node_works_on_the_others_and_revoked_stops_everywhere()
 -> anyhow::Result<()> {
-    let work = tempfile::tempdir()?;
-    let certs = work.path().join("certs");
-    make_certs(&certs)?;
-    node_certs(&certs)?;
-    let mut nodes: BTreeMap<u64, Node> = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(work.path(), &certs, id)?);
-    }
-    init(&nodes, 3)?;
+    let (_work, nodes) = three_nodes(3)?;
     // (The nodes run in development mode: a request without a token is served, one with a
     // token is authenticated like anywhere else, so an unknown token answers 401.)
     let (status, body) = http_post(

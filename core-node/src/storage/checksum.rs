@@ -11,9 +11,9 @@
 //! boundaries and write sequences (head flushes are local), compaction's merges, and the
 //! nonces of encrypted values. Postings are derived from the series entries.
 
-use super::{Storage, StorageError, keys};
+use super::{Storage, StorageError};
 use protocols::model::SHARD_COUNT;
-use protocols::{Labels, SeriesId, Tenant};
+
 use query::DataSource;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -34,19 +34,7 @@ impl Storage {
         // Keys are series ids, big-endian: the scan goes shard by shard, id by id.
         for kv in self.ks.series.iter() {
             let (key, value) = kv.into_inner()?;
-            let Ok(id) = <[u8; 8]>::try_from(key.as_ref()) else {
-                return Err(StorageError::Corrupt {
-                    keyspace: "series",
-                    detail: format!("key of {} bytes", key.len()),
-                });
-            };
-            let id = SeriesId(u64::from_be_bytes(id));
-            let value = self.ks.vault.open_index(&keys::series_key(id), &value)?;
-            let (tenant, labels): (Tenant, Labels) =
-                postcard::from_bytes(&value).map_err(|e| StorageError::Corrupt {
-                    keyspace: "series",
-                    detail: format!("entry of {id}: {e}"),
-                })?;
+            let (id, tenant, labels) = self.ks.series_entry(&key, &value)?;
             let samples = self
                 .samples_of(&tenant, id, i64::MIN, i64::MAX)
                 .map_err(|e| StorageError::Corrupt {

@@ -283,18 +283,7 @@ impl Storage {
         let mut held = 0usize;
         for kv in self.ks.series.range(from.to_be_bytes()..=to.to_be_bytes()) {
             let (key, value) = kv.into_inner()?;
-            let id = <[u8; 8]>::try_from(key.as_ref())
-                .map(|k| SeriesId(u64::from_be_bytes(k)))
-                .map_err(|_| StorageError::Corrupt {
-                    keyspace: "series",
-                    detail: format!("key of {} bytes", key.len()),
-                })?;
-            let value = self.ks.vault.open_index(&keys::series_key(id), &value)?;
-            let (tenant, labels): (Tenant, Labels) =
-                postcard::from_bytes(&value).map_err(|e| StorageError::Corrupt {
-                    keyspace: "series",
-                    detail: format!("entry of {id}: {e}"),
-                })?;
+            let (id, tenant, labels) = self.ks.series_entry(&key, &value)?;
             let samples = self
                 .samples_of(&tenant, id, i64::MIN, i64::MAX)
                 .map_err(|e| StorageError::Corrupt {

@@ -351,6 +351,28 @@ pub(crate) struct Keyspaces {
 }
 
 impl Keyspaces {
+    /// A `series` entry read from the keyspace: its id, tenant and labels (opened when
+    /// encrypted at rest).
+    fn series_entry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(protocols::SeriesId, Tenant, Labels), StorageError> {
+        let id = <[u8; 8]>::try_from(key)
+            .map(|k| protocols::SeriesId(u64::from_be_bytes(k)))
+            .map_err(|_| StorageError::Corrupt {
+                keyspace: "series",
+                detail: format!("key of {} bytes", key.len()),
+            })?;
+        let value = self.vault.open_index(&keys::series_key(id), value)?;
+        let (tenant, labels): (Tenant, Labels) =
+            postcard::from_bytes(&value).map_err(|e| StorageError::Corrupt {
+                keyspace: "series",
+                detail: format!("entry of {id}: {e}"),
+            })?;
+        Ok((id, tenant, labels))
+    }
+
     /// Replaces the published series counts (the writer, after a group changed them).
     fn publish_tenant_series(&self, counts: &foldhash::HashMap<Tenant, u64>) {
         let mut published = self

@@ -104,6 +104,24 @@ async fn start(
     }
 }
 
+/// Replicas 1 to 3 of the group on `net`, each with `options(id)`, the group initialised.
+async fn group_of_three(
+    net: &Arc<MemoryNetwork>,
+    options: impl Fn(NodeId) -> StorageOptions,
+) -> BTreeMap<NodeId, Replica> {
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3 {
+        replicas.insert(id, start(id, scratch(), options(id), net).await);
+    }
+    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
+    replicas[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    replicas
+}
+
 /// Stops replica `id` as a crash would (the head is not flushed) and starts it again.
 async fn crash_and_restart(
     replicas: &mut BTreeMap<NodeId, Replica>,
@@ -239,16 +257,7 @@ async fn assert_converged(replicas: &BTreeMap<NodeId, Replica>, rounds: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_hold_equal_shards_through_a_crash_and_a_snapshot() {
     let net = Arc::new(MemoryNetwork::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        replicas.insert(id, start(id, scratch(), options(id), &net).await);
-    }
-    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
-    replicas[&1]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let mut replicas = group_of_three(&net, options).await;
 
     write_rounds(&replicas, 0..10).await;
     assert_converged(&replicas, 10).await;
@@ -306,16 +315,7 @@ async fn replicas_hold_equal_shards_through_a_crash_and_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_acknowledges_nothing_and_its_writes_vanish() {
     let net = Arc::new(MemoryNetwork::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        replicas.insert(id, start(id, scratch(), options(id), &net).await);
-    }
-    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
-    replicas[&1]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let mut replicas = group_of_three(&net, options).await;
     write_rounds(&replicas, 0..4).await;
     assert_converged(&replicas, 4).await;
 
@@ -390,25 +390,16 @@ async fn retention_logged_by_the_leader_drops_the_same_data_everywhere() {
     // "Now" is 40 days after BASE_MS; data is kept 7 days.
     let now_ms = BASE_MS + 40 * 86_400_000;
     let net = Arc::new(MemoryNetwork::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        let opts = StorageOptions {
-            retention: Retention {
-                default: Some(Duration::from_secs(7 * 86_400)),
-                per_tenant: Default::default(),
-            },
-            clock: crate::storage::Clock::fixed(now_ms),
-            local_retention: false,
-            ..options(id)
-        };
-        replicas.insert(id, start(id, scratch(), opts, &net).await);
-    }
-    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
-    replicas[&1]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let replicas = group_of_three(&net, |id| StorageOptions {
+        retention: Retention {
+            default: Some(Duration::from_secs(7 * 86_400)),
+            per_tenant: Default::default(),
+        },
+        clock: crate::storage::Clock::fixed(now_ms),
+        local_retention: false,
+        ..options(id)
+    })
+    .await;
     let l = leader(&replicas).await;
     // Old data (from BASE_MS, written before the retention settings refuse it: applied as a
     // replica would, straight through the log) and fresh data.
@@ -499,16 +490,7 @@ async fn retention_logged_by_the_leader_drops_the_same_data_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_rejoins_and_catches_up() {
     let net = Arc::new(MemoryNetwork::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        replicas.insert(id, start(id, scratch(), options(id), &net).await);
-    }
-    let members: BTreeMap<NodeId, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
-    replicas[&1]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let mut replicas = group_of_three(&net, options).await;
     write_rounds(&replicas, 0..30).await;
     assert_converged(&replicas, 30).await;
     let l = leader(&replicas).await;
