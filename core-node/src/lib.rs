@@ -8,7 +8,8 @@
 //! Modules:
 //! - [`config`]: flags, environment and TOML file → [`config::CoreConfig`].
 //! - [`auth`]: API tokens, roles and the token store (`<data-dir>/tokens.json`).
-//! - [`cluster`]: shard groups on openraft (not in service yet: the log store so far).
+//! - [`cluster`]: shard groups replicated with openraft, the metadata group, the write and read
+//!   paths through any node (started when `--node-id` is given; docs/cluster.md).
 //! - [`cache`]: the range-result cache of `query_range` (the last-value cache is storage's).
 //! - [`certs`]: the `certs` subcommand's local certificate authority.
 //! - [`tls`]: TLS server configurations: QUIC (TLS 1.3, client certificates) and the HTTP
