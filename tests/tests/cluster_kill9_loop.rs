@@ -715,3 +715,51 @@ fn a_secure_cluster_keeps_tenants_apart_across_nodes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// GET with a timeout longer than a read barrier's deadline; status and body.
+fn get_slow(url: &str) -> anyhow::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}
+
+#[test]
+fn a_bounded_staleness_read_goes_on_without_a_quorum() -> anyhow::Result<()> {
+    let (_work, mut nodes) = three_nodes(3)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let body: String = (0..12)
+        .map(|d| format!("st,device=d{d} v={d} {now_ms}\n"))
+        .collect();
+    let url = nodes[&2].core.url("/write?precision=ms");
+    wait_for("the write acknowledged", Duration::from_secs(60), || {
+        matches!(post_lines(&url, &body), Ok(204)).then_some(())
+    })?;
+    // A fresh read passes every group's barrier on node 2 (it holds a replica of each).
+    assert_eq!(
+        nodes[&2].core.instant_value("count(st_v)", None)?,
+        Some(12.0)
+    );
+    // Nodes 1 and 3 gone: no group has a quorum. A read that accepts a minute of staleness is
+    // served by node 2 from what it had applied; a fresh one cannot be.
+    for id in [1, 3] {
+        nodes.get_mut(&id).context("node")?.core.process.kill9();
+    }
+    let stale = nodes[&2]
+        .core
+        .url("/api/v1/query?query=count(st_v)&max_staleness=60s");
+    let started = Instant::now();
+    let (status, answer) = get_slow(&stale)?;
+    println!("stale read: {status} after {:?}", started.elapsed());
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"12\""), "{answer}");
+    let (status, answer) = get_slow(&nodes[&2].core.url("/api/v1/query?query=count(st_v)"))?;
+    assert_eq!(status, 503, "a fresh read without a quorum: {answer}");
+    Ok(())
+}

@@ -80,6 +80,8 @@ pub struct ClusterNode {
     meta: Raft<GroupConfig>,
     map: watch::Receiver<Arc<ClusterMap>>,
     groups: Mutex<HashMap<GroupId, Raft<GroupConfig>>>,
+    /// When each group's last read barrier started, for reads that accept bounded staleness.
+    barriers: Mutex<HashMap<GroupId, std::time::Instant>>,
     raft_config: Arc<openraft::Config>,
     advertise: NodeAddr,
     /// The node's token store: fed from the metadata group once the cluster exists.
@@ -149,6 +151,7 @@ impl ClusterNode {
             meta,
             map,
             groups: Mutex::new(HashMap::new()),
+            barriers: Mutex::new(HashMap::new()),
             raft_config: raft_config(&options, SnapshotPolicy::LogsSinceLast(50_000))?,
             advertise: options.advertise,
             auth,
@@ -175,6 +178,18 @@ impl ClusterNode {
 
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// When the last read barrier of `group` that completed had started: this node's replica
+    /// holds at least everything committed by then.
+    pub(crate) fn last_barrier(&self, group: GroupId) -> Option<std::time::Instant> {
+        lock(&self.barriers).get(&group).copied()
+    }
+
+    pub(crate) fn note_barrier(&self, group: GroupId, started: std::time::Instant) {
+        let mut barriers = lock(&self.barriers);
+        let entry = barriers.entry(group).or_insert(started);
+        *entry = (*entry).max(started);
     }
 
     /// Sends `envelope` to node `to` (at its address in the map) and waits for the answer.

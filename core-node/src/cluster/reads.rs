@@ -10,6 +10,10 @@
 //! whose barrier cannot complete within [`READ_DEADLINE`] (no leader, no replica reachable)
 //! fails the query with an error naming its shard range.
 //!
+//! A query may accept bounded staleness (`max_staleness`, see `docs/query-api.md`): a replica
+//! whose last read barrier of the group started at most that long ago answers without a new
+//! one, so such reads go on while a group has no leader (a lost quorum, an election).
+//!
 //! Served remotely: series selection (the matchers travel as name, operator and text),
 //! samples of one series, label names and values; each answer is filtered to the asked
 //! group's shards, since a node holds several groups.
@@ -117,6 +121,7 @@ impl ClusterNode {
             .router()
             .raft(group)
             .ok_or_else(|| format!("group {} is not hosted on node {}", group.0, self.id()))?;
+        let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + READ_DEADLINE;
         let index = loop {
             let attempt = match raft.ensure_linearizable().await {
@@ -142,7 +147,25 @@ impl ClusterNode {
                 .await
                 .map_err(|e| format!("replica behind its leader: {e}"))?;
         }
+        self.note_barrier(group, started);
         Ok(())
+    }
+
+    /// A read barrier, unless one of `group` completed that started at most `staleness`
+    /// ago (`None`: always): a bounded-staleness read then needs no leader.
+    async fn barrier_within(
+        &self,
+        group: GroupId,
+        staleness: Option<Duration>,
+    ) -> Result<(), String> {
+        if let Some(bound) = staleness
+            && self
+                .last_barrier(group)
+                .is_some_and(|at| at.elapsed() <= bound)
+        {
+            return Ok(());
+        }
+        self.read_barrier(group).await
     }
 
     async fn read_index_at(&self, group: GroupId, leader: NodeId) -> Result<Option<u64>, String> {
@@ -157,7 +180,12 @@ impl ClusterNode {
     }
 
     /// Serves a read of `group` from this node's replica, after a read barrier.
-    async fn serve_read(&self, group: GroupId, request: ReadRequest) -> Result<ReadAnswer, String> {
+    async fn serve_read(
+        &self,
+        group: GroupId,
+        request: ReadRequest,
+        staleness: Option<Duration>,
+    ) -> Result<ReadAnswer, String> {
         let map = self.map();
         let spec = map
             .group(group)
@@ -169,7 +197,7 @@ impl ClusterNode {
                 | ReadRequest::LabelNames { .. }
                 | ReadRequest::LabelValues { .. }
         ) {
-            self.read_barrier(group).await?;
+            self.barrier_within(group, staleness).await?;
         }
         let storage = self.storage().clone();
         tokio::task::spawn_blocking(move || local_read(&storage, &spec, request))
@@ -257,9 +285,11 @@ impl Handler for NodeHandler {
                     Ok(to_bytes(&answer))
                 }
                 _ => {
-                    let read: ReadRequest = postcard::from_bytes(&request.body)
-                        .map_err(|e| format!("malformed read: {e}"))?;
-                    let answer = node.serve_read(request.group, read).await;
+                    let (staleness_ms, read): (Option<u64>, ReadRequest) =
+                        postcard::from_bytes(&request.body)
+                            .map_err(|e| format!("malformed read: {e}"))?;
+                    let staleness = staleness_ms.map(Duration::from_millis);
+                    let answer = node.serve_read(request.group, read, staleness).await;
                     Ok(to_bytes(&answer))
                 }
             }
@@ -281,6 +311,9 @@ pub struct ClusterSource {
     /// here for the answer's warnings (as Thanos and VictoriaMetrics do); `None` fails the
     /// read instead.
     partial: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+    /// `max_staleness`: a replica may answer without a read barrier when its last one
+    /// started at most this long ago.
+    staleness: Option<Duration>,
 }
 
 impl ClusterSource {
@@ -289,7 +322,14 @@ impl ClusterSource {
             node,
             runtime,
             partial: None,
+            staleness: None,
         }
+    }
+
+    /// The same source, accepting answers at most `bound` stale (see the module docs).
+    pub fn with_staleness(mut self, bound: Option<Duration>) -> Self {
+        self.staleness = bound;
+        self
     }
 
     /// A source for one request that leaves out the groups it cannot read; the warnings it
@@ -303,6 +343,7 @@ impl ClusterSource {
             node,
             runtime,
             partial: Some(Arc::clone(&warnings)),
+            staleness: None,
         };
         (source, warnings)
     }
@@ -370,14 +411,17 @@ async fn read_group(
     node: Arc<ClusterNode>,
     spec: GroupSpec,
     request: ReadRequest,
+    staleness: Option<Duration>,
 ) -> Result<ReadAnswer, DataSourceError> {
     if node.router().raft(spec.group()).is_some() {
         return node
-            .serve_read(spec.group(), request)
+            .serve_read(spec.group(), request, staleness)
             .await
             .map_err(|e| unavailable(&spec, e));
     }
-    let body = postcard::to_allocvec(&request).map_err(|e| unavailable(&spec, e))?;
+    let staleness_ms = staleness.map(|d| d.as_millis() as u64);
+    let body =
+        postcard::to_allocvec(&(staleness_ms, &request)).map_err(|e| unavailable(&spec, e))?;
     let mut last = String::from("no replica");
     for replica in &spec.replicas {
         let envelope = Envelope {
@@ -420,7 +464,8 @@ impl DataSource for ClusterSource {
             tenant: tenant.clone(),
             matchers: matchers.iter().map(WireMatcher::of).collect(),
         };
-        let answers = self.per_group(|node, spec| read_group(node, spec, request.clone()))?;
+        let answers =
+            self.per_group(|node, spec| read_group(node, spec, request.clone(), self.staleness))?;
         let mut out: Vec<SeriesRef> = answers
             .into_iter()
             .flat_map(|a| match a {
@@ -471,7 +516,10 @@ impl DataSource for ClusterSource {
             end_ms,
         };
         let node = Arc::clone(&self.node);
-        match self.runtime.block_on(read_group(node, spec, request)) {
+        match self
+            .runtime
+            .block_on(read_group(node, spec, request, self.staleness))
+        {
             Ok(ReadAnswer::Samples(s)) => Ok(s),
             Ok(_) => Ok(Vec::new()),
             Err(e) => self.tolerate(e).map(|()| Vec::new()),
@@ -504,7 +552,7 @@ impl DataSource for ClusterSource {
             tenant: tenant.clone(),
         };
         Ok(strings(self.per_group(|node, spec| {
-            read_group(node, spec, request.clone())
+            read_group(node, spec, request.clone(), self.staleness)
         })?))
     }
 
@@ -514,7 +562,7 @@ impl DataSource for ClusterSource {
             name: name.to_owned(),
         };
         Ok(strings(self.per_group(|node, spec| {
-            read_group(node, spec, request.clone())
+            read_group(node, spec, request.clone(), self.staleness)
         })?))
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! On a clustered node, `partial_response=true` answers without the shard groups no replica
 //! of which can be read, with a warning naming each (docs/cluster.md); without it such a query
-//! fails with 503.
+//! fails with 503. `max_staleness=DURATION` lets a replica answer without a read barrier when
+//! its last one started at most that long ago (reads go on without a leader).
 //!
 //! Instant queries read latest samples through storage's last-value cache, range queries go
 //! through the range-result cache ([`crate::cache`]); a request with `nocache=1` (or `true`)
@@ -117,16 +118,34 @@ pub(crate) async fn range(
 /// Where a partial answer's warnings are collected.
 type Warnings = Arc<std::sync::Mutex<Vec<String>>>;
 
-/// With `partial_response=true` on a clustered node: a source that leaves out the shard
-/// groups it cannot read, and where their warnings go (docs/cluster.md).
+/// On a clustered node with `partial_response=true` and/or `max_staleness=DURATION`: a source
+/// that leaves out the shard groups it cannot read (and where their warnings go), and that
+/// accepts replicas whose last read barrier is at most that old (docs/cluster.md).
 fn partial_source(api: &Api, params: &Params) -> Option<(Arc<dyn ::query::DataSource>, Warnings)> {
-    let asked = params
+    let partial = params
         .get("partial_response")
         .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let node = api.state.cluster.clone().filter(|_| asked)?;
-    let (source, warnings) =
-        crate::cluster::reads::ClusterSource::partial(node, tokio::runtime::Handle::current());
-    Some((Arc::new(source), warnings))
+    // A malformed bound reads as none: the query is then answered fresh, never staler.
+    let staleness = params
+        .get("max_staleness")
+        .and_then(|v| parse_duration_ms(v).ok())
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(Duration::from_millis);
+    let node = api
+        .state
+        .cluster
+        .clone()
+        .filter(|_| partial || staleness.is_some())?;
+    let runtime = tokio::runtime::Handle::current();
+    let (source, warnings) = if partial {
+        crate::cluster::reads::ClusterSource::partial(node, runtime)
+    } else {
+        (
+            crate::cluster::reads::ClusterSource::new(node, runtime),
+            Warnings::default(),
+        )
+    };
+    Some((Arc::new(source.with_staleness(staleness)), warnings))
 }
 
 fn with_warnings(
